@@ -1,0 +1,3 @@
+from ampelios.cli import main
+
+main()

@@ -1,0 +1,7 @@
+"""The Faust app, configured from the environment: ``faust -A ampelios.app worker``."""
+
+from ampelios.config import Settings
+from ampelios.stream.app import create_pipeline
+
+pipeline = create_pipeline(Settings.from_env())
+app = pipeline.app

@@ -1,0 +1,148 @@
+"""The ``ampelios`` command. Settings come from ``AMPELIOS_*`` variables (see the README)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ampelios.config import ConfigError, Settings
+from ampelios.core.events import CsvError, write_csv
+from ampelios.core.generate import generate_events
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Ampelios: behaviour-based customer segments from browser events, continuously."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@main.command()
+def worker() -> None:
+    """Run the Faust worker alone against the configured broker (AMPELIOS_BROKER) and
+    database (AMPELIOS_DATABASE_URL). The same as ``faust -A ampelios.app worker``."""
+    from faust.worker import Worker
+
+    from ampelios.stream.app import create_pipeline
+
+    settings = _settings()
+    pipeline = create_pipeline(settings)
+    Worker(pipeline.app, loglevel=settings.log_level, quiet=True).execute_from_commandline()
+
+
+@main.command()
+def up() -> None:
+    """Start everything in the foreground: an embedded broker unless AMPELIOS_BROKER is
+    set, an embedded Postgres unless AMPELIOS_DATABASE_URL is set, and a worker with its
+    web server on AMPELIOS_WEB_PORT. Ctrl-C stops all of it."""
+    from ampelios.services.stack import Stack
+
+    stopping = False
+
+    def on_signal(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    with Stack(_settings()) as stack:
+        assert stack.worker is not None
+        _print_urls(stack.settings, stack.worker.base_url)
+        click.echo("Running. Press Ctrl-C to stop.")
+        while not stopping and stack.worker.process is not None and stack.worker.process.poll() is None:
+            time.sleep(0.2)
+        click.echo("Stopping worker, broker and database...")
+    click.echo("Stopped.")
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--source-id", default=1, show_default=True, type=click.IntRange(0, 2**31 - 1), help="Site the events belong to."
+)
+@click.option("--file-order", is_flag=True, help="Send rows in file order instead of event-time order.")
+def replay(file: Path, source_id: int, file_order: bool) -> None:
+    """Stream a CSV (Retailrocket schema) into the events topic of AMPELIOS_BROKER."""
+    from ampelios.core.events import read_csv
+    from ampelios.stream.replay import ReplayProgress, replay_parsed
+    from ampelios.stream.topology import Topology
+
+    settings = _settings()
+    click.echo(f"Reading {file} ...")
+    try:
+        parsed = read_csv(file, source_id)
+    except CsvError as exc:
+        raise click.ClickException(str(exc)) from None
+    with click.progressbar(length=len(parsed.events), label="Replaying", show_pos=True) as bar:
+
+        def on_progress(progress: ReplayProgress) -> None:
+            bar.update(progress.sent - bar.pos)
+
+        result = asyncio.run(
+            replay_parsed(
+                settings.broker_url,
+                Topology.of(settings),
+                parsed,
+                source_id,
+                batch_events=settings.replay_batch_events,
+                in_time_order=not file_order,
+                on_progress=on_progress,
+            )
+        )
+    click.echo(
+        f"Sent {result.sent} events in {result.messages} messages; rejected {result.rejected} of {result.rows} rows."
+    )
+
+
+@main.command()
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--events", "n_events", default=100_000, show_default=True, type=click.IntRange(1), help="Number of events."
+)
+@click.option("--seed", default=0, show_default=True, type=int, help="Random seed: the same seed gives the same file.")
+def generate(out: Path, n_events: int, seed: int) -> None:
+    """Write look-alike Retailrocket events (schema and marginals of the real data set)."""
+    events = generate_events(n_events, seed=seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("wb") as f:
+        write_csv(events, f)
+    click.echo(f"Wrote {len(events)} events to {out}")
+
+
+@main.command()
+@click.option(
+    "--events",
+    "n_events",
+    default=100_000,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Events to generate when the data file is absent.",
+)
+@click.option("--keep-running", is_flag=True, help="Keep the stack running after the replay until Ctrl-C.")
+def demo(n_events: int, keep_running: bool) -> None:
+    """The main job: generate look-alike data if AMPELIOS_DATA_DIR/events.csv is absent,
+    start the stack, replay the file, wait until every event is reflected, print the
+    segments and the HTTP URLs, and shut everything down."""
+    from ampelios.services.demo import run_demo
+
+    sys.exit(run_demo(_settings(), n_events, keep_running))
+
+
+def _print_urls(settings: Settings, base: str) -> None:
+    click.echo(f"Broker:   {settings.broker_url}")
+    click.echo(f"Database: {settings.database_url or '(none: history off)'}")
+    for path in ("/view?source_id=1", "/visitors/{visitorid}?source_id=1", "/stats?source_id=1", "/trigger", "/health"):
+        click.echo(f"HTTP:     {base}{path}")

@@ -1,0 +1,127 @@
+"""The one configuration object, read from ``AMPELIOS_*`` environment variables.
+
+Every setting is documented in the README's configuration table; nothing else in the
+package reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A setting has a value Ampelios cannot use; the message names the variable."""
+
+
+def _positive_int(name: str, raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if value <= 0:
+        raise ConfigError(f"{name} must be positive, got {value}")
+    return value
+
+
+def _positive_float(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if not value > 0:
+        raise ConfigError(f"{name} must be positive, got {value}")
+    return value
+
+
+def _broker_url(name: str, raw: str) -> str:
+    scheme = raw.split("://", 1)[0] if "://" in raw else ""
+    if scheme not in ("kafka", "tansu"):
+        raise ConfigError(
+            f"{name} must look like kafka://host:port (Apache Kafka) or tansu://host:port (a Tansu broker), got {raw!r}"
+        )
+    return raw
+
+
+def _text(name: str, raw: str) -> str:
+    if not raw.strip():
+        raise ConfigError(f"{name} must not be empty")
+    return raw.strip()
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Ampelios settings. ``Settings.from_env()`` reads them; defaults suit one laptop.
+
+    ``broker`` and ``database_url`` are ``None`` when Ampelios should start its own
+    embedded broker or database (``ampelios up`` / ``ampelios demo``).
+    """
+
+    broker: str | None = None
+    database_url: str | None = None
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    state_dir: Path = Path(".ampelios")
+    data_dir: Path = Path("init-data")
+    app_id: str = "ampelios"
+    partitions: int = 8
+    k: int = 5
+    session_gap_minutes: float = 20.0
+    replay_batch_events: int = 5000
+    snapshot_seconds: float = 60.0
+    log_level: str = "info"
+
+    @property
+    def session_gap_ms(self) -> int:
+        return round(self.session_gap_minutes * 60_000)
+
+    @property
+    def broker_url(self) -> str:
+        """The broker a worker connects to (a local Kafka when none is configured)."""
+        return self.broker or "kafka://127.0.0.1:9092"
+
+    @property
+    def worker_dir(self) -> Path:
+        """Faust's data directory (RocksDB tables) inside the state directory."""
+        return self.state_dir / "worker"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read every ``AMPELIOS_*`` variable; unknown ``AMPELIOS_*`` names are errors."""
+        env = os.environ if env is None else env
+        parsers: dict[str, tuple[str, Callable[[str, str], Any]]] = {
+            "AMPELIOS_BROKER": ("broker", _broker_url),
+            "AMPELIOS_DATABASE_URL": ("database_url", _text),
+            "AMPELIOS_WEB_HOST": ("web_host", _text),
+            "AMPELIOS_WEB_PORT": ("web_port", _positive_int),
+            "AMPELIOS_STATE_DIR": ("state_dir", lambda n, r: Path(_text(n, r))),
+            "AMPELIOS_DATA_DIR": ("data_dir", lambda n, r: Path(_text(n, r))),
+            "AMPELIOS_APP_ID": ("app_id", _text),
+            "AMPELIOS_PARTITIONS": ("partitions", _positive_int),
+            "AMPELIOS_K": ("k", _positive_int),
+            "AMPELIOS_SESSION_GAP_MINUTES": ("session_gap_minutes", _positive_float),
+            "AMPELIOS_REPLAY_BATCH_EVENTS": ("replay_batch_events", _positive_int),
+            "AMPELIOS_SNAPSHOT_SECONDS": ("snapshot_seconds", _positive_float),
+            "AMPELIOS_LOG_LEVEL": ("log_level", _text),
+        }
+        unknown = sorted(k for k in env if k.startswith("AMPELIOS_") and k not in parsers)
+        if unknown:
+            raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; see the README")
+        values = {attr: parse(name, env[name]) for name, (attr, parse) in parsers.items() if env.get(name, "") != ""}
+        return cls(**values)
+
+    def to_env(self) -> dict[str, str]:
+        """The ``AMPELIOS_*`` variables that reproduce these settings in a child process."""
+        env: dict[str, str] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            env[f"AMPELIOS_{f.name.upper()}"] = str(value)
+        return env
+
+    def with_(self, **changes: Any) -> Settings:
+        return replace(self, **changes)

@@ -1,0 +1,329 @@
+"""Browser events: the schema, CSV parsing, validation and the wire format.
+
+An event is one row of the Retailrocket ``events.csv`` schema plus the site it came from:
+
+=============  ======================================================================
+column         meaning and valid values
+=============  ======================================================================
+source_id      the site (one site = one source); integer, 0 <= id < 2**31
+timestamp      Unix time in milliseconds, 2000-01-01 <= t < 2100-01-01
+visitorid      integer, 0 <= id < 2**63
+event          ``view``, ``addtocart`` or ``transaction``
+itemid         integer >= 0; empty or absent means unknown (stored as -1)
+transactionid  integer >= 0; empty or absent means none (stored as -1)
+=============  ======================================================================
+
+Events travel as columns (:class:`EventBatch`, numpy arrays of equal length), never as
+one Python object per event. On Kafka a message is one JSON object with these keys,
+holding either one event (scalars) or many (equal-length arrays)::
+
+    {"source_id": 1, "timestamp": 1433221332117, "visitorid": 257598,
+     "event": "view", "itemid": 355908, "transactionid": null}
+    {"source_id": 1, "timestamp": [1433221332117, ...], "visitorid": [257598, ...],
+     "event": ["view", ...], "itemid": [355908, ...], "transactionid": [null, ...]}
+
+A bad row or message is never fatal: it becomes a :class:`Rejection` that says where it
+was and why, and everything else goes on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import orjson
+
+VIEW, ADDTOCART, TRANSACTION = 0, 1, 2
+EVENT_NAMES: tuple[str, ...] = ("view", "addtocart", "transaction")
+EVENT_CODES: dict[str, int] = {name: code for code, name in enumerate(EVENT_NAMES)}
+
+MIN_TIMESTAMP_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
+MAX_TIMESTAMP_MS = 4_102_444_800_000  # 2100-01-01T00:00:00Z (exclusive)
+MAX_SOURCE_ID = 2**31 - 1
+REQUIRED_COLUMNS = ("timestamp", "visitorid", "event")
+OPTIONAL_COLUMNS = ("itemid", "transactionid")
+COLUMNS = ("source_id", *REQUIRED_COLUMNS, *OPTIONAL_COLUMNS)
+_RAW_PREVIEW = 200  # characters of a rejected row kept for the dead-letter record
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """One row or message that could not be used: where it was, why, and what it held."""
+
+    position: str
+    reason: str
+    raw: str = ""
+
+    def to_dict(self) -> dict[str, str]:
+        return {"position": self.position, "reason": self.reason, "raw": self.raw}
+
+
+class InvalidMessage(ValueError):
+    """A whole Kafka message could not be decoded (not JSON, wrong shape or types)."""
+
+
+@dataclass(frozen=True)
+class EventBatch:
+    """Events as equal-length numpy columns (see the module docstring for units)."""
+
+    source_id: np.ndarray  # int64
+    timestamp: np.ndarray  # int64, ms
+    visitorid: np.ndarray  # int64
+    event: np.ndarray  # uint8 code: VIEW, ADDTOCART, TRANSACTION
+    itemid: np.ndarray  # int64, -1 = unknown
+    transactionid: np.ndarray  # int64, -1 = none
+
+    def __len__(self) -> int:
+        return len(self.timestamp)
+
+    @classmethod
+    def empty(cls) -> EventBatch:
+        return cls.from_columns([], [], [], [], [], [])
+
+    @classmethod
+    def from_columns(
+        cls,
+        source_id: Any,
+        timestamp: Any,
+        visitorid: Any,
+        event: Any,
+        itemid: Any,
+        transactionid: Any,
+    ) -> EventBatch:
+        return cls(
+            source_id=np.asarray(source_id, dtype=np.int64),
+            timestamp=np.asarray(timestamp, dtype=np.int64),
+            visitorid=np.asarray(visitorid, dtype=np.int64),
+            event=np.asarray(event, dtype=np.uint8),
+            itemid=np.asarray(itemid, dtype=np.int64),
+            transactionid=np.asarray(transactionid, dtype=np.int64),
+        )
+
+    def take(self, index: Any) -> EventBatch:
+        """The events at ``index`` (a slice, boolean mask or integer array), in that order."""
+        return EventBatch(*(getattr(self, c)[index] for c in COLUMNS))
+
+    @staticmethod
+    def concat(batches: Sequence[EventBatch]) -> EventBatch:
+        if not batches:
+            return EventBatch.empty()
+        return EventBatch(*(np.concatenate([getattr(b, c) for b in batches]) for c in COLUMNS))
+
+    def time_order(self) -> np.ndarray:
+        """Indices that sort the batch by timestamp (stable: ties keep file order)."""
+        return np.argsort(self.timestamp, kind="stable")
+
+
+def valid_rows(batch: EventBatch) -> tuple[np.ndarray, list[str | None]]:
+    """Check every value against the schema; return a mask of good rows and, per row,
+    the first reason it is bad (``None`` for good rows). Vectorized over the batch."""
+    checks = (
+        ((batch.source_id >= 0) & (batch.source_id <= MAX_SOURCE_ID), "source_id out of range"),
+        (
+            (batch.timestamp >= MIN_TIMESTAMP_MS) & (batch.timestamp < MAX_TIMESTAMP_MS),
+            "timestamp outside 2000-01-01..2100-01-01 (expected Unix milliseconds)",
+        ),
+        (batch.visitorid >= 0, "visitorid is negative"),
+        (batch.event < len(EVENT_NAMES), "unknown event"),
+        (batch.itemid >= -1, "itemid is negative"),
+        (batch.transactionid >= -1, "transactionid is negative"),
+    )
+    good = np.ones(len(batch), dtype=bool)
+    reasons: list[str | None] = [None] * len(batch)
+    for ok, reason in checks:
+        for i in np.flatnonzero(good & ~ok):
+            reasons[i] = reason
+        good &= ok
+    return good, reasons
+
+
+# --------------------------------------------------------------------------- CSV
+
+
+@dataclass
+class ParsedCsv:
+    """The good rows of a CSV file (in file order) and every rejected row."""
+
+    events: EventBatch
+    rejections: list[Rejection]
+    rows: int  # data rows seen (good + rejected), header excluded
+
+
+class CsvError(ValueError):
+    """The file as a whole is unusable (no header, or a header without the required
+    columns). Row-level problems are :class:`Rejection` values, not this error."""
+
+
+def _header(line: bytes) -> dict[str, int]:
+    text = line.removeprefix(b"\xef\xbb\xbf").rstrip(b"\r\n").decode("utf-8", "replace")
+    names = [name.strip().lower() for name in text.split(",")]
+    missing = [c for c in REQUIRED_COLUMNS if c not in names]
+    if missing:
+        raise CsvError(
+            f"the header must name the columns {', '.join(REQUIRED_COLUMNS)} "
+            f"(optional: {', '.join(OPTIONAL_COLUMNS)}); missing {', '.join(missing)} "
+            f"in {text[:_RAW_PREVIEW]!r}"
+        )
+    return {name: i for i, name in enumerate(names)}
+
+
+def parse_csv_lines(lines: Iterator[bytes], source_id: int, name: str = "csv") -> ParsedCsv:
+    """Parse CSV lines (bytes, header first) into events of ``source_id``.
+
+    Rows are positioned as ``name:line`` (1-based, the header is line 1). A row with the
+    wrong number of fields, a value that is not an integer or out of range, an unknown
+    event name or an empty line is rejected; the good rows are kept in file order.
+    """
+    if not 0 <= source_id <= MAX_SOURCE_ID:
+        raise ValueError(f"source_id must be in 0..{MAX_SOURCE_ID}, got {source_id}")
+    first = next(lines, None)
+    if first is None:
+        raise CsvError(f"{name} is empty: expected a header line")
+    columns = _header(first)
+    width = len(columns)
+    i_ts, i_vid, i_ev = (columns[c] for c in REQUIRED_COLUMNS)
+    i_item = columns.get("itemid")
+    i_tx = columns.get("transactionid")
+    codes = {n.encode(): c for n, c in EVENT_CODES.items()}
+    lo, hi, top = MIN_TIMESTAMP_MS, MAX_TIMESTAMP_MS, 2**63
+
+    ts: list[int] = []
+    vid: list[int] = []
+    ev: list[int] = []
+    item: list[int] = []
+    tx: list[int] = []
+    rejections: list[Rejection] = []
+    rows = 0
+    for number, line in enumerate(lines, start=2):
+        rows += 1
+        fields = line.rstrip(b"\r\n").split(b",")
+        if len(fields) != width:
+            reason = "empty line" if fields == [b""] else f"expected {width} fields, got {len(fields)}"
+        else:
+            try:
+                t, v = int(fields[i_ts]), int(fields[i_vid])
+                it = int(fields[i_item]) if i_item is not None and fields[i_item].strip() else -1
+                tr = int(fields[i_tx]) if i_tx is not None and fields[i_tx].strip() else -1
+            except ValueError as exc:
+                reason = f"not an integer: {exc}"
+            else:
+                code = codes.get(fields[i_ev].strip())
+                if code is None:
+                    reason = f"unknown event {fields[i_ev][:40].decode('utf-8', 'replace')!r}"
+                elif not lo <= t < hi:
+                    reason = "timestamp outside 2000-01-01..2100-01-01 (expected Unix milliseconds)"
+                elif not 0 <= v < top:
+                    reason = "visitorid must be in 0..2**63-1"
+                elif not (-1 <= it < top and -1 <= tr < top):
+                    reason = "itemid and transactionid must be in 0..2**63-1 or empty"
+                else:
+                    ts.append(t)
+                    vid.append(v)
+                    ev.append(code)
+                    item.append(it)
+                    tx.append(tr)
+                    continue
+        raw = line[:_RAW_PREVIEW].decode("utf-8", "replace").rstrip("\r\n")
+        rejections.append(Rejection(f"{name}:{number}", reason, raw))
+    events = EventBatch.from_columns(np.full(len(ts), source_id), ts, vid, ev, item, tx)
+    return ParsedCsv(events, rejections, rows)
+
+
+def read_csv(path: Path | str, source_id: int) -> ParsedCsv:
+    """Parse a whole CSV file (see :func:`parse_csv_lines`)."""
+    path = Path(path)
+    with path.open("rb") as f:
+        return parse_csv_lines(iter(f), source_id, name=path.name)
+
+
+def write_csv(events: EventBatch, out: BinaryIO) -> None:
+    """Write events in the Retailrocket schema (``source_id`` is not a CSV column)."""
+    out.write(b"timestamp,visitorid,event,itemid,transactionid\n")
+    names = np.array(EVENT_NAMES, dtype=object)[events.event]
+    tx = np.where(events.transactionid >= 0, events.transactionid.astype(str), "")
+    rows = zip(events.timestamp.tolist(), events.visitorid.tolist(), names, events.itemid.tolist(), tx)
+    out.write("".join(f"{t},{v},{e},{i},{x}\n" for t, v, e, i, x in rows).encode())
+
+
+# ------------------------------------------------------------------ wire format
+
+
+def encode_events(events: EventBatch) -> bytes:
+    """One Kafka message holding ``events`` (which must share one source) as columns."""
+    sources = np.unique(events.source_id)
+    if len(sources) > 1:
+        raise ValueError("a message holds events of one source only")
+    names = np.array(EVENT_NAMES, dtype=object)[events.event].tolist()
+    tx = events.transactionid
+    return orjson.dumps(
+        {
+            "source_id": int(sources[0]) if len(sources) else 0,
+            "timestamp": events.timestamp,
+            "visitorid": events.visitorid,
+            "event": names,
+            "itemid": events.itemid,
+            "transactionid": [None if t < 0 else t for t in tx.tolist()],
+        },
+        option=orjson.OPT_SERIALIZE_NUMPY,
+    )
+
+
+def _int_column(obj: dict[str, Any], key: str, n: int, *, optional: bool) -> np.ndarray:
+    value = obj.get(key)
+    if value is None:
+        if optional:
+            return np.full(n, -1, dtype=np.int64)
+        raise InvalidMessage(f"missing {key!r}")
+    values = value if isinstance(value, list) else [value]
+    if len(values) != n:
+        raise InvalidMessage(f"{key!r} has {len(values)} values, expected {n}")
+    if optional and None in values:
+        values = [-1 if x is None else x for x in values]
+    if not all(type(x) is int for x in values):
+        bad = next(x for x in values if type(x) is not int)
+        raise InvalidMessage(f"{key!r} must hold integers, got {bad!r:.40}")
+    try:
+        return np.asarray(values, dtype=np.int64)
+    except OverflowError:
+        raise InvalidMessage(f"{key!r} holds an integer beyond 64 bits") from None
+
+
+def decode_events(value: bytes, position: str) -> tuple[EventBatch, list[Rejection]]:
+    """Decode one Kafka message (see the module docstring) into good events and the
+    rejections of bad rows. Raises :class:`InvalidMessage` when the message as a whole
+    cannot be read; rows are then positioned ``position#i``."""
+    try:
+        obj = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidMessage(f"not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise InvalidMessage(f"expected a JSON object, got {type(obj).__name__}")
+    events = obj.get("event")
+    if events is None:
+        raise InvalidMessage("missing 'event'")
+    names = events if isinstance(events, list) else [events]
+    n = len(names)
+    source = obj.get("source_id")
+    if type(source) is not int:
+        raise InvalidMessage(f"'source_id' must be an integer, got {source!r:.40}")
+    columns = {
+        key: _int_column(obj, key, n, optional=key in OPTIONAL_COLUMNS)
+        for key in ("timestamp", "visitorid", *OPTIONAL_COLUMNS)
+    }
+    code = np.fromiter((EVENT_CODES.get(e, 255) if isinstance(e, str) else 255 for e in names), np.uint8, n)
+    batch = EventBatch(source_id=np.full(n, source, dtype=np.int64), event=code, **columns)
+    good, reasons = valid_rows(batch)
+    if good.all():
+        return batch, []
+    rejections = [
+        Rejection(f"{position}#{i}" if n > 1 else position, reasons[i] or "invalid", _row_preview(names, i))
+        for i in np.flatnonzero(~good)
+    ]
+    return batch.take(good), rejections
+
+
+def _row_preview(names: list[Any], i: int) -> str:
+    return f"event={names[i]!r:.40}"

@@ -1,0 +1,109 @@
+"""Look-alike data: events with the Retailrocket schema and its published marginals.
+
+The Retailrocket data set (DESIGN.md section 1) is not redistributable, so Ampelios
+generates data that looks like it: about 96.7% views, 2.5% add-to-carts and 0.8%
+transactions; about 1.96 events per visitor with a heavy tail (most visitors have one
+event, a few have thousands); sessions separated by gaps longer than 20 minutes; a
+transaction always follows an add-to-cart of the same item by the same visitor; times in
+2015-05-03 .. 2015-09-18; rows shuffled out of time order. Every (visitor, timestamp,
+event, item, transaction) row is distinct, and
+each visitor's timestamps are distinct. The same ``seed`` gives the same rows.
+
+>>> events = generate_events(10_000, seed=1)
+>>> len(events)
+10000
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ampelios.core.events import ADDTOCART, TRANSACTION, VIEW, EventBatch
+
+WINDOW_START_MS = 1_430_611_200_000  # 2015-05-03T00:00:00Z
+WINDOW_END_MS = 1_442_620_800_000  # 2015-09-19T00:00:00Z (exclusive)
+EVENTS_PER_VISITOR = 1.96
+SHARE_ADDTOCART = 0.025
+SHARE_TRANSACTION = 0.008
+N_ITEMS = 235_061
+MAX_EVENTS_PER_VISITOR = 8_000
+_MINUTE_MS = 60_000
+
+
+def _events_per_visitor(rng: np.random.Generator, n_events: int) -> np.ndarray:
+    """Heavy-tailed counts (discrete Pareto, most visitors have one) summing to n_events."""
+    n_visitors = max(1, round(n_events / EVENTS_PER_VISITOR))
+    # alpha 1.75 puts ~70% of visitors at one event and gives a mean near 1.96.
+    u = rng.random(n_visitors)
+    counts = np.minimum(np.floor(u ** (-1 / 1.75)), MAX_EVENTS_PER_VISITOR).astype(np.int64)
+    # Scale the tail (not the single-event visitors) until the total matches exactly.
+    diff = n_events - int(counts.sum())
+    if diff > 0:
+        extra = rng.choice(n_visitors, size=diff, p=counts / counts.sum())
+        counts += np.bincount(extra, minlength=n_visitors)
+    while diff < 0:
+        multi = np.flatnonzero(counts > 1)
+        if len(multi) == 0:  # fewer events than visitors: drop visitors instead
+            counts = counts[:n_events]
+            break
+        take = rng.choice(multi, size=min(-diff, len(multi)), replace=False)
+        counts[take] -= 1
+        diff = n_events - int(counts.sum())
+    return counts
+
+
+def generate_events(n_events: int, seed: int = 0, source_id: int = 1) -> EventBatch:
+    """``n_events`` look-alike events of one source, rows in shuffled order."""
+    if n_events < 1:
+        raise ValueError("n_events must be at least 1")
+    rng = np.random.default_rng(seed)
+    counts = _events_per_visitor(rng, n_events)
+    n_visitors = len(counts)
+    visitor = np.repeat(np.arange(n_visitors), counts)
+    first = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    rank = np.arange(len(visitor)) - first[visitor]  # position of the event in its journey
+
+    # Time: each visitor starts somewhere in the window; within a session the next event
+    # comes after ~1 minute (always < 20 min); a new session starts after hours to days.
+    n = len(visitor)
+    new_session = (rank > 0) & (rng.random(n) < 0.12)
+    gap = np.where(
+        new_session,
+        (25 + rng.exponential(2 * 24 * 60, n)) * _MINUTE_MS,
+        np.minimum(rng.exponential(1.2, n), 19.0) * _MINUTE_MS + 1,
+    ).astype(np.int64)
+    gap[rank == 0] = 0
+    offset = np.cumsum(gap) - np.repeat(np.cumsum(gap)[first], counts)
+    start = rng.integers(WINDOW_START_MS, WINDOW_END_MS - MAX_EVENTS_PER_VISITOR, n_visitors)
+    span = np.maximum(offset[first + counts - 1], 1)
+    # Journeys that would run past the window are squeezed into it; adding the rank keeps
+    # each visitor's timestamps strictly increasing, so every row is distinct.
+    room = np.maximum(WINDOW_END_MS - 1 - counts - start, 0)
+    squeeze = np.minimum(1.0, room / span)
+    timestamp = start[visitor] + (offset * squeeze[visitor]).astype(np.int64) + rank
+
+    # Purchase propensity: heavy visitors buy more; buyers are rare.
+    propensity = rng.beta(0.35, 12.0, n_visitors) * (1 + np.log1p(counts) / 2)
+    single = counts[visitor] == 1
+    has_next = rank < counts[visitor] - 1
+    p_single = SHARE_ADDTOCART / 3
+    p_cart = propensity[visitor] * has_next
+    p_cart *= (SHARE_ADDTOCART * n - p_single * single.sum()) / max(p_cart.sum(), 1e-12)
+    is_cart = rng.random(n) < np.where(single, p_single, p_cart)
+    # A transaction is the event right after an add-to-cart, converted with a probability
+    # that hits the target share of transactions overall.
+    after_cart = np.zeros(n, dtype=bool)
+    after_cart[1:] = is_cart[:-1] & (visitor[1:] == visitor[:-1]) & ~is_cart[1:]
+    p_buy = min(1.0, SHARE_TRANSACTION * n / max(1, after_cart.sum()))
+    is_buy = after_cart & (rng.random(n) < p_buy)
+    event = np.full(n, VIEW, dtype=np.uint8)
+    event[is_cart] = ADDTOCART
+    event[is_buy] = TRANSACTION
+
+    item = (rng.zipf(1.6, n) % N_ITEMS).astype(np.int64)
+    item[1:][is_buy[1:]] = item[:-1][is_buy[1:]]  # buy what was put in the cart
+    transaction = np.full(n, -1, dtype=np.int64)
+    transaction[is_buy] = np.arange(int(is_buy.sum()))
+
+    events = EventBatch.from_columns(np.full(n, source_id), timestamp, visitor, event, item, transaction)
+    return events.take(rng.permutation(n))

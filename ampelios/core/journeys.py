@@ -1,0 +1,231 @@
+"""Journeys: a visitor's distinct events, their sessions and the six features.
+
+Definitions (DESIGN.md section 1, kept exactly):
+
+- A visitor's events are ordered by timestamp; a new **session** starts when the gap to
+  the previous event of that visitor is more than ``gap_ms`` (20 minutes by default).
+- The **state** is (views, addtocarts, transactions) over the whole journey.
+- The six **features**, in this order: views, addtocarts, transactions, session count,
+  views per session (mean over sessions of the session's views), purchase ratio
+  (mean buys per session / mean views per session, or mean buys per session when the
+  mean views per session is 0).
+
+Streaming equals batch: a journey stores the *distinct* events of the visitor, so the
+result depends only on the set of events seen, never on their arrival order or on how
+often one was delivered. Two events are the same event when visitor, timestamp, event
+name, itemid and transactionid are all equal.
+
+A journey is stored as bytes: a 1-byte format version, the visitor's segment (int16,
+-1 = none yet) and its events as packed little-endian records sorted by
+(timestamp, event, itemid, transactionid).
+
+>>> import numpy as np
+>>> sessions = sessionize(np.array([0, 60_000, 3_600_000]), np.array([0, 1, 0]), 20 * 60_000)
+>>> [(s.views, s.addtocarts) for s in sessions]
+[(1, 1), (1, 0)]
+>>> features_of(sessions).tolist()
+[2.0, 1.0, 0.0, 2.0, 1.0, 0.0]
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import pairwise
+
+import numpy as np
+
+from ampelios.core.events import ADDTOCART, TRANSACTION, VIEW, EventBatch
+
+FEATURE_NAMES = (
+    "views",
+    "addtocarts",
+    "transactions",
+    "sessions",
+    "views_per_session",
+    "purchase_ratio",
+)
+N_FEATURES = len(FEATURE_NAMES)
+NO_SEGMENT = -1
+
+JOURNEY_EVENT = np.dtype([("timestamp", "<i8"), ("event", "u1"), ("itemid", "<i8"), ("transactionid", "<i8")])
+_FORMAT = 1
+_HEADER = struct.Struct("<Bh")  # format version, segment
+
+
+@dataclass(frozen=True)
+class Session:
+    """One session: first and last event time (ms) and its state vector."""
+
+    start: int
+    end: int
+    views: int
+    addtocarts: int
+    transactions: int
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "start": self.start,
+            "end": self.end,
+            "state": [self.views, self.addtocarts, self.transactions],
+        }
+
+
+def sessionize(timestamps: np.ndarray, events: np.ndarray, gap_ms: int) -> list[Session]:
+    """Split one visitor's events (sorted by timestamp) into sessions at gaps > gap_ms."""
+    if len(timestamps) == 0:
+        return []
+    cuts = np.flatnonzero(np.diff(timestamps) > gap_ms) + 1
+    bounds = [0, *cuts.tolist(), len(timestamps)]
+    return [
+        Session(
+            start=int(timestamps[a]),
+            end=int(timestamps[b - 1]),
+            views=int(np.count_nonzero(events[a:b] == VIEW)),
+            addtocarts=int(np.count_nonzero(events[a:b] == ADDTOCART)),
+            transactions=int(np.count_nonzero(events[a:b] == TRANSACTION)),
+        )
+        for a, b in pairwise(bounds)
+    ]
+
+
+def features_of(sessions: Sequence[Session]) -> np.ndarray:
+    """The six features of one journey, written the way DESIGN.md defines them."""
+    if not sessions:
+        return np.zeros(N_FEATURES)
+    views = sum(s.views for s in sessions)
+    carts = sum(s.addtocarts for s in sessions)
+    buys = sum(s.transactions for s in sessions)
+    n = len(sessions)
+    views_per_session = float(np.mean([s.views for s in sessions]))
+    buys_per_session = float(np.mean([s.transactions for s in sessions]))
+    ratio = buys_per_session / views_per_session if views_per_session else buys_per_session
+    return np.array([views, carts, buys, n, views_per_session, ratio], dtype=np.float64)
+
+
+def batch_features(owner: np.ndarray, timestamp: np.ndarray, event: np.ndarray, n: int, gap_ms: int) -> np.ndarray:
+    """The six features of ``n`` journeys at once, shape (n, 6).
+
+    Rows must be sorted by (owner, timestamp); ``owner`` is the journey index of each
+    row. Journeys without rows get all-zero features. Equal to :func:`features_of` of
+    :func:`sessionize` for every journey, vectorized over the batch.
+    """
+    starts_session = np.ones(len(owner), dtype=bool)
+    if len(owner) > 1:
+        starts_session[1:] = (owner[1:] != owner[:-1]) | (np.diff(timestamp) > gap_ms)
+    views = np.bincount(owner, weights=event == VIEW, minlength=n)
+    carts = np.bincount(owner, weights=event == ADDTOCART, minlength=n)
+    buys = np.bincount(owner, weights=event == TRANSACTION, minlength=n)
+    sessions = np.bincount(owner[starts_session], minlength=n).astype(np.float64)
+    safe = np.maximum(sessions, 1.0)
+    ratio = np.where(views > 0, buys / np.maximum(views, 1.0), buys / safe)
+    return np.column_stack([views, carts, buys, sessions, views / safe, ratio])
+
+
+@dataclass(frozen=True)
+class JourneyState:
+    """One visitor's stored journey: its distinct events and its current segment."""
+
+    events: np.ndarray  # JOURNEY_EVENT records, sorted
+    segment: int = NO_SEGMENT
+
+    @classmethod
+    def from_bytes(cls, value: bytes) -> JourneyState:
+        version, segment = _HEADER.unpack_from(value)
+        if version != _FORMAT:
+            raise ValueError(f"unknown journey format {version}")
+        return cls(np.frombuffer(value, dtype=JOURNEY_EVENT, offset=_HEADER.size), segment)
+
+    def to_bytes(self) -> bytes:
+        return _HEADER.pack(_FORMAT, self.segment) + self.events.tobytes()
+
+    def sessions(self, gap_ms: int) -> list[Session]:
+        return sessionize(self.events["timestamp"], self.events["event"], gap_ms)
+
+    def features(self, gap_ms: int) -> np.ndarray:
+        return features_of(self.sessions(gap_ms))
+
+
+@dataclass(frozen=True)
+class JourneyBatch:
+    """The journeys touched by one batch of events, before and after the batch.
+
+    Journey ``i`` is the i-th visitor passed to :func:`merge_journeys`; its merged events
+    are ``rows[starts[i]:starts[i + 1]]``.
+    """
+
+    rows: np.ndarray  # JOURNEY_EVENT, grouped by journey, sorted within
+    starts: np.ndarray  # (n + 1,) row offsets
+    existed: np.ndarray  # (n,) bool: the visitor had a journey before the batch
+    old_segments: np.ndarray  # (n,) int, NO_SEGMENT for new visitors
+    old_features: np.ndarray  # (n, 6), zeros for new visitors
+    new_features: np.ndarray  # (n, 6)
+    added: np.ndarray  # (n,) distinct events the batch added to each journey
+
+    def __len__(self) -> int:
+        return len(self.existed)
+
+    @property
+    def changed(self) -> np.ndarray:
+        """Journeys whose events changed (others only saw duplicates)."""
+        return self.added > 0
+
+    def encode(self, indices: np.ndarray, segments: np.ndarray) -> list[bytes]:
+        """The stored value of journeys ``indices``, with their (new) ``segments``."""
+        starts, ends = self.starts[indices].tolist(), self.starts[indices + 1].tolist()
+        rows = self.rows
+        return [
+            _HEADER.pack(_FORMAT, segment) + rows[a:b].tobytes()
+            for segment, a, b in zip(segments.tolist(), starts, ends)
+        ]
+
+
+def merge_journeys(old: Sequence[bytes | None], events: EventBatch, owner: np.ndarray, gap_ms: int) -> JourneyBatch:
+    """Merge a batch of events into the journeys of their visitors.
+
+    ``old[i]`` is the stored journey of visitor ``i`` (``None`` if new) and ``owner[j]``
+    the visitor index of event ``j``. Events already in a journey, or repeated within
+    the batch, are dropped. Vectorized over the batch: one sort, no per-event Python.
+    """
+    n = len(old)
+    old_states = [JourneyState.from_bytes(v) if v is not None else None for v in old]
+    existed = np.fromiter((s is not None for s in old_states), dtype=bool, count=n)
+    old_segments = np.fromiter(
+        (s.segment if s is not None else NO_SEGMENT for s in old_states), dtype=np.int64, count=n
+    )
+    old_counts = np.fromiter((len(s.events) if s is not None else 0 for s in old_states), np.int64, n)
+    old_rows = (
+        np.concatenate([s.events for s in old_states if s is not None])
+        if existed.any()
+        else np.empty(0, dtype=JOURNEY_EVENT)
+    )
+    old_owner = np.repeat(np.arange(n), old_counts)
+    old_features = batch_features(old_owner, old_rows["timestamp"], old_rows["event"], n, gap_ms)
+
+    new_rows = np.empty(len(events), dtype=JOURNEY_EVENT)
+    new_rows["timestamp"] = events.timestamp
+    new_rows["event"] = events.event
+    new_rows["itemid"] = events.itemid
+    new_rows["transactionid"] = events.transactionid
+    rows = np.concatenate([old_rows, new_rows])
+    row_owner = np.concatenate([old_owner, np.asarray(owner, dtype=np.int64)])
+    order = np.lexsort((rows["transactionid"], rows["itemid"], rows["event"], rows["timestamp"], row_owner))
+    rows, row_owner = rows[order], row_owner[order]
+    distinct = np.ones(len(rows), dtype=bool)
+    if len(rows) > 1:
+        distinct[1:] = (row_owner[1:] != row_owner[:-1]) | (rows[1:] != rows[:-1])
+    rows, row_owner = rows[distinct], row_owner[distinct]
+
+    counts = np.bincount(row_owner, minlength=n)
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    new_features = batch_features(row_owner, rows["timestamp"], rows["event"], n, gap_ms)
+    return JourneyBatch(
+        rows=rows,
+        starts=starts,
+        existed=existed,
+        old_segments=old_segments,
+        old_features=old_features,
+        new_features=new_features,
+        added=counts - old_counts,
+    )

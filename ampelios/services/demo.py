@@ -1,0 +1,96 @@
+"""``ampelios demo``: the main job, end to end, as a user would run it by hand.
+
+Generate data if ``events.csv`` is missing, start the stack, ``POST /trigger``, follow
+``/trigger/{job}`` and ``/stats`` until every event is reflected (lag 0), print the
+segments of ``/view`` and the URLs, stop everything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import time
+from typing import Any
+
+import click
+
+from ampelios.config import Settings
+from ampelios.core.events import write_csv
+from ampelios.core.generate import generate_events
+from ampelios.core.journeys import FEATURE_NAMES
+from ampelios.services.stack import Stack, http_json
+
+SOURCE_ID = 1
+DATA_FILE = "events.csv"
+
+
+def wait_until_reflected(base: str, job: str, source_id: int, timeout: float = 3600.0) -> dict[str, Any]:
+    """Follow a replay job until it is done and ``/stats`` shows no lag; return the stats."""
+    deadline = time.monotonic() + timeout
+    with click.progressbar(length=1, label="Replaying", show_pos=True) as bar:
+        while time.monotonic() < deadline:
+            _, status = http_json("GET", f"{base}/trigger/{job}")
+            bar.length = max(1, status["events"])
+            bar.update(status["rows_sent"] - bar.pos)
+            if status["state"] == "failed":
+                raise click.ClickException(f"the replay failed: {status['error']}")
+            if status["state"] == "done":
+                break
+            time.sleep(0.5)
+    while time.monotonic() < deadline:
+        _, stats = http_json("GET", f"{base}/stats?source_id={source_id}")
+        if stats["lag"] == 0:
+            return dict(stats)
+        time.sleep(0.5)
+    raise click.ClickException(f"events were not reflected within {timeout:.0f}s")
+
+
+def segment_table(segments: list[dict[str, Any]]) -> str:
+    total = sum(s["users"] for s in segments) or 1
+    header = ["id", "users", "share"] + [name.replace("_", " ") for name in FEATURE_NAMES]
+    rows = [
+        [str(s["id"]), str(s["users"]), f"{100 * s['users'] / total:.1f}%"] + [f"{x:.3g}" for x in s["centroid"]]
+        for s in segments
+    ]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in [header, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def run_demo(settings: Settings, n_events: int, keep_running: bool) -> int:
+    data = settings.data_dir / DATA_FILE
+    if not data.exists():
+        click.echo(f"{data} is absent: generating {n_events} look-alike events ...")
+        data.parent.mkdir(parents=True, exist_ok=True)
+        with data.open("wb") as f:
+            write_csv(generate_events(n_events, seed=0), f)
+    started = time.monotonic()
+    logs = settings.state_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    click.echo(f"Starting broker, Postgres and worker (logs in {logs}) ...")
+    with (logs / "worker.log").open("ab") as worker_log, Stack(settings, worker_output=worker_log) as stack:
+        assert stack.worker is not None
+        base = stack.worker.base_url
+        click.echo(f"Ready after {time.monotonic() - started:.1f}s. Replaying {data} ...")
+        status, answer = http_json("POST", f"{base}/trigger", {"source_id": SOURCE_ID, "events_path": DATA_FILE})
+        if status != 202:
+            raise click.ClickException(f"/trigger answered {status}: {answer}")
+        stats = wait_until_reflected(base, answer["job"], SOURCE_ID)
+        _, job = http_json("GET", f"{base}/trigger/{answer['job']}")
+        _, segments = http_json("GET", f"{base}/view?source_id={SOURCE_ID}")
+        click.echo(
+            f"\nReflected {stats['events']} events of {stats['visitors']} visitors "
+            f"({job['rows_rejected']} rows rejected) in {time.monotonic() - started:.1f}s since start.\n"
+        )
+        click.echo(segment_table(segments))
+        click.echo("\nServed at:")
+        for path in ("/view?source_id=1", "/visitors/{visitorid}?source_id=1", "/stats?source_id=1", "/health"):
+            click.echo(f"  {base}{path}")
+        if keep_running:
+            click.echo("Running until Ctrl-C ...")
+            with contextlib.suppress(KeyboardInterrupt):
+                signal.pause()
+        click.echo("Shutting down ...")
+    click.echo(f"Done in {time.monotonic() - started:.1f}s.")
+    return 0

@@ -1,0 +1,123 @@
+"""The whole stack on one machine: broker, Postgres and a worker, started and stopped in order.
+
+What is configured is used (``AMPELIOS_BROKER``, ``AMPELIOS_DATABASE_URL``); what is not
+is started embedded, with its data and logs under ``AMPELIOS_STATE_DIR``. Stopping goes
+in reverse: the worker (SIGTERM, a clean Faust shutdown that commits its offsets), then
+the broker, then Postgres, each by its own PID.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import IO, Any
+
+from ampelios.config import Settings
+from ampelios.services.broker import EmbeddedBroker
+from ampelios.services.database import EmbeddedPostgres
+from ampelios.services.processes import stop_process
+
+log = logging.getLogger(__name__)
+
+
+def http_json(method: str, url: str, body: Any = None, timeout: float = 30.0) -> tuple[int, Any]:
+    """A small JSON HTTP client (status, decoded body); errors are answers, not raises."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+
+
+class WorkerProcess:
+    """``ampelios worker`` as a child process, ready when ``/health`` answers."""
+
+    def __init__(self, settings: Settings, output: IO[bytes] | None = None) -> None:
+        self.settings = settings
+        self.output = output
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.settings.web_host}:{self.settings.web_port}"
+
+    def start(self, timeout: float = 120.0) -> WorkerProcess:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AMPELIOS_")}
+        env.update(self.settings.to_env())
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "ampelios", "worker"],
+            env=env,
+            stdout=self.output,
+            stderr=subprocess.STDOUT if self.output is not None else None,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the worker exited with code {self.process.returncode} before it was ready")
+            try:
+                if http_json("GET", f"{self.base_url}/health", timeout=1.0)[0] == 200:
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise TimeoutError(f"the worker did not answer {self.base_url}/health within {timeout}s")
+
+    def stop(self, grace: float = 60.0) -> int | None:
+        """Stop cleanly (SIGTERM), or SIGKILL after ``grace``; return the exit code."""
+        process = self.process
+        stop_process(process, signal.SIGTERM, grace)
+        self.process = None
+        return process.returncode if process is not None else None
+
+
+class Stack:
+    """Broker + Postgres + worker. Use as a context manager; ``settings`` are complete
+    (with the embedded services' URLs) once it has started."""
+
+    def __init__(self, settings: Settings, worker_output: IO[bytes] | None = None) -> None:
+        self.settings = settings
+        self.worker_output = worker_output
+        self.broker: EmbeddedBroker | None = None
+        self.database: EmbeddedPostgres | None = None
+        self.worker: WorkerProcess | None = None
+
+    def __enter__(self) -> Stack:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def logs(self) -> Path:
+        return self.settings.state_dir / "logs"
+
+    def start(self) -> None:
+        if self.settings.broker is None:
+            self.broker = EmbeddedBroker(self.logs / "broker.log").start()
+            self.settings = self.settings.with_(broker=self.broker.url)
+        if self.settings.database_url is None:
+            self.database = EmbeddedPostgres(self.settings.state_dir / "postgres", self.logs / "postgres.log").start()
+            self.settings = self.settings.with_(database_url=self.database.url)
+        self.worker = WorkerProcess(self.settings, self.worker_output).start()
+
+    def stop(self) -> None:
+        for service in (self.worker, self.broker, self.database):
+            if service is not None:
+                service.stop()

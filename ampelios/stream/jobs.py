@@ -1,0 +1,104 @@
+"""Replay jobs started by ``POST /trigger``: where the file may be, and what a job reports."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from ampelios.core.events import CsvError
+from ampelios.stream.replay import ReplayProgress, replay_file
+from ampelios.stream.topology import Topology
+
+log = logging.getLogger(__name__)
+
+
+class PathRefused(ValueError):
+    """The requested path is not a file under the data directory (HTTP 400)."""
+
+
+class PathMissing(FileNotFoundError):
+    """The requested path is under the data directory but no such file exists (HTTP 404)."""
+
+
+def resolve_data_path(data_dir: Path, requested: str) -> Path:
+    """The file ``requested`` names under ``data_dir``; nothing outside it, ever.
+
+    Refused (without touching the file): empty or absolute paths, any ``..`` part, and
+    paths that leave the data directory through a symlink.
+    """
+    if not requested or not requested.strip():
+        raise PathRefused("events_path is empty")
+    relative = PurePosixPath(requested)
+    if relative.is_absolute() or Path(requested).is_absolute():
+        raise PathRefused("events_path must be relative to the data directory")
+    if ".." in relative.parts:
+        raise PathRefused("events_path must not contain '..'")
+    root = data_dir.resolve()
+    target = (root / relative).resolve()
+    if not target.is_relative_to(root):
+        raise PathRefused("events_path leaves the data directory")
+    if not target.is_file():
+        raise PathMissing(f"no file {requested!r} in the data directory")
+    return target
+
+
+@dataclass
+class ReplayJob:
+    """One replay started over HTTP; its state is ``running``, ``done`` or ``failed``."""
+
+    id: str
+    source_id: int
+    path: str
+    state: str = "running"
+    progress: ReplayProgress = field(default_factory=ReplayProgress)
+    error: str | None = None
+    started_at: float = field(default_factory=time.time)
+    finished_at: float | None = None
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        p = self.progress
+        return {
+            "job": self.id,
+            "source_id": self.source_id,
+            "events_path": self.path,
+            "state": self.state,
+            "rows": p.rows,
+            "rows_sent": p.sent,
+            "rows_rejected": p.rejected,
+            "events": p.events,
+            "error": self.error,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+        }
+
+
+def start_job(
+    jobs: dict[str, ReplayJob], url: str, topology: Topology, path: Path, name: str, source_id: int, batch_events: int
+) -> ReplayJob:
+    """Start replaying ``path`` in the background; the job records its own progress."""
+    job = ReplayJob(id=uuid.uuid4().hex[:12], source_id=source_id, path=name)
+    jobs[job.id] = job
+
+    def on_progress(progress: ReplayProgress) -> None:
+        job.progress = progress
+
+    async def run() -> None:
+        try:
+            await replay_file(url, topology, path, source_id, batch_events=batch_events, on_progress=on_progress)
+            job.state = "done"
+        except (CsvError, OSError) as exc:
+            job.state, job.error = "failed", str(exc)
+        except Exception as exc:
+            log.exception("replay job %s failed", job.id)
+            job.state, job.error = "failed", repr(exc)
+        finally:
+            job.finished_at = time.time()
+
+    job.task = asyncio.get_running_loop().create_task(run(), name=f"replay-{job.id}")
+    return job

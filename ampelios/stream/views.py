@@ -1,0 +1,192 @@
+"""HTTP views, served by the worker's Faust web server (aiohttp); JSON via orjson.
+
+=========================  ============================================================
+endpoint                   answer
+=========================  ============================================================
+POST /trigger              202 ``{"job", "status_url"}``: replay a CSV of the data dir
+GET  /trigger/{job}        the job: state (running/done/failed), rows sent, rejected
+GET  /view                 ``[{"id", "users", "centroid"}]`` per segment (seed shape)
+GET  /visitors/{id}        one visitor's journey, features and segment
+GET  /stats                events, visitors, rejected, lag (records not yet reflected)
+GET  /health               ``{"status": "ok"}``
+=========================  ============================================================
+
+Errors are ``{"error": "..."}`` with status 400 (bad request), 404 (unknown) or 503.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import orjson
+from faust.web import Request, Response, View
+
+from ampelios.core.events import MAX_SOURCE_ID
+from ampelios.core.journeys import JourneyState
+from ampelios.core.partitioning import visitor_key
+from ampelios.services.broker import committed_offsets, end_offsets
+from ampelios.stream.app import Pipeline
+from ampelios.stream.jobs import PathMissing, PathRefused, resolve_data_path, start_job
+
+DEFAULT_USER_LIMIT = 100
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _json(view: View, obj: Any, status: int = 200) -> Response:
+    return view.bytes(
+        orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY), content_type="application/json", status=status
+    )
+
+
+def _int(raw: Any, name: str, lo: int = 0, hi: int = 2**63 - 1) -> int:
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        raise HttpError(400, f"{name} must be an integer, got {raw!r:.40}") from None
+    if type(raw) is bool or not lo <= value <= hi:
+        raise HttpError(400, f"{name} must be an integer in {lo}..{hi}, got {raw!r:.40}")
+    return value
+
+
+def _source_id(request: Request) -> int:
+    if "source_id" not in request.query:
+        raise HttpError(400, "source_id is required, e.g. ?source_id=1")
+    return _int(request.query["source_id"], "source_id", 0, MAX_SOURCE_ID)
+
+
+def _flag(request: Request, name: str) -> bool:
+    raw = request.query.get(name, "false").lower()
+    if raw not in ("true", "false", "1", "0"):
+        raise HttpError(400, f"{name} must be true or false, got {raw!r:.40}")
+    return raw in ("true", "1")
+
+
+def _handle(method: Any) -> Any:
+    async def wrapper(self: View, request: Request, **kwargs: Any) -> Response:
+        try:
+            status, body = await method(self, request, **kwargs)
+        except HttpError as exc:
+            status, body = exc.status, {"error": str(exc)}
+        return _json(self, body, status)
+
+    wrapper.__name__ = method.__name__
+    wrapper.__doc__ = method.__doc__
+    return wrapper
+
+
+def register(p: Pipeline) -> None:
+    app = p.app
+
+    def no_segments(source_id: int) -> HttpError:
+        return HttpError(404, f"source {source_id} has no segments yet: no event of that source has been processed")
+
+    @app.page("/health")
+    class Health(View):
+        @_handle
+        async def get(self, request: Request) -> tuple[int, Any]:
+            return 200, {"status": "ok"}
+
+    @app.page("/view")
+    class Segments(View):
+        @_handle
+        async def get(self, request: Request) -> tuple[int, Any]:
+            """Segments of a source: id, users (count, or ids with verbose=true), centroid."""
+            source_id = _source_id(request)
+            verbose = _flag(request, "verbose")
+            limit = _int(request.query.get("limit", DEFAULT_USER_LIMIT), "limit", 1, 10**7)
+            model = p.published_model(source_id)
+            if model is None:
+                raise no_segments(source_id)
+            users: list[Any] = model.sizes().tolist()
+            if verbose:
+                users = members(source_id, model.k, limit)
+            centroids = model.centroids_in_units().tolist()
+            return 200, [{"id": s, "users": users[s], "centroid": centroids[s]} for s in range(model.k)]
+
+    def members(source_id: int, k: int, limit: int) -> list[list[int]]:
+        """Up to ``limit`` visitor ids per segment, in key order (scans local journeys)."""
+        found: list[list[int]] = [[] for _ in range(k)]
+        prefix = b"%d:" % source_id
+        for key, value in p.journeys.items():
+            if key.startswith(prefix):
+                segment = JourneyState.from_bytes(value).segment
+                if 0 <= segment < k and len(found[segment]) < limit:
+                    found[segment].append(int(key[len(prefix) :]))
+        return [sorted(ids) for ids in found]
+
+    @app.page("/visitors/{visitorid}")
+    class Visitor(View):
+        @_handle
+        async def get(self, request: Request, visitorid: str) -> tuple[int, Any]:
+            """One visitor's sessions, state vector, six features and segment."""
+            source_id = _source_id(request)
+            vid = _int(visitorid, "visitorid")
+            value = p.journeys.get(visitor_key(source_id, vid))
+            if value is None:
+                raise HttpError(404, f"visitor {vid} of source {source_id} is unknown")
+            journey = JourneyState.from_bytes(value)
+            sessions = journey.sessions(p.settings.session_gap_ms)
+            features = journey.features(p.settings.session_gap_ms)
+            return 200, {
+                "visitorid": vid,
+                "source_id": source_id,
+                "sessions": [s.to_dict() for s in sessions],
+                "state": features[:3].astype(np.int64).tolist(),
+                "features": features.tolist(),
+                "segment": journey.segment,
+            }
+
+    @app.page("/stats")
+    class Stats(View):
+        @_handle
+        async def get(self, request: Request) -> tuple[int, Any]:
+            """Events and visitors reflected, rows rejected, and records not yet reflected."""
+            source_id = _source_id(request)
+            tps = p.committed_partitions()
+            url = p.settings.broker_url
+            ends = await end_offsets(url, tps)
+            done = await committed_offsets(url, p.settings.app_id, tps)
+            lag = sum(max(0, ends[tp] - done.get(tp, 0)) for tp in tps)
+            return 200, {**p.source_stats(source_id), "lag": lag}
+
+    @app.page("/trigger")
+    class Trigger(View):
+        @_handle
+        async def post(self, request: Request) -> tuple[int, Any]:
+            """Replay a CSV under the data directory into the events topic."""
+            try:
+                body = orjson.loads(await request.read())
+            except orjson.JSONDecodeError:
+                raise HttpError(400, "the body must be JSON") from None
+            if not isinstance(body, dict):
+                raise HttpError(400, "the body must be a JSON object")
+            source_id = _int(body.get("source_id"), "source_id", 0, MAX_SOURCE_ID)
+            name = body.get("events_path")
+            if not isinstance(name, str):
+                raise HttpError(400, 'events_path must be a string, e.g. "events.csv"')
+            try:
+                path = resolve_data_path(p.settings.data_dir, name)
+            except PathRefused as exc:
+                raise HttpError(400, str(exc)) from None
+            except PathMissing as exc:
+                raise HttpError(404, str(exc)) from None
+            job = start_job(
+                p.jobs, p.settings.broker_url, p.topology, path, name, source_id, p.settings.replay_batch_events
+            )
+            return 202, {"job": job.id, "status_url": f"/trigger/{job.id}"}
+
+    @app.page("/trigger/{job}")
+    class TriggerJob(View):
+        @_handle
+        async def get(self, request: Request, job: str) -> tuple[int, Any]:
+            """State and counts of one replay job."""
+            found = p.jobs.get(job)
+            if found is None:
+                raise HttpError(404, f"no replay job {job!r} on this worker")
+            return 200, found.to_json()

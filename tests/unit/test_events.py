@@ -1,0 +1,176 @@
+"""Parsing, validation and the wire format of events."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ampelios.core.events import (
+    ADDTOCART,
+    TRANSACTION,
+    VIEW,
+    CsvError,
+    EventBatch,
+    InvalidMessage,
+    decode_events,
+    encode_events,
+    parse_csv_lines,
+    write_csv,
+)
+
+HEADER = b"timestamp,visitorid,event,itemid,transactionid\n"
+T = 1433221332117
+
+
+def parse(body: bytes, header: bytes = HEADER):
+    return parse_csv_lines(iter((header + body).splitlines(keepends=True)), source_id=1, name="f.csv")
+
+
+def test_good_rows_are_kept_in_file_order_with_codes():
+    parsed = parse(b"%d,257598,view,355908,\n%d,1,addtocart,5,\n%d,1,transaction,5,11\n" % (T, T + 1, T + 2))
+    assert parsed.rows == 3 and parsed.rejections == []
+    e = parsed.events
+    assert e.visitorid.tolist() == [257598, 1, 1]
+    assert e.event.tolist() == [VIEW, ADDTOCART, TRANSACTION]
+    assert e.transactionid.tolist() == [-1, -1, 11]
+    assert e.source_id.tolist() == [1, 1, 1]
+
+
+def test_seed_header_without_itemid_and_any_column_order():
+    parsed = parse(b"view,%d,7,\n" % T, header=b"event,timestamp,visitorid,transactionid\n")
+    assert parsed.events.itemid.tolist() == [-1] and parsed.events.visitorid.tolist() == [7]
+
+
+def test_bom_and_crlf_are_accepted():
+    parsed = parse(b"%d,1,view,2,\r\n" % T, header=b"\xef\xbb\xbf" + HEADER.replace(b"\n", b"\r\n"))
+    assert len(parsed.events) == 1 and parsed.rejections == []
+
+
+@pytest.mark.parametrize(
+    ("row", "reason"),
+    [
+        (b"\n", "empty line"),
+        (b"%d,1,view,2\n" % T, "expected 5 fields, got 4"),
+        (b"%d,1,view,2,,9\n" % T, "expected 5 fields, got 6"),
+        (b"%d,abc,view,2,\n" % T, "not an integer"),
+        (b"%d,-5,view,2,\n" % T, "visitorid"),
+        (b"%d,1,click,2,\n" % T, "unknown event 'click'"),
+        (b"433221332117,1,view,2,\n", "timestamp outside"),
+        (b"%d,1,view,2,-3\n" % T, "itemid and transactionid"),
+        (b"%d,1,vi\xffew,2,\n" % T, "unknown event"),
+        (b"%d,99999999999999999999,view,2,\n" % T, "visitorid"),
+    ],
+)
+def test_bad_rows_are_rejected_with_line_and_reason_and_the_rest_kept(row, reason):
+    parsed = parse(b"%d,1,view,2,\n" % T + row + b"%d,2,view,3,\n" % T)
+    assert parsed.events.visitorid.tolist() == [1, 2]
+    assert parsed.rows == 3
+    (rejection,) = parsed.rejections
+    assert rejection.position == "f.csv:3"
+    assert reason in rejection.reason
+
+
+def test_header_only_gives_no_events_and_an_empty_file_is_an_error():
+    assert len(parse(b"").events) == 0
+    with pytest.raises(CsvError, match="empty"):
+        parse_csv_lines(iter([]), 1)
+
+
+def test_header_without_required_columns_is_an_error():
+    with pytest.raises(CsvError, match="missing visitorid"):
+        parse(b"", header=b"timestamp,event\n")
+
+
+events_strategy = st.lists(
+    st.tuples(
+        st.integers(946_684_800_000, 4_102_444_799_999),
+        st.integers(0, 2**63 - 1),
+        st.sampled_from([VIEW, ADDTOCART, TRANSACTION]),
+        st.integers(-1, 2**40),
+        st.integers(-1, 2**40),
+    ),
+    max_size=50,
+)
+
+
+def batch_of(rows, source_id=3) -> EventBatch:
+    cols = list(zip(*rows)) if rows else [[], [], [], [], []]
+    return EventBatch.from_columns(np.full(len(rows), source_id), *cols)
+
+
+def same(a: EventBatch, b: EventBatch) -> bool:
+    return all(
+        np.array_equal(getattr(a, c), getattr(b, c))
+        for c in ("source_id", "timestamp", "visitorid", "event", "itemid", "transactionid")
+    )
+
+
+@given(events_strategy)
+def test_wire_format_round_trips(rows):
+    batch = batch_of(rows)
+    decoded, rejections = decode_events(encode_events(batch), "events:0:0")
+    assert rejections == [] and same(decoded, batch)
+
+
+@given(events_strategy)
+def test_csv_round_trips(rows):
+    import io
+
+    batch = batch_of(rows, source_id=1)
+    out = io.BytesIO()
+    write_csv(batch, out)
+    parsed = parse_csv_lines(iter(out.getvalue().splitlines(keepends=True)), 1)
+    assert parsed.rejections == [] and same(parsed.events, batch)
+
+
+def test_one_event_message():
+    msg = orjson.dumps(
+        {"source_id": 2, "timestamp": T, "visitorid": 9, "event": "addtocart", "itemid": 4, "transactionid": None}
+    )
+    batch, rejections = decode_events(msg, "events:1:7")
+    assert rejections == [] and batch.event.tolist() == [ADDTOCART] and batch.source_id.tolist() == [2]
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (b"not json", "not valid JSON"),
+        (b"[1, 2]", "expected a JSON object"),
+        (b'{"source_id": 1, "timestamp": 1, "visitorid": 1}', "missing 'event'"),
+        (b'{"source_id": "1", "timestamp": 1, "visitorid": 1, "event": "view"}', "source_id"),
+        (b'{"source_id": 1, "timestamp": "x", "visitorid": 1, "event": "view"}', "'timestamp' must hold integers"),
+        (b'{"source_id": 1, "timestamp": 1.5, "visitorid": 1, "event": "view"}', "'timestamp' must hold integers"),
+        (
+            b'{"source_id": 1, "timestamp": [1, 2], "visitorid": [1], "event": ["view", "view"]}',
+            "'visitorid' has 1 values",
+        ),
+        (b'{"source_id": 1, "timestamp": 1, "visitorid": 18446744073709551615, "event": "view"}', "beyond 64 bits"),
+        (
+            b'{"source_id": 1, "timestamp": 1, "visitorid": 99999999999999999999999, "event": "view"}',
+            "must hold integers",
+        ),
+    ],
+)
+def test_unreadable_messages_raise_with_a_reason(value, reason):
+    with pytest.raises(InvalidMessage, match=reason):
+        decode_events(value, "events:0:1")
+
+
+def test_bad_rows_of_a_column_message_are_rejected_alone():
+    msg = orjson.dumps(
+        {
+            "source_id": 1,
+            "timestamp": [T, 5, T],
+            "visitorid": [1, 2, 3],
+            "event": ["view", "view", "fly"],
+            "itemid": [1, 1, 1],
+            "transactionid": [None, None, None],
+        }
+    )
+    batch, rejections = decode_events(msg, "events:0:9")
+    assert batch.visitorid.tolist() == [1]
+    assert [r.position for r in rejections] == ["events:0:9#1", "events:0:9#2"]
+    assert "timestamp" in rejections[0].reason and "unknown event" in rejections[1].reason

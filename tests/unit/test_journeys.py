@@ -1,0 +1,144 @@
+"""Sessions and features: the streaming journey equals the batch definition."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ampelios.core.events import ADDTOCART, TRANSACTION, VIEW, EventBatch
+from ampelios.core.journeys import (
+    JOURNEY_EVENT,
+    NO_SEGMENT,
+    JourneyState,
+    batch_features,
+    features_of,
+    merge_journeys,
+    sessionize,
+)
+
+GAP = 20 * 60_000
+T0 = 1_433_000_000_000
+
+
+def test_a_gap_of_exactly_twenty_minutes_stays_in_the_session():
+    sessions = sessionize(np.array([0, GAP, 2 * GAP + 1]), np.array([VIEW, VIEW, VIEW]), GAP)
+    assert [(s.start, s.end, s.views) for s in sessions] == [(0, GAP, 2), (2 * GAP + 1, 2 * GAP + 1, 1)]
+
+
+def test_six_features_follow_the_seed_definition():
+    # session 1: 2 views, 1 cart, 1 buy; session 2: 2 views
+    ts = np.array([0, 1, 2, 3, GAP * 3, GAP * 3 + 5])
+    ev = np.array([VIEW, VIEW, ADDTOCART, TRANSACTION, VIEW, VIEW])
+    f = features_of(sessionize(ts, ev, GAP))
+    assert f.tolist() == [4, 1, 1, 2, 2.0, (1 / 2) / 2.0]
+
+
+def test_purchase_ratio_without_views_is_buys_per_session():
+    f = features_of(sessionize(np.array([0, 1]), np.array([ADDTOCART, TRANSACTION]), GAP))
+    assert f.tolist() == [0, 1, 1, 1, 0.0, 1.0]
+
+
+# One visitor's events: (minute offset, event, item). Few distinct values -> collisions.
+event_rows = st.tuples(st.integers(0, 200), st.sampled_from([VIEW, ADDTOCART, TRANSACTION]), st.integers(0, 3))
+visitor_events = st.dictionaries(
+    st.integers(0, 5), st.lists(event_rows, min_size=1, max_size=30), min_size=1, max_size=6
+)
+
+
+def as_batch(rows: list[tuple[int, int, int, int]]) -> EventBatch:
+    """rows of (visitor, minute, event, item) -> events (transaction id = item for buys)."""
+    v, m, e, i = (np.array(x, dtype=np.int64) for x in zip(*rows))
+    tx = np.where(e == TRANSACTION, i, -1)
+    return EventBatch.from_columns(np.ones(len(v)), T0 + m * 60_000 + (m % 7) * 1000, v, e, i, tx)
+
+
+def batch_definition(rows) -> dict[int, tuple[list, np.ndarray]]:
+    """The obvious definition: distinct events per visitor, sorted, sessionized."""
+    events = as_batch(rows)
+    result = {}
+    for visitor in np.unique(events.visitorid).tolist():
+        mine = events.take(events.visitorid == visitor)
+        distinct = sorted(
+            set(zip(mine.timestamp.tolist(), mine.event.tolist(), mine.itemid.tolist(), mine.transactionid.tolist()))
+        )
+        ts = np.array([d[0] for d in distinct])
+        ev = np.array([d[1] for d in distinct])
+        sessions = sessionize(ts, ev, GAP)
+        result[visitor] = (sessions, features_of(sessions))
+    return result
+
+
+def stream(rows, chunk_sizes) -> dict[int, bytes]:
+    """Feed rows through merge_journeys in chunks, as the agent does, keeping bytes."""
+    store: dict[int, bytes] = {}
+    events = as_batch(rows)
+    start = 0
+    for size in chunk_sizes:
+        if start >= len(events):
+            break
+        chunk = events.take(slice(start, start + size))
+        start += size
+        visitors, owner = np.unique(chunk.visitorid, return_inverse=True)
+        batch = merge_journeys([store.get(v) for v in visitors.tolist()], chunk, owner, GAP)
+        idx = np.arange(len(visitors))
+        for v, value in zip(visitors.tolist(), batch.encode(idx, np.zeros(len(idx), dtype=np.int64))):
+            store[v] = value
+    assert start >= len(events)
+    return store
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    visitor_events,
+    st.randoms(use_true_random=False),
+    st.lists(st.integers(1, 12), min_size=1, max_size=40),
+    st.integers(0, 3),
+)
+def test_streaming_equals_batch_for_any_order_chunking_and_duplicates(by_visitor, rnd, chunks, copies):
+    rows = [(v, m, e, i) for v, evs in by_visitor.items() for (m, e, i) in evs]
+    delivered = rows + [rnd.choice(rows) for _ in range(copies * len(rows) // 2)]  # redeliveries
+    rnd.shuffle(delivered)
+    chunks = [*chunks, len(delivered)]  # whatever is left arrives in one last batch
+    store = stream(delivered, chunks)
+    expected = batch_definition(rows)
+    assert set(store) == set(expected)
+    for visitor, (sessions, features) in expected.items():
+        journey = JourneyState.from_bytes(store[visitor])
+        assert journey.sessions(GAP) == sessions
+        np.testing.assert_allclose(journey.features(GAP), features)
+
+
+@settings(max_examples=100, deadline=None)
+@given(visitor_events)
+def test_vectorized_features_equal_the_definition(by_visitor):
+    rows = sorted((v, m, e, i) for v, evs in by_visitor.items() for (m, e, i) in evs)
+    events = as_batch(rows)
+    order = np.lexsort((events.timestamp, events.visitorid))
+    e = events.take(order)
+    visitors, owner = np.unique(e.visitorid, return_inverse=True)
+    got = batch_features(owner, e.timestamp, e.event, len(visitors), GAP)
+    for i, visitor in enumerate(visitors.tolist()):
+        mine = e.take(e.visitorid == visitor)
+        np.testing.assert_allclose(got[i], features_of(sessionize(mine.timestamp, mine.event, GAP)))
+
+
+def test_merge_reports_old_and_new_features_and_what_was_added():
+    first = as_batch([(1, 0, VIEW, 1)])
+    b1 = merge_journeys([None], first, np.array([0]), GAP)
+    assert b1.existed.tolist() == [False] and b1.added.tolist() == [1]
+    assert b1.old_segments.tolist() == [NO_SEGMENT]
+    stored = b1.encode(np.array([0]), np.array([3]))[0]
+    again = as_batch([(1, 0, VIEW, 1), (1, 1, ADDTOCART, 1)])
+    b2 = merge_journeys([stored], again, np.array([0, 0]), GAP)
+    assert b2.existed.tolist() == [True] and b2.added.tolist() == [1] and b2.old_segments.tolist() == [3]
+    assert b2.old_features[0].tolist() == [1, 0, 0, 1, 1, 0]
+    assert b2.new_features[0].tolist() == [1, 1, 0, 1, 1, 0]
+
+
+def test_journey_bytes_round_trip():
+    events = np.zeros(2, dtype=JOURNEY_EVENT)
+    events["timestamp"] = [T0, T0 + 1]
+    state = JourneyState(events, segment=4)
+    back = JourneyState.from_bytes(state.to_bytes())
+    assert back.segment == 4 and back.events.tolist() == events.tolist()
