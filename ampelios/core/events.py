@@ -291,10 +291,11 @@ def _int_column(obj: dict[str, Any], key: str, n: int, *, optional: bool) -> np.
         raise InvalidMessage(f"{key!r} holds an integer beyond 64 bits") from None
 
 
-def decode_events(value: bytes, position: str) -> tuple[EventBatch, list[Rejection]]:
-    """Decode one Kafka message (see the module docstring) into good events and the
-    rejections of bad rows. Raises :class:`InvalidMessage` when the message as a whole
-    cannot be read; rows are then positioned ``position#i``."""
+def decode_events(value: bytes, position: str) -> tuple[int, EventBatch, list[Rejection]]:
+    """Decode one Kafka message (see the module docstring) into its source, its good
+    events and the rejections of its bad rows (positioned ``position#i`` when the message
+    holds several). Raises :class:`InvalidMessage` when the message as a whole cannot be
+    read."""
     try:
         obj = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
@@ -317,12 +318,12 @@ def decode_events(value: bytes, position: str) -> tuple[EventBatch, list[Rejecti
     batch = EventBatch(source_id=np.full(n, source, dtype=np.int64), event=code, **columns)
     good, reasons = valid_rows(batch)
     if good.all():
-        return batch, []
+        return source, batch, []
     rejections = [
         Rejection(f"{position}#{i}" if n > 1 else position, reasons[i] or "invalid", _row_preview(names, i))
         for i in np.flatnonzero(~good)
     ]
-    return batch.take(good), rejections
+    return source, batch.take(good), rejections
 
 
 def _row_preview(names: list[Any], i: int) -> str:

@@ -18,31 +18,10 @@ from ampelios.config import Settings
 from ampelios.core.events import write_csv
 from ampelios.core.generate import generate_events
 from ampelios.core.journeys import FEATURE_NAMES
-from ampelios.services.stack import Stack, http_json
+from ampelios.services.stack import Stack, http_json, wait_for_job, wait_until_reflected
 
 SOURCE_ID = 1
 DATA_FILE = "events.csv"
-
-
-def wait_until_reflected(base: str, job: str, source_id: int, timeout: float = 3600.0) -> dict[str, Any]:
-    """Follow a replay job until it is done and ``/stats`` shows no lag; return the stats."""
-    deadline = time.monotonic() + timeout
-    with click.progressbar(length=1, label="Replaying", show_pos=True) as bar:
-        while time.monotonic() < deadline:
-            _, status = http_json("GET", f"{base}/trigger/{job}")
-            bar.length = max(1, status["events"])
-            bar.update(status["rows_sent"] - bar.pos)
-            if status["state"] == "failed":
-                raise click.ClickException(f"the replay failed: {status['error']}")
-            if status["state"] == "done":
-                break
-            time.sleep(0.5)
-    while time.monotonic() < deadline:
-        _, stats = http_json("GET", f"{base}/stats?source_id={source_id}")
-        if stats["lag"] == 0:
-            return dict(stats)
-        time.sleep(0.5)
-    raise click.ClickException(f"events were not reflected within {timeout:.0f}s")
 
 
 def segment_table(segments: list[dict[str, Any]]) -> str:
@@ -76,8 +55,16 @@ def run_demo(settings: Settings, n_events: int, keep_running: bool) -> int:
         status, answer = http_json("POST", f"{base}/trigger", {"source_id": SOURCE_ID, "events_path": DATA_FILE})
         if status != 202:
             raise click.ClickException(f"/trigger answered {status}: {answer}")
-        stats = wait_until_reflected(base, answer["job"], SOURCE_ID)
-        _, job = http_json("GET", f"{base}/trigger/{answer['job']}")
+        with click.progressbar(length=1, label="Replaying", show_pos=True) as bar:
+
+            def show(status: dict[str, Any]) -> None:
+                bar.length = max(1, status["events"])
+                bar.update(status["rows_sent"] - bar.pos)
+
+            job = wait_for_job(base, answer["job"], on_status=show)
+        if job["state"] == "failed":
+            raise click.ClickException(f"the replay failed: {job['error']}")
+        stats = wait_until_reflected(base, SOURCE_ID)
         _, segments = http_json("GET", f"{base}/view?source_id={SOURCE_ID}")
         click.echo(
             f"\nReflected {stats['events']} events of {stats['visitors']} visitors "

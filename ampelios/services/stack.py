@@ -17,6 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -37,6 +38,33 @@ def http_json(method: str, url: str, body: Any = None, timeout: float = 30.0) ->
             return response.status, json.loads(response.read() or b"null")
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read() or b"null")
+
+
+def wait_for_job(
+    base: str, job: str, timeout: float = 3600.0, on_status: Callable[[dict[str, Any]], None] = lambda s: None
+) -> dict[str, Any]:
+    """Poll ``/trigger/{job}`` until the replay is ``done`` or ``failed``; return its status."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        code, status = http_json("GET", f"{base}/trigger/{job}")
+        if code != 200:
+            raise RuntimeError(f"/trigger/{job} answered {code}: {status}")
+        on_status(status)
+        if status["state"] != "running":
+            return dict(status)
+        time.sleep(0.2)
+    raise TimeoutError(f"replay job {job} still running after {timeout:.0f}s")
+
+
+def wait_until_reflected(base: str, source_id: int, timeout: float = 3600.0) -> dict[str, Any]:
+    """Poll ``/stats`` until nothing published is left to reflect (lag 0); return the stats."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        code, stats = http_json("GET", f"{base}/stats?source_id={source_id}")
+        if code == 200 and stats["lag"] == 0:
+            return dict(stats)
+        time.sleep(0.2)
+    raise TimeoutError(f"events were not reflected within {timeout:.0f}s")
 
 
 class WorkerProcess:

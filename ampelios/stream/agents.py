@@ -102,19 +102,20 @@ def register(p: Pipeline) -> None:
             message = event.message
             position = f"{message.topic}:{message.partition}:{message.offset}"
             try:
-                events, rejections = decode_events(event.value, position)
+                source, events, rejections = decode_events(event.value, position)
             except InvalidMessage as exc:
                 raw = (event.value or b"")[:200].decode("utf-8", "replace")
                 await dead_letter(UNKNOWN_SOURCE, [Rejection(position, str(exc), raw)])
                 continue
             if rejections:
-                await dead_letter(int(events.source_id[0]) if len(events) else UNKNOWN_SOURCE, rejections)
-            for source_id in np.unique(events.source_id).tolist():
-                try:
-                    await apply_batch(source_id, message.partition, events.take(events.source_id == source_id))
-                except Exception as exc:  # never let one message stop the stream
-                    log.exception("could not apply %s (source %d)", position, source_id)
-                    await dead_letter(source_id, [Rejection(position, f"internal error: {exc!r}")])
+                await dead_letter(source, rejections)
+            if not len(events):
+                continue
+            try:
+                await apply_batch(source, message.partition, events)
+            except Exception as exc:  # never let one message stop the stream
+                log.exception("could not apply %s (source %d)", position, source)
+                await dead_letter(source, [Rejection(position, f"internal error: {exc!r}")])
 
     @p.app.agent(p.segment_updates, name="segments")
     async def segments(stream: Any) -> None:

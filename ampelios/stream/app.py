@@ -65,6 +65,11 @@ class Pipeline:
     published: Any
     jobs: dict[str, Any] = field(default_factory=dict)
 
+    def ready(self) -> bool:
+        """Table recovery has completed and no rebalance is under way."""
+        recovery = self.app.tables.recovery
+        return recovery.completed.is_set() and not recovery.in_recovery and not self.app.rebalancing
+
     def published_model(self, source_id: int) -> SegmentModel | None:
         """The newest model of a source this worker has seen (possibly a batch behind)."""
         value = self.published.get(b"%d" % source_id)
@@ -80,9 +85,11 @@ class Pipeline:
         return totals
 
     def committed_partitions(self) -> list[TopicPartition]:
-        """The input partitions whose lag says whether everything is reflected."""
-        events = [TopicPartition(self.topology.events, p) for p in range(self.topology.partitions)]
-        return [*events, TopicPartition(self.topology.segment_updates, 0)]
+        """The input partitions whose lag says whether everything is reflected: events,
+        rejections (counted in stats) and segment updates."""
+        t = self.topology
+        inputs = [TopicPartition(topic, p) for topic in (t.events, t.dead_letters) for p in range(t.partitions)]
+        return [*inputs, TopicPartition(t.segment_updates, 0)]
 
 
 def encode_counts(counts: dict[str, int]) -> bytes:

@@ -11,7 +11,8 @@ GET  /stats                events, visitors, rejected, lag (records not yet refl
 GET  /health               ``{"status": "ok"}``
 =========================  ============================================================
 
-Errors are ``{"error": "..."}`` with status 400 (bad request), 404 (unknown) or 503.
+Errors are ``{"error": "..."}`` with status 400 (bad request), 404 (unknown) or 503
+(the worker is still recovering its tables after a start or rebalance: retry).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from ampelios.core.events import MAX_SOURCE_ID
 from ampelios.core.journeys import JourneyState
 from ampelios.core.partitioning import visitor_key
 from ampelios.services.broker import committed_offsets, end_offsets
+from ampelios.stream.agents import UNKNOWN_SOURCE
 from ampelios.stream.app import Pipeline
 from ampelios.stream.jobs import PathMissing, PathRefused, resolve_data_path, start_job
 
@@ -54,10 +56,10 @@ def _int(raw: Any, name: str, lo: int = 0, hi: int = 2**63 - 1) -> int:
     return value
 
 
-def _source_id(request: Request) -> int:
+def _source_id(request: Request, lowest: int = 0) -> int:
     if "source_id" not in request.query:
         raise HttpError(400, "source_id is required, e.g. ?source_id=1")
-    return _int(request.query["source_id"], "source_id", 0, MAX_SOURCE_ID)
+    return _int(request.query["source_id"], "source_id", lowest, MAX_SOURCE_ID)
 
 
 def _flag(request: Request, name: str) -> bool:
@@ -67,17 +69,25 @@ def _flag(request: Request, name: str) -> bool:
     return raw in ("true", "1")
 
 
-def _handle(method: Any) -> Any:
-    async def wrapper(self: View, request: Request, **kwargs: Any) -> Response:
-        try:
-            status, body = await method(self, request, **kwargs)
-        except HttpError as exc:
-            status, body = exc.status, {"error": str(exc)}
-        return _json(self, body, status)
+def _endpoint(p: Pipeline, *, needs_state: bool = True) -> Any:
+    """Turn ``async (view, request, ...) -> (status, body)`` into a JSON view; answer 503
+    while the worker is still recovering the tables the view reads."""
 
-    wrapper.__name__ = method.__name__
-    wrapper.__doc__ = method.__doc__
-    return wrapper
+    def decorate(method: Any) -> Any:
+        async def handler(self: View, request: Request, **kwargs: Any) -> Response:
+            try:
+                if needs_state and not p.ready():
+                    raise HttpError(503, "the worker is recovering its state; retry shortly")
+                status, body = await method(self, request, **kwargs)
+            except HttpError as exc:
+                status, body = exc.status, {"error": str(exc)}
+            return _json(self, body, status)
+
+        handler.__name__ = method.__name__
+        handler.__doc__ = method.__doc__
+        return handler
+
+    return decorate
 
 
 def register(p: Pipeline) -> None:
@@ -88,13 +98,14 @@ def register(p: Pipeline) -> None:
 
     @app.page("/health")
     class Health(View):
-        @_handle
+        @_endpoint(p, needs_state=False)
         async def get(self, request: Request) -> tuple[int, Any]:
-            return 200, {"status": "ok"}
+            """200 once the worker has recovered its state and serves; 503 until then."""
+            return (200, {"status": "ok"}) if p.ready() else (503, {"status": "recovering"})
 
     @app.page("/view")
     class Segments(View):
-        @_handle
+        @_endpoint(p)
         async def get(self, request: Request) -> tuple[int, Any]:
             """Segments of a source: id, users (count, or ids with verbose=true), centroid."""
             source_id = _source_id(request)
@@ -122,7 +133,7 @@ def register(p: Pipeline) -> None:
 
     @app.page("/visitors/{visitorid}")
     class Visitor(View):
-        @_handle
+        @_endpoint(p)
         async def get(self, request: Request, visitorid: str) -> tuple[int, Any]:
             """One visitor's sessions, state vector, six features and segment."""
             source_id = _source_id(request)
@@ -144,10 +155,11 @@ def register(p: Pipeline) -> None:
 
     @app.page("/stats")
     class Stats(View):
-        @_handle
+        @_endpoint(p)
         async def get(self, request: Request) -> tuple[int, Any]:
-            """Events and visitors reflected, rows rejected, and records not yet reflected."""
-            source_id = _source_id(request)
+            """Events and visitors reflected, rows rejected, and records not yet reflected.
+            ``source_id=-1`` counts messages whose source could not be read."""
+            source_id = _source_id(request, lowest=UNKNOWN_SOURCE)
             tps = p.committed_partitions()
             url = p.settings.broker_url
             ends = await end_offsets(url, tps)
@@ -157,7 +169,7 @@ def register(p: Pipeline) -> None:
 
     @app.page("/trigger")
     class Trigger(View):
-        @_handle
+        @_endpoint(p, needs_state=False)
         async def post(self, request: Request) -> tuple[int, Any]:
             """Replay a CSV under the data directory into the events topic."""
             try:
@@ -183,7 +195,7 @@ def register(p: Pipeline) -> None:
 
     @app.page("/trigger/{job}")
     class TriggerJob(View):
-        @_handle
+        @_endpoint(p, needs_state=False)
         async def get(self, request: Request, job: str) -> tuple[int, Any]:
             """State and counts of one replay job."""
             found = p.jobs.get(job)

@@ -111,8 +111,8 @@ def same(a: EventBatch, b: EventBatch) -> bool:
 @given(events_strategy)
 def test_wire_format_round_trips(rows):
     batch = batch_of(rows)
-    decoded, rejections = decode_events(encode_events(batch), "events:0:0")
-    assert rejections == [] and same(decoded, batch)
+    source, decoded, rejections = decode_events(encode_events(batch), "events:0:0")
+    assert rejections == [] and same(decoded, batch) and source == (3 if rows else 0)
 
 
 @given(events_strategy)
@@ -130,7 +130,7 @@ def test_one_event_message():
     msg = orjson.dumps(
         {"source_id": 2, "timestamp": T, "visitorid": 9, "event": "addtocart", "itemid": 4, "transactionid": None}
     )
-    batch, rejections = decode_events(msg, "events:1:7")
+    _, batch, rejections = decode_events(msg, "events:1:7")
     assert rejections == [] and batch.event.tolist() == [ADDTOCART] and batch.source_id.tolist() == [2]
 
 
@@ -170,7 +170,8 @@ def test_bad_rows_of_a_column_message_are_rejected_alone():
             "transactionid": [None, None, None],
         }
     )
-    batch, rejections = decode_events(msg, "events:0:9")
+    source, batch, rejections = decode_events(msg, "events:0:9")
+    assert source == 1
     assert batch.visitorid.tolist() == [1]
     assert [r.position for r in rejections] == ["events:0:9#1", "events:0:9#2"]
     assert "timestamp" in rejections[0].reason and "unknown event" in rejections[1].reason

@@ -1,0 +1,26 @@
+# The two commands of the README: `make demo` (the main job) and `make test` (the suite).
+# Both create the virtual environment and install Ampelios into it on first use.
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: demo test lint clean
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	touch $@
+
+demo: $(VENV)/.installed
+	$(BIN)/ampelios demo
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check ampelios tests scripts
+	$(BIN)/ruff format --check ampelios tests scripts
+
+test: lint
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) .ampelios

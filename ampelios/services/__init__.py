@@ -1,0 +1,1 @@
+"""Processes and services Ampelios starts or talks to: broker, Postgres, the stack."""

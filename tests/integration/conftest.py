@@ -1,0 +1,132 @@
+"""Real components for integration tests: the embedded broker (one per test: it starts in
+milliseconds), embedded Postgres (one per session, a fresh database per test) and worker
+processes. Everything runs on free loopback ports in temporary directories and is
+stopped by its own PID at teardown."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import psycopg2
+import pytest
+
+from ampelios.config import Settings
+from ampelios.core.events import EventBatch, write_csv
+from ampelios.core.journeys import features_of, sessionize
+from ampelios.services.broker import EmbeddedBroker
+from ampelios.services.database import EmbeddedPostgres
+from ampelios.services.processes import free_port
+from ampelios.services.stack import WorkerProcess, http_json, wait_for_job, wait_until_reflected
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
+    root = tmp_path_factory.mktemp("postgres")
+    server = EmbeddedPostgres(root / "data", root / "postgres.log").start()
+    yield server
+    server.stop()
+
+
+def _admin(url: str, sql: str) -> None:
+    conn = psycopg2.connect(url)
+    try:
+        conn.autocommit = True
+        conn.cursor().execute(sql)
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def database_url(postgres: EmbeddedPostgres) -> Iterator[str]:
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    _admin(postgres.url, f"CREATE DATABASE {name}")
+    yield postgres.url.rsplit("/", 1)[0] + f"/{name}"
+    _admin(postgres.url, f"DROP DATABASE {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
+    server = EmbeddedBroker(tmp_path / "broker.log").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, broker: EmbeddedBroker, database_url: str) -> Settings:
+    (tmp_path / "data").mkdir()
+    return Settings(
+        broker=broker.url,
+        database_url=database_url,
+        web_port=free_port(),
+        state_dir=tmp_path / "state",
+        data_dir=tmp_path / "data",
+        partitions=4,
+        replay_batch_events=500,
+        snapshot_seconds=0.5,
+    )
+
+
+class Workers:
+    """Starts workers for a test and stops every one of them at teardown."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.started: list[WorkerProcess] = []
+
+    def start(self, settings: Settings) -> WorkerProcess:
+        log = (self.tmp_path / f"worker-{len(self.started)}.log").open("wb")
+        worker = WorkerProcess(settings, output=log)
+        self.started.append(worker)
+        return worker.start()
+
+    def log_text(self) -> str:
+        return "\n".join(p.read_text(errors="replace") for p in sorted(self.tmp_path.glob("worker-*.log")))
+
+    def stop_all(self) -> None:
+        for worker in self.started:
+            worker.stop()
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[Workers]:
+    w = Workers(tmp_path)
+    yield w
+    w.stop_all()
+
+
+@pytest.fixture
+def worker(workers: Workers, settings: Settings) -> WorkerProcess:
+    return workers.start(settings)
+
+
+def write_events(path: Path, events: EventBatch) -> Path:
+    with path.open("wb") as f:
+        write_csv(events, f)
+    return path
+
+
+def replay(base: str, name: str, source_id: int = 1) -> dict:
+    """POST /trigger, wait until the job is done and everything is reflected; job status."""
+    code, answer = http_json("POST", f"{base}/trigger", {"source_id": source_id, "events_path": name})
+    assert code == 202, answer
+    job = wait_for_job(base, answer["job"], timeout=600)
+    assert job["state"] == "done", job
+    wait_until_reflected(base, source_id, timeout=600)
+    return job
+
+
+def batch_definition(events: EventBatch, visitor: int, gap_ms: int) -> tuple[list, np.ndarray]:
+    """Sessions and features of one visitor by the plain definition (DESIGN.md section 1)."""
+    mine = events.take(events.visitorid == visitor)
+    rows = sorted(
+        set(zip(mine.timestamp.tolist(), mine.event.tolist(), mine.itemid.tolist(), mine.transactionid.tolist()))
+    )
+    ts = np.array([r[0] for r in rows], dtype=np.int64)
+    ev = np.array([r[1] for r in rows], dtype=np.uint8)
+    sessions = sessionize(ts, ev, gap_ms)
+    return sessions, features_of(sessions)

@@ -1,0 +1,82 @@
+"""Bad rows and messages are rejected, dead-lettered and counted; everything else goes on."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiokafka
+import orjson
+import pytest
+
+from ampelios.config import Settings
+from ampelios.services.broker import bootstrap_servers
+from ampelios.services.stack import WorkerProcess, http_json, wait_until_reflected
+from tests.integration.conftest import replay
+
+pytestmark = pytest.mark.integration
+
+T = 1433221332117
+
+
+async def produce(url: str, values: list[bytes]) -> None:
+    producer = aiokafka.AIOKafkaProducer(bootstrap_servers=bootstrap_servers(url))
+    await producer.start()
+    try:
+        for value in values:
+            await producer.send_and_wait("events", value, key=b"1:42")
+    finally:
+        await producer.stop()
+
+
+async def dead_letters(url: str, expected: int) -> list[dict]:
+    consumer = aiokafka.AIOKafkaConsumer(
+        "events-dlq", bootstrap_servers=bootstrap_servers(url), auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    records: list[dict] = []
+    try:
+        while len(records) < expected:
+            batch = await asyncio.wait_for(consumer.getmany(timeout_ms=500), timeout=60)
+            records += [orjson.loads(r.value) for rs in batch.values() for r in rs]
+    finally:
+        await consumer.stop()
+    return records
+
+
+def test_bad_rows_and_messages_are_dead_lettered_counted_and_skipped(settings: Settings, worker: WorkerProcess):
+    rows = [
+        b"%d,1,view,5," % T,
+        b"",  # empty line
+        b"%d,2,view,5" % T,  # missing field
+        b"%d,abc,view,5," % T,  # non-numeric id
+        b"%d,3,click,5," % T,  # unknown event name
+        b"%d,4,addtocart,5," % (T + 1),
+        b"%d,\xff\xfe,view,5," % T,  # not UTF-8
+    ]
+    (settings.data_dir / "mixed.csv").write_bytes(
+        b"timestamp,visitorid,event,itemid,transactionid\n" + b"\n".join(rows) + b"\n"
+    )
+    job = replay(worker.base_url, "mixed.csv")
+    assert (job["rows"], job["rows_sent"], job["rows_rejected"]) == (7, 2, 5)
+
+    # Messages straight onto the topic, as any producer could send them.
+    good = orjson.dumps({"source_id": 1, "timestamp": T + 5, "visitorid": 42, "event": "view", "itemid": 1})
+    poison = [
+        b"\x00not json",
+        b'{"source_id": 1, "timestamp": "soon", "visitorid": 42, "event": "view"}',
+        b'{"source_id": 1, "timestamp": 5, "visitorid": 42, "event": "view"}',  # year 1970
+    ]
+    asyncio.run(produce(settings.broker_url, [*poison, good]))
+    stats = wait_until_reflected(worker.base_url, 1, timeout=120)
+    assert stats["events"] == 3  # two from the file, one good message after the poison
+    assert http_json("GET", f"{worker.base_url}/visitors/42?source_id=1")[0] == 200
+
+    records = asyncio.run(dead_letters(settings.broker_url, 8))
+    by_position = {r["position"]: r for r in records}
+    assert {"mixed.csv:3", "mixed.csv:4", "mixed.csv:5", "mixed.csv:6", "mixed.csv:8"} <= set(by_position)
+    assert by_position["mixed.csv:6"]["reason"] == "unknown event 'click'"
+    worker_rejections = [r for r in records if r["stage"] == "worker"]
+    assert len(worker_rejections) == 3
+    assert {r["source_id"] for r in worker_rejections} == {-1, 1}  # unreadable -> unknown source
+    assert stats["rejected"] == 5 + 1  # five file rows and the message whose row had a 1970 timestamp
+    assert http_json("GET", f"{worker.base_url}/stats?source_id=-1")[1]["rejected"] == 2  # source unreadable

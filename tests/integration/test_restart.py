@@ -1,0 +1,82 @@
+"""Journeys and the model survive a restart of the worker alone; an emptied broker is noticed."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from ampelios.config import Settings
+from ampelios.core.events import EventBatch
+from ampelios.core.generate import generate_events
+from ampelios.services.broker import EmbeddedBroker
+from ampelios.services.stack import http_json
+from tests.integration.conftest import Workers, batch_definition, replay, write_events
+
+pytestmark = pytest.mark.integration
+
+
+def snapshot(base: str, visitors: list[int]) -> dict:
+    return {
+        "stats": http_json("GET", f"{base}/stats?source_id=1")[1],
+        "view": http_json("GET", f"{base}/view?source_id=1")[1],
+        "visitors": [http_json("GET", f"{base}/visitors/{v}?source_id=1")[1] for v in visitors],
+    }
+
+
+@pytest.mark.parametrize("keep_local_state", [True, False], ids=["local-rocksdb-kept", "from-changelogs-only"])
+def test_state_survives_a_worker_restart_and_keeps_learning(settings: Settings, workers: Workers, keep_local_state):
+    first = generate_events(12_000, seed=1)
+    write_events(settings.data_dir / "first.csv", first)
+    worker = workers.start(settings)
+    replay(worker.base_url, "first.csv")
+    sample = np.random.default_rng(1).choice(np.unique(first.visitorid), 150, replace=False).tolist()
+    before = snapshot(worker.base_url, sample)
+    assert worker.stop() == 0  # a clean shutdown
+
+    if not keep_local_state:  # a new machine: everything comes back from the changelogs
+        shutil.rmtree(settings.worker_dir)
+    worker = workers.start(settings)
+    assert snapshot(worker.base_url, sample) == before
+
+    # The restarted worker goes on from the recovered state: visitors of both files,
+    # some in both, are each counted once and the model is updated, not re-seeded.
+    second = generate_events(8_000, seed=2)
+    second = EventBatch.from_columns(
+        second.source_id, second.timestamp, second.visitorid + 3_000, second.event, second.itemid, second.transactionid
+    )
+    write_events(settings.data_dir / "second.csv", second)
+    replay(worker.base_url, "second.csv")
+    both = EventBatch.concat([first, second])
+    distinct = len(np.unique(both.visitorid))
+    stats = http_json("GET", f"{worker.base_url}/stats?source_id=1")[1]
+    assert (stats["events"], stats["visitors"]) == (20_000, distinct)
+    assert sum(s["users"] for s in http_json("GET", f"{worker.base_url}/view?source_id=1")[1]) == distinct
+    overlap = sorted(set(first.visitorid.tolist()) & set(second.visitorid.tolist()))[:50]
+    assert overlap
+    for visitor in overlap:
+        answer = http_json("GET", f"{worker.base_url}/visitors/{visitor}?source_id=1")[1]
+        np.testing.assert_allclose(answer["features"], batch_definition(both, visitor, settings.session_gap_ms)[1])
+
+
+def test_a_worker_notices_an_emptied_broker_and_starts_clean(settings: Settings, workers: Workers, tmp_path):
+    events = generate_events(3_000, seed=5)
+    write_events(settings.data_dir / "events.csv", events)
+    worker = workers.start(settings)
+    replay(worker.base_url, "events.csv")
+    assert worker.stop() == 0
+
+    # The embedded broker keeps nothing across its own restarts.
+    reborn = EmbeddedBroker(tmp_path / "broker-2.log").start()
+    try:
+        worker = workers.start(settings.with_(broker=reborn.url))
+        assert "Starting clean" in workers.log_text()
+        code, answer = http_json("GET", f"{worker.base_url}/view?source_id=1")
+        assert code == 404, answer
+        assert http_json("GET", f"{worker.base_url}/stats?source_id=1")[1]["events"] == 0
+        replay(worker.base_url, "events.csv")  # and it works again from there
+        assert http_json("GET", f"{worker.base_url}/stats?source_id=1")[1]["events"] == len(events)
+        assert worker.stop() == 0
+    finally:
+        reborn.stop()

@@ -1,0 +1,111 @@
+"""CSV -> /trigger -> events topic -> worker -> /view, /visitors, /stats and Postgres, all real."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import psycopg2
+import pytest
+
+from ampelios.config import Settings
+from ampelios.core.generate import generate_events
+from ampelios.services.stack import WorkerProcess, http_json
+from tests.integration.conftest import batch_definition, replay, write_events
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_replayed_file_is_reflected_in_segments_visitors_stats_and_history(settings: Settings, worker: WorkerProcess):
+    events = generate_events(20_000, seed=11)
+    write_events(settings.data_dir / "events.csv", events)
+    base = worker.base_url
+
+    job = replay(base, "events.csv")
+    assert (job["rows"], job["rows_sent"], job["rows_rejected"]) == (20_000, 20_000, 0)
+
+    visitors = np.unique(events.visitorid)
+    code, stats = http_json("GET", f"{base}/stats?source_id=1")
+    assert code == 200
+    assert stats == {"events": 20_000, "visitors": len(visitors), "rejected": 0, "lag": 0}
+
+    code, segments = http_json("GET", f"{base}/view?source_id=1")
+    assert code == 200 and [s["id"] for s in segments] == list(range(settings.k))
+    assert sum(s["users"] for s in segments) == len(visitors)
+    assert all(len(s["centroid"]) == 6 for s in segments)
+
+    # Every visitor checked equals the batch definition; the heaviest ones always included.
+    counts = np.bincount(np.searchsorted(visitors, events.visitorid))
+    heavy = visitors[np.argsort(-counts)[:20]]
+    sample = np.unique(np.concatenate([heavy, np.random.default_rng(0).choice(visitors, 200, replace=False)]))
+    users_by_segment = np.zeros(settings.k, dtype=int)
+    for visitor in sample.tolist():
+        code, answer = http_json("GET", f"{base}/visitors/{visitor}?source_id=1")
+        assert code == 200, answer
+        sessions, features = batch_definition(events, visitor, settings.session_gap_ms)
+        assert answer["sessions"] == [s.to_dict() for s in sessions]
+        np.testing.assert_allclose(answer["features"], features)
+        assert answer["state"] == features[:3].tolist()
+        assert 0 <= answer["segment"] < settings.k
+        users_by_segment[answer["segment"]] += 1
+
+    # verbose=true lists visitor ids instead of counts, each id in its own segment.
+    code, verbose = http_json("GET", f"{base}/view?source_id=1&verbose=true&limit=5")
+    assert code == 200
+    for segment in verbose:
+        assert len(segment["users"]) == min(5, segments[segment["id"]]["users"])
+        for visitor in segment["users"]:
+            assert http_json("GET", f"{base}/visitors/{visitor}?source_id=1")[1]["segment"] == segment["id"]
+
+    # History: snapshots of the final model reach Postgres.
+    deadline = time.monotonic() + 60
+    final_version = None
+    while time.monotonic() < deadline:
+        with psycopg2.connect(settings.database_url) as conn, conn.cursor() as cur:
+            cur.execute(
+                "SELECT model_version, array_agg(size ORDER BY segment_id) FROM segment_snapshots "
+                "WHERE source_id = 1 GROUP BY taken_at, model_version ORDER BY model_version DESC LIMIT 1"
+            )
+            row = cur.fetchone()
+        if row and sum(row[1]) == len(visitors):
+            final_version = row[0]
+            assert row[1] == [s["users"] for s in segments]
+            break
+        time.sleep(0.5)
+    assert final_version is not None, "no snapshot of the final segments reached Postgres"
+
+
+def test_http_answers_bad_requests_clearly(settings: Settings, worker: WorkerProcess, tmp_path):
+    base = worker.base_url
+    outside = tmp_path / "secret.csv"
+    outside.write_text("timestamp,visitorid,event\n")
+    (settings.data_dir / "escape.csv").symlink_to(outside)
+    (settings.data_dir / "sub").mkdir()
+
+    for body, status, words in [
+        ({"source_id": 1, "events_path": str(outside)}, 400, "relative"),
+        ({"source_id": 1, "events_path": "../secret.csv"}, 400, ".."),
+        ({"source_id": 1, "events_path": "sub/../../secret.csv"}, 400, ".."),
+        ({"source_id": 1, "events_path": "escape.csv"}, 400, "leaves the data directory"),
+        ({"source_id": 1, "events_path": "missing.csv"}, 404, "no file"),
+        ({"source_id": 1, "events_path": "sub"}, 404, "no file"),
+        ({"source_id": -1, "events_path": "x.csv"}, 400, "source_id"),
+        ({"events_path": "x.csv"}, 400, "source_id"),
+        ({"source_id": 1}, 400, "events_path"),
+    ]:
+        code, answer = http_json("POST", f"{base}/trigger", body)
+        assert (code, words in answer["error"]) == (status, True), (body, answer)
+
+    for path, status, words in [
+        ("/view", 400, "source_id is required"),
+        ("/view?source_id=abc", 400, "integer"),
+        ("/view?source_id=7", 404, "no segments"),
+        ("/view?source_id=1&verbose=maybe", 400, "verbose"),
+        ("/visitors/abc?source_id=1", 400, "visitorid"),
+        ("/visitors/123?source_id=1", 404, "unknown"),
+        ("/stats", 400, "source_id"),
+        ("/trigger/nope", 404, "no replay job"),
+    ]:
+        code, answer = http_json("GET", f"{base}{path}")
+        assert (code, words in answer["error"]) == (status, True), (path, answer)
+    assert http_json("GET", f"{base}/health") == (200, {"status": "ok"})
