@@ -66,9 +66,11 @@ def run_demo(settings: Settings, n_events: int, keep_running: bool) -> int:
             raise click.ClickException(f"the replay failed: {job['error']}")
         stats = wait_until_reflected(base, SOURCE_ID)
         _, segments = http_json("GET", f"{base}/view?source_id={SOURCE_ID}")
+        peak = stack.worker.peak_memory_mb()
         click.echo(
             f"\nReflected {stats['events']} events of {stats['visitors']} visitors "
-            f"({job['rows_rejected']} rows rejected) in {time.monotonic() - started:.1f}s since start.\n"
+            f"({job['rows_rejected']} rows rejected) in {time.monotonic() - started:.1f}s since start; "
+            f"worker peak memory {peak or 0:.0f} MiB.\n"
         )
         click.echo(segment_table(segments))
         click.echo("\nServed at:")

@@ -102,6 +102,17 @@ class WorkerProcess:
         self.stop()
         raise TimeoutError(f"the worker did not answer {self.base_url}/health within {timeout}s")
 
+    def peak_memory_mb(self) -> float | None:
+        """The worker's peak resident memory so far (Linux ``VmHWM``), in MiB."""
+        if self.process is None:
+            return None
+        try:
+            status = Path(f"/proc/{self.process.pid}/status").read_text()
+        except OSError:
+            return None
+        kib = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), None)
+        return kib / 1024 if kib is not None else None
+
     def stop(self, grace: float = 60.0) -> int | None:
         """Stop cleanly (SIGTERM), or SIGKILL after ``grace``; return the exit code."""
         process = self.process

@@ -2,7 +2,7 @@
 
 ``journeys`` (one stream over the N partitions of ``events``): each message -- one event
 or thousands -- is one batch. Its events are merged into the journeys of their visitors
-(one table read and at most one write per visitor per batch), the changed journeys are
+(one RocksDB read per visitor, one write batch and one changelog record per batch), the changed journeys are
 assigned to the nearest segment, and one :class:`SegmentDelta` for the whole batch goes
 to ``segment-updates``.
 
@@ -72,10 +72,10 @@ def register(p: Pipeline) -> None:
             await asyncio.sleep(0.005)
         return model
 
-    async def apply_batch(source_id: int, partition: int, events: EventBatch) -> None:
+    async def apply_batch(source_id: int, partition: int, offset: int, events: EventBatch) -> None:
         visitors, owner = np.unique(events.visitorid, return_inverse=True)
         keys = [visitor_key(source_id, v) for v in visitors.tolist()]
-        batch = merge_journeys([p.journeys.get(k) for k in keys], events, owner, gap_ms)
+        batch = merge_journeys(p.journeys.get_many(partition, keys), events, owner, gap_ms)
         changed = np.flatnonzero(batch.changed)
         if len(changed):
             features = batch.new_features[changed]
@@ -83,8 +83,12 @@ def register(p: Pipeline) -> None:
             segments = model.assign(features)
             old_segments = batch.old_segments[changed]
             delta = SegmentDelta.between(model, old_segments, batch.old_features[changed], segments, features)
-            for i, value in zip(changed.tolist(), batch.encode(changed, segments)):
-                p.journeys[keys[i]] = value
+            p.journeys.set_many(
+                partition,
+                b"%d:%d" % (partition, offset),
+                [keys[i] for i in changed.tolist()],
+                batch.encode(changed, segments),
+            )
             await p.segment_updates.send(
                 key=b"%d" % source_id,
                 value=orjson.dumps({"source_id": source_id, "delta": delta.to_json()}),
@@ -112,7 +116,7 @@ def register(p: Pipeline) -> None:
             if not len(events):
                 continue
             try:
-                await apply_batch(source, message.partition, events)
+                await apply_batch(source, message.partition, message.offset, events)
             except Exception as exc:  # never let one message stop the stream
                 log.exception("could not apply %s (source %d)", position, source)
                 await dead_letter(source, [Rejection(position, f"internal error: {exc!r}")])

@@ -9,7 +9,8 @@ State, all in RocksDB tables backed by changelog topics:
 table               partitions  key -> value
 ==================  ==========  =======================================================
 journeys            N           ``source:visitor`` -> journey bytes (distinct events,
-                                segment); see :mod:`ampelios.core.journeys`
+                                segment); see :mod:`ampelios.core.journeys`. A
+                                :class:`BatchTable`: one changelog record per batch
 source-stats        N           ``source:partition`` -> events, visitors, rejected
 segment-models      1           ``source`` -> the authoritative :class:`SegmentModel`,
                                 written only by the model's owner
@@ -30,6 +31,7 @@ import ampelios.services.broker  # noqa: F401  (registers the tansu:// transport
 from ampelios.config import Settings
 from ampelios.core.model import SegmentModel
 from ampelios.services.broker import check_broker_epoch, ensure_topics
+from ampelios.stream.batch_table import BatchTable
 from ampelios.stream.topology import Topology
 
 log = logging.getLogger(__name__)
@@ -59,7 +61,7 @@ class Pipeline:
     events: Any
     dead_letters: Any
     segment_updates: Any
-    journeys: Any
+    journeys: BatchTable
     stats: Any
     models: Any
     published: Any
@@ -135,7 +137,7 @@ def create_pipeline(settings: Settings) -> Pipeline:
         events=app.topic(topology.events, partitions=n, internal=True, **raw),
         dead_letters=app.topic(topology.dead_letters, partitions=n, internal=True, **raw),
         segment_updates=app.topic(topology.segment_updates, partitions=1, internal=True, **raw),
-        journeys=app.Table("journeys", key_type=bytes, value_type=bytes, partitions=n),
+        journeys=app.tables.add(BatchTable(app, name="journeys", key_type=bytes, value_type=bytes, partitions=n)),
         stats=app.Table("source-stats", key_type=bytes, value_type=bytes, partitions=n),
         models=app.Table("segment-models", key_type=bytes, value_type=bytes, partitions=1),
         published=app.GlobalTable("segment-published", key_type=bytes, value_type=bytes, partitions=1),
