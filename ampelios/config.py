@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,24 @@ def _broker_url(name: str, raw: str) -> str:
     return raw
 
 
+def _segments(name: str, raw: str) -> tuple[int, dict[int, int]]:
+    """``5`` or ``5,2=8,3=4``: k for every source, then k for named sources."""
+    default: int | None = None
+    by_source: dict[int, int] = {}
+    for part in (p.strip() for p in raw.split(",") if p.strip()):
+        source, _, k = part.rpartition("=")
+        value = _positive_int(name, k)
+        if source:
+            if not source.strip().isdigit():
+                raise ConfigError(f"{name}: {source!r} is not a source id in {raw!r}")
+            by_source[int(source)] = value
+        elif default is None:
+            default = value
+        else:
+            raise ConfigError(f"{name} names the default k twice in {raw!r}")
+    return default or 5, by_source
+
+
 def _text(name: str, raw: str) -> str:
     if not raw.strip():
         raise ConfigError(f"{name} must not be empty")
@@ -69,6 +87,7 @@ class Settings:
     app_id: str = "ampelios"
     partitions: int = 8
     k: int = 5
+    k_by_source: Mapping[int, int] = field(default_factory=dict)
     session_gap_minutes: float = 20.0
     replay_batch_events: int = 5000
     snapshot_seconds: float = 60.0
@@ -77,6 +96,10 @@ class Settings:
     @property
     def session_gap_ms(self) -> int:
         return round(self.session_gap_minutes * 60_000)
+
+    def k_for(self, source_id: int) -> int:
+        """Number of segments of a source."""
+        return self.k_by_source.get(source_id, self.k)
 
     @property
     def broker_url(self) -> str:
@@ -101,7 +124,7 @@ class Settings:
             "AMPELIOS_DATA_DIR": ("data_dir", lambda n, r: Path(_text(n, r))),
             "AMPELIOS_APP_ID": ("app_id", _text),
             "AMPELIOS_PARTITIONS": ("partitions", _positive_int),
-            "AMPELIOS_K": ("k", _positive_int),
+            "AMPELIOS_K": ("k", _segments),
             "AMPELIOS_SESSION_GAP_MINUTES": ("session_gap_minutes", _positive_float),
             "AMPELIOS_REPLAY_BATCH_EVENTS": ("replay_batch_events", _positive_int),
             "AMPELIOS_SNAPSHOT_SECONDS": ("snapshot_seconds", _positive_float),
@@ -111,6 +134,8 @@ class Settings:
         if unknown:
             raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; see the README")
         values = {attr: parse(name, env[name]) for name, (attr, parse) in parsers.items() if env.get(name, "") != ""}
+        if "k" in values:
+            values["k"], values["k_by_source"] = values["k"]
         return cls(**values)
 
     def to_env(self) -> dict[str, str]:
@@ -118,8 +143,10 @@ class Settings:
         env: dict[str, str] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if value is None:
+            if value is None or f.name == "k_by_source":
                 continue
+            if f.name == "k":
+                value = ",".join([str(value), *(f"{s}={k}" for s, k in sorted(self.k_by_source.items()))])
             env[f"AMPELIOS_{f.name.upper()}"] = str(value)
         return env
 

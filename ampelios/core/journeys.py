@@ -15,9 +15,12 @@ result depends only on the set of events seen, never on their arrival order or o
 often one was delivered. Two events are the same event when visitor, timestamp, event
 name, itemid and transactionid are all equal.
 
-A journey is stored as bytes: a 1-byte format version, the visitor's segment (int16,
--1 = none yet) and its events as packed little-endian records sorted by
-(timestamp, event, itemid, transactionid).
+The six features depend only on four counts, the journey's **shape**: (views, addtocarts,
+transactions, sessions). Many visitors share a shape, which is what lets the segment model
+hold the whole population exactly (:mod:`ampelios.core.population`).
+
+A journey is stored as bytes: a 1-byte format version and its events as packed
+little-endian records sorted by (timestamp, event, itemid, transactionid).
 
 >>> import numpy as np
 >>> sessions = sessionize(np.array([0, 60_000, 3_600_000]), np.array([0, 1, 0]), 20 * 60_000)
@@ -25,6 +28,8 @@ A journey is stored as bytes: a 1-byte format version, the visitor's segment (in
 [(1, 1), (1, 0)]
 >>> features_of(sessions).tolist()
 [2.0, 1.0, 0.0, 2.0, 1.0, 0.0]
+>>> features_from_shapes(np.array([[2, 1, 0, 2]])).tolist()
+[[2.0, 1.0, 0.0, 2.0, 1.0, 0.0]]
 """
 
 from __future__ import annotations
@@ -47,11 +52,11 @@ FEATURE_NAMES = (
     "purchase_ratio",
 )
 N_FEATURES = len(FEATURE_NAMES)
-NO_SEGMENT = -1
+SHAPE_NAMES = FEATURE_NAMES[:4]
 
 JOURNEY_EVENT = np.dtype([("timestamp", "<i8"), ("event", "u1"), ("itemid", "<i8"), ("transactionid", "<i8")])
-_FORMAT = 1
-_HEADER = struct.Struct("<Bh")  # format version, segment
+_FORMAT = 2
+_HEADER = struct.Struct("<B")  # format version
 
 
 @dataclass(frozen=True)
@@ -104,41 +109,53 @@ def features_of(sessions: Sequence[Session]) -> np.ndarray:
     return np.array([views, carts, buys, n, views_per_session, ratio], dtype=np.float64)
 
 
-def batch_features(owner: np.ndarray, timestamp: np.ndarray, event: np.ndarray, n: int, gap_ms: int) -> np.ndarray:
-    """The six features of ``n`` journeys at once, shape (n, 6).
+def features_from_shapes(shapes: np.ndarray) -> np.ndarray:
+    """The six features of journeys given their shapes (n, 4), shape (n, 6).
+
+    Mean views per session is views / sessions and the purchase ratio (mean buys per
+    session / mean views per session) is buys / views, or buys / sessions without views.
+    Shapes without sessions (no events) get all-zero features.
+    """
+    views, carts, buys, sessions = (shapes[:, i].astype(np.float64) for i in range(4))
+    per_session = np.maximum(sessions, 1.0)
+    ratio = np.where(views > 0, buys / np.maximum(views, 1.0), buys / per_session)
+    return np.column_stack([views, carts, buys, sessions, views / per_session, ratio])
+
+
+def batch_shapes(owner: np.ndarray, timestamp: np.ndarray, event: np.ndarray, n: int, gap_ms: int) -> np.ndarray:
+    """The shapes (views, addtocarts, transactions, sessions) of ``n`` journeys, (n, 4).
 
     Rows must be sorted by (owner, timestamp); ``owner`` is the journey index of each
-    row. Journeys without rows get all-zero features. Equal to :func:`features_of` of
-    :func:`sessionize` for every journey, vectorized over the batch.
+    row. Equal to the counts of :func:`sessionize` for every journey, vectorized.
     """
     starts_session = np.ones(len(owner), dtype=bool)
     if len(owner) > 1:
         starts_session[1:] = (owner[1:] != owner[:-1]) | (np.diff(timestamp) > gap_ms)
-    views = np.bincount(owner, weights=event == VIEW, minlength=n)
-    carts = np.bincount(owner, weights=event == ADDTOCART, minlength=n)
-    buys = np.bincount(owner, weights=event == TRANSACTION, minlength=n)
-    sessions = np.bincount(owner[starts_session], minlength=n).astype(np.float64)
-    safe = np.maximum(sessions, 1.0)
-    ratio = np.where(views > 0, buys / np.maximum(views, 1.0), buys / safe)
-    return np.column_stack([views, carts, buys, sessions, views / safe, ratio])
+    return np.column_stack(
+        [
+            np.bincount(owner, weights=event == VIEW, minlength=n),
+            np.bincount(owner, weights=event == ADDTOCART, minlength=n),
+            np.bincount(owner, weights=event == TRANSACTION, minlength=n),
+            np.bincount(owner[starts_session], minlength=n),
+        ]
+    ).astype(np.int64)
 
 
 @dataclass(frozen=True)
 class JourneyState:
-    """One visitor's stored journey: its distinct events and its current segment."""
+    """One visitor's stored journey: its distinct events."""
 
     events: np.ndarray  # JOURNEY_EVENT records, sorted
-    segment: int = NO_SEGMENT
 
     @classmethod
     def from_bytes(cls, value: bytes) -> JourneyState:
-        version, segment = _HEADER.unpack_from(value)
+        (version,) = _HEADER.unpack_from(value)
         if version != _FORMAT:
             raise ValueError(f"unknown journey format {version}")
-        return cls(np.frombuffer(value, dtype=JOURNEY_EVENT, offset=_HEADER.size), segment)
+        return cls(np.frombuffer(value, dtype=JOURNEY_EVENT, offset=_HEADER.size))
 
     def to_bytes(self) -> bytes:
-        return _HEADER.pack(_FORMAT, self.segment) + self.events.tobytes()
+        return _HEADER.pack(_FORMAT) + self.events.tobytes()
 
     def sessions(self, gap_ms: int) -> list[Session]:
         return sessionize(self.events["timestamp"], self.events["event"], gap_ms)
@@ -158,9 +175,8 @@ class JourneyBatch:
     rows: np.ndarray  # JOURNEY_EVENT, grouped by journey, sorted within
     starts: np.ndarray  # (n + 1,) row offsets
     existed: np.ndarray  # (n,) bool: the visitor had a journey before the batch
-    old_segments: np.ndarray  # (n,) int, NO_SEGMENT for new visitors
-    old_features: np.ndarray  # (n, 6), zeros for new visitors
-    new_features: np.ndarray  # (n, 6)
+    old_shapes: np.ndarray  # (n, 4), zeros for new visitors
+    new_shapes: np.ndarray  # (n, 4)
     added: np.ndarray  # (n,) distinct events the batch added to each journey
 
     def __len__(self) -> int:
@@ -171,14 +187,11 @@ class JourneyBatch:
         """Journeys whose events changed (others only saw duplicates)."""
         return self.added > 0
 
-    def encode(self, indices: np.ndarray, segments: np.ndarray) -> list[bytes]:
-        """The stored value of journeys ``indices``, with their (new) ``segments``."""
+    def encode(self, indices: np.ndarray) -> list[bytes]:
+        """The stored value of journeys ``indices`` after the batch."""
         starts, ends = self.starts[indices].tolist(), self.starts[indices + 1].tolist()
-        rows = self.rows
-        return [
-            _HEADER.pack(_FORMAT, segment) + rows[a:b].tobytes()
-            for segment, a, b in zip(segments.tolist(), starts, ends)
-        ]
+        rows, header = self.rows, _HEADER.pack(_FORMAT)
+        return [header + rows[a:b].tobytes() for a, b in zip(starts, ends)]
 
 
 def merge_journeys(old: Sequence[bytes | None], events: EventBatch, owner: np.ndarray, gap_ms: int) -> JourneyBatch:
@@ -191,9 +204,6 @@ def merge_journeys(old: Sequence[bytes | None], events: EventBatch, owner: np.nd
     n = len(old)
     old_states = [JourneyState.from_bytes(v) if v is not None else None for v in old]
     existed = np.fromiter((s is not None for s in old_states), dtype=bool, count=n)
-    old_segments = np.fromiter(
-        (s.segment if s is not None else NO_SEGMENT for s in old_states), dtype=np.int64, count=n
-    )
     old_counts = np.fromiter((len(s.events) if s is not None else 0 for s in old_states), np.int64, n)
     old_rows = (
         np.concatenate([s.events for s in old_states if s is not None])
@@ -201,7 +211,7 @@ def merge_journeys(old: Sequence[bytes | None], events: EventBatch, owner: np.nd
         else np.empty(0, dtype=JOURNEY_EVENT)
     )
     old_owner = np.repeat(np.arange(n), old_counts)
-    old_features = batch_features(old_owner, old_rows["timestamp"], old_rows["event"], n, gap_ms)
+    old_shapes = batch_shapes(old_owner, old_rows["timestamp"], old_rows["event"], n, gap_ms)
 
     new_rows = np.empty(len(events), dtype=JOURNEY_EVENT)
     new_rows["timestamp"] = events.timestamp
@@ -219,13 +229,11 @@ def merge_journeys(old: Sequence[bytes | None], events: EventBatch, owner: np.nd
 
     counts = np.bincount(row_owner, minlength=n)
     starts = np.concatenate([[0], np.cumsum(counts)])
-    new_features = batch_features(row_owner, rows["timestamp"], rows["event"], n, gap_ms)
     return JourneyBatch(
         rows=rows,
         starts=starts,
         existed=existed,
-        old_segments=old_segments,
-        old_features=old_features,
-        new_features=new_features,
+        old_shapes=old_shapes,
+        new_shapes=batch_shapes(row_owner, rows["timestamp"], rows["event"], n, gap_ms),
         added=counts - old_counts,
     )

@@ -1,30 +1,34 @@
-"""The segment model: online k-means over journeys, each visitor counted once.
+"""The segment model: k-means over a source's whole population, kept up to date online.
 
-Each segment keeps sufficient statistics of its current members: how many visitors,
-the sum of their six features in original units, and the sum in the scaled space the
-distances are measured in (``log1p`` of every feature, so that a visitor with 2,000
-views is not a segment of one). A centroid is the mean of its members.
+**Space.** Distances are measured on ``log1p`` of the six features, each divided by its
+standard deviation over the current population (online standardization: the scale is
+learned from the population as it grows and stored with the model). Centroids are kept
+in ``log1p`` units, so they do not move when the scale is re-estimated; ``/view`` reports
+each segment's mean member in original units.
 
-When a visitor's journey changes, its old feature vector leaves the segment it was in
-and its new one joins the nearest centroid: the model is updated incrementally, never
-retrained, and segment sizes always add up to the number of distinct visitors. Updates
-arrive as :class:`SegmentDelta` (per-segment sums of one batch, a few hundred bytes
-whatever the batch size), and applying deltas commutes, so the order in which
-partitions report does not matter.
+**Data.** The model is fitted on the :class:`~ampelios.core.population.Population`: every
+visitor counted once, with its latest features, as a weight on its journey shape. That
+is the exact objective of batch k-means over all visitors, held in a few thousand points.
 
-Seeding is k-means++ (greedy, as in scikit-learn) on the first batch. A segment with
-no members -- never filled at seeding because the first batch had fewer than k distinct
-journeys, or emptied later -- is re-placed at the point of a later batch that lies
-farthest from its own centroid, so no centroid stays dead.
+**Updates** (:func:`update`, once per batch of journey changes):
 
->>> import numpy as np
->>> first = np.array([[1, 0, 0, 1, 1, 0], [40, 3, 1, 4, 10, 0.025]], dtype=float)
->>> model = SegmentModel.seeded(first, k=2)
->>> segments = model.assign(first)
->>> new = np.array([-1, -1])
->>> model.apply(SegmentDelta.between(model, new, np.zeros_like(first), segments, first))
->>> model.sizes().tolist()
-[1, 1]
+- the first update seeds with weighted greedy k-means++ (best of several starts);
+- every later one refines the current centroids with a few weighted Lloyd steps -- an
+  incremental update, warm-started, never a retraining -- and re-places a segment that
+  has no members at the point that contributes most to the inertia;
+- when the population has grown by a quarter, or after 100 updates, since the last full
+  fit, a fresh fit is tried and adopted only if its inertia is lower, its segments matched
+  to the current ids by minimum-cost assignment, so a segment keeps its id while it is
+  the same group.
+
+Segment sizes are the weights each centroid attracts: they always add up to the number of
+distinct visitors, and a visitor's segment is the nearest centroid of its features.
+
+>>> from ampelios.core.population import Population
+>>> population = Population({(1, 0, 0, 1): 900, (2, 0, 0, 1): 300, (40, 3, 1, 4): 5})
+>>> model = update(None, population, k=2)
+>>> model.sizes.tolist(), model.labels
+([1200, 5], ['one-visit browsers', 'high-value buyers'])
 """
 
 from __future__ import annotations
@@ -33,177 +37,136 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import orjson
+from scipy.optimize import linear_sum_assignment
 
-from ampelios.core.journeys import N_FEATURES
+from ampelios.core.journeys import N_FEATURES, features_from_shapes
+from ampelios.core.labels import segment_labels
+from ampelios.core.population import Population
 
-_SEEDING_SAMPLE = 10_000
+N_INIT = 8  # starts of each full fit
+REFINE_STEPS = 5  # Lloyd steps per update
+FIT_STEPS = 100  # Lloyd steps of a full fit, at most
+REFIT_GROWTH = 1.25  # try a full fit when the population grew by this factor ...
+REFIT_EVERY = 100  # ... or after this many updates
+MIN_SCALE = 1e-3  # floor of a feature's standard deviation (constant features)
 
 
-def scale(features: np.ndarray) -> np.ndarray:
-    """Features in the space distances are measured in (log1p of each; all are >= 0)."""
-    return np.log1p(features)
+def points_of(population: Population) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Raw features (m, 6), their ``log1p`` (m, 6) and visitor counts (m,) of a population."""
+    shapes, weights = population.arrays()
+    raw = features_from_shapes(shapes)
+    return raw, np.log1p(raw), weights.astype(np.float64)
 
 
-def kmeans_plus_plus(points: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """Up to ``k`` distinct centers chosen by greedy k-means++ (fewer if fewer distinct points)."""
-    if len(points) > _SEEDING_SAMPLE:
-        points = points[rng.choice(len(points), _SEEDING_SAMPLE, replace=False)]
+def scale_of(logged: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Weighted standard deviation of each ``log1p`` feature, floored at MIN_SCALE."""
+    mean = np.average(logged, axis=0, weights=weights)
+    var = np.average((logged - mean) ** 2, axis=0, weights=weights)
+    return np.maximum(np.sqrt(var), MIN_SCALE)
+
+
+def _sq_distances(z: np.ndarray, centers: np.ndarray, active: np.ndarray) -> np.ndarray:
+    d2 = (z * z).sum(1)[:, None] - 2 * z @ centers.T + (centers * centers).sum(1)[None, :]
+    d2 = np.maximum(d2, 0.0)
+    d2[:, ~active] = np.inf
+    return d2
+
+
+def kmeans_plus_plus(z: np.ndarray, weights: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Up to ``k`` distinct centers by weighted greedy k-means++ (as scikit-learn seeds)."""
     trials = 2 + int(np.log(k))
-    centers = [points[rng.integers(len(points))]]
-    closest = ((points - centers[0]) ** 2).sum(axis=1)
-    while len(centers) < k and closest.sum() > 0:
-        candidates = rng.choice(len(points), size=trials, p=closest / closest.sum())
-        d2 = ((points[None, :, :] - points[candidates][:, None, :]) ** 2).sum(axis=2)
-        potentials = np.minimum(closest[None, :], d2).sum(axis=1)
-        best = int(np.argmin(potentials))
-        centers.append(points[candidates[best]])
+    first = rng.choice(len(z), p=weights / weights.sum())
+    centers = [z[first]]
+    closest = ((z - z[first]) ** 2).sum(1)
+    while len(centers) < k:
+        potential = weights * closest
+        if potential.sum() <= 0:
+            break  # every point is a center already
+        candidates = rng.choice(len(z), size=trials, p=potential / potential.sum())
+        d2 = ((z[None, :, :] - z[candidates][:, None, :]) ** 2).sum(2)
+        best = int(np.argmin((weights * np.minimum(closest, d2)).sum(1)))
+        centers.append(z[candidates[best]])
         closest = np.minimum(closest, d2[best])
     return np.array(centers)
 
 
-@dataclass
-class SegmentDelta:
-    """What one batch changes in the model: per-segment member count and feature sums
-    (joined minus left), and the batch's points farthest from their centroids, which
-    may re-place empty segments."""
-
-    counts: np.ndarray  # (k,) int
-    sums: np.ndarray  # (k, 6), original units
-    scaled_sums: np.ndarray  # (k, 6)
-    far_points: np.ndarray = field(default_factory=lambda: np.empty((0, N_FEATURES)))  # raw
-    far_distances: np.ndarray = field(default_factory=lambda: np.empty(0))
-
-    @classmethod
-    def between(
-        cls,
-        model: SegmentModel,
-        old_segments: np.ndarray,
-        old_features: np.ndarray,
-        new_segments: np.ndarray,
-        new_features: np.ndarray,
-    ) -> SegmentDelta:
-        """The delta for visitors moving from (old segment, old features) to (new, new),
-        with ``new_segments`` assigned by ``model``. Visitors whose old segment is
-        negative are new: they only join."""
-        k = model.k
-        counts = np.bincount(new_segments, minlength=k).astype(np.int64)
-        sums = _sum_by(new_segments, new_features, k)
-        scaled_new = scale(new_features)
-        scaled_sums = _sum_by(new_segments, scaled_new, k)
-        was = old_segments >= 0
-        counts -= np.bincount(old_segments[was], minlength=k)
-        sums -= _sum_by(old_segments[was], old_features[was], k)
-        scaled_sums -= _sum_by(old_segments[was], scale(old_features[was]), k)
-        distance = np.sqrt(((scaled_new - model.centroids[new_segments]) ** 2).sum(axis=1))
-        far = np.argsort(-distance, kind="stable")[:k]
-        return cls(counts, sums, scaled_sums, new_features[far], distance[far])
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "counts": self.counts.tolist(),
-            "sums": self.sums.tolist(),
-            "scaled_sums": self.scaled_sums.tolist(),
-            "far_points": self.far_points.tolist(),
-            "far_distances": self.far_distances.tolist(),
-        }
-
-    @classmethod
-    def from_json(cls, obj: dict[str, list]) -> SegmentDelta:  # type: ignore[type-arg]
-        return cls(
-            counts=np.asarray(obj["counts"], dtype=np.int64),
-            sums=np.asarray(obj["sums"], dtype=np.float64).reshape(-1, N_FEATURES),
-            scaled_sums=np.asarray(obj["scaled_sums"], dtype=np.float64).reshape(-1, N_FEATURES),
-            far_points=np.asarray(obj["far_points"], dtype=np.float64).reshape(-1, N_FEATURES),
-            far_distances=np.asarray(obj["far_distances"], dtype=np.float64),
-        )
-
-
-def _sum_by(segments: np.ndarray, values: np.ndarray, k: int) -> np.ndarray:
-    out = np.zeros((k, values.shape[1]))
-    np.add.at(out, segments, values)
-    return out
+def lloyd(
+    z: np.ndarray, weights: np.ndarray, centers: np.ndarray, active: np.ndarray, steps: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Weighted Lloyd steps until assignments settle (or ``steps``); a segment without
+    members is re-placed at the point contributing most to the inertia. Returns centers,
+    active mask, assignment and inertia (all in the scaled space)."""
+    centers, active = centers.copy(), active.copy()
+    k = len(centers)
+    assignment = np.full(len(z), -1)
+    for _ in range(steps):
+        d2 = _sq_distances(z, centers, active)
+        new = np.argmin(d2, axis=1)
+        mass = np.bincount(new, weights=weights, minlength=k)
+        empty = np.flatnonzero(mass == 0)
+        if len(empty):
+            contribution = weights * d2[np.arange(len(z)), new]
+            for segment in empty:
+                point = int(np.argmax(contribution))
+                if contribution[point] <= 0:
+                    break  # fewer distinct points than segments
+                centers[segment], active[segment] = z[point], True
+                contribution[point] = 0.0
+            d2 = _sq_distances(z, centers, active)
+            new = np.argmin(d2, axis=1)
+            mass = np.bincount(new, weights=weights, minlength=k)
+        if np.array_equal(new, assignment):
+            break
+        assignment = new
+        sums = np.zeros_like(centers)
+        np.add.at(sums, assignment, z * weights[:, None])
+        filled = mass > 0
+        centers[filled] = sums[filled] / mass[filled, None]
+    d2 = _sq_distances(z, centers, active)
+    assignment = np.argmin(d2, axis=1)
+    inertia = float((weights * d2[np.arange(len(z)), assignment]).sum())
+    return centers, active, assignment, inertia
 
 
 @dataclass
 class SegmentModel:
-    """k segments: centroids in scaled space plus the members' sufficient statistics."""
+    """k segments of one source: centroids (``log1p`` units), scale, and what they hold."""
 
-    centroids: np.ndarray  # (k, 6) scaled space
-    active: np.ndarray  # (k,) bool: the segment has a centroid
-    counts: np.ndarray  # (k,) members
-    sums: np.ndarray  # (k, 6) original units
-    scaled_sums: np.ndarray  # (k, 6)
+    centroids: np.ndarray  # (k, 6) log1p units
+    active: np.ndarray  # (k,) the segment has a centroid
+    scale: np.ndarray  # (6,) standard deviation of each log1p feature
+    sizes: np.ndarray  # (k,) visitors
+    units: np.ndarray  # (k, 6) mean member in original units
+    labels: list[str] = field(default_factory=list)
+    inertia: float = 0.0
     version: int = 0
+    fitted_total: int = 0  # visitors at the last full fit
+    fitted_version: int = 0  # version of the last full fit
+    offset: int = -1  # the last update applied (its offset on segment-updates)
 
     @property
     def k(self) -> int:
-        return len(self.counts)
-
-    @classmethod
-    def seeded(cls, features: np.ndarray, k: int, seed: int = 0) -> SegmentModel:
-        """A model with no members whose centroids are k-means++ seeds of ``features``."""
-        if len(features) == 0:
-            raise ValueError("seeding needs at least one feature vector")
-        centers = kmeans_plus_plus(scale(features), k, np.random.default_rng(seed))
-        centroids = np.zeros((k, N_FEATURES))
-        centroids[: len(centers)] = centers
-        active = np.arange(k) < len(centers)
-        return cls(centroids, active, np.zeros(k, dtype=np.int64), np.zeros((k, N_FEATURES)), np.zeros((k, N_FEATURES)))
+        return len(self.centroids)
 
     def assign(self, features: np.ndarray) -> np.ndarray:
-        """The nearest active centroid of each feature vector (ties: lowest id)."""
-        scaled = scale(features)
-        d2 = ((scaled[:, None, :] - self.centroids[None, :, :]) ** 2).sum(axis=2)
-        d2[:, ~self.active] = np.inf
-        return np.argmin(d2, axis=1)
-
-    def apply(self, delta: SegmentDelta) -> None:
-        """Add a batch's delta; move centroids to their members' means; re-place empty ones."""
-        self.counts += delta.counts
-        self.sums += delta.sums
-        self.scaled_sums += delta.scaled_sums
-        if (self.counts < 0).any():
-            raise ValueError(f"a segment would have a negative size: {self.counts.tolist()}")
-        empty = self.counts == 0
-        self.sums[empty] = 0.0  # drop float residue of members that all left
-        self.scaled_sums[empty] = 0.0
-        filled = ~empty
-        self.centroids[filled] = self.scaled_sums[filled] / self.counts[filled, None]
-        self.active |= filled
-        self._replace_empty(delta)
-        self.version += 1
-
-    def _replace_empty(self, delta: SegmentDelta) -> None:
-        points = [p for p, d in zip(scale(delta.far_points), delta.far_distances) if d > 0]
-        for segment in np.flatnonzero(self.counts == 0):
-            while points:
-                point = points.pop(0)
-                others = self.active & (np.arange(self.k) != segment)
-                if not (np.abs(self.centroids[others] - point).sum(axis=1) == 0).any():
-                    self.centroids[segment] = point
-                    self.active[segment] = True
-                    break
-
-    def sizes(self) -> np.ndarray:
-        return self.counts.copy()
-
-    def centroids_in_units(self) -> np.ndarray:
-        """Each segment's centroid in original units: the mean of its members' features
-        (for an empty segment, its centroid mapped back from the scaled space)."""
-        means = np.expm1(self.centroids)
-        filled = self.counts > 0
-        means[filled] = self.sums[filled] / self.counts[filled, None]
-        return means
+        """The segment of each feature vector (n, 6): the nearest active centroid."""
+        z = np.log1p(features) / self.scale
+        return np.argmin(_sq_distances(z, self.centroids / self.scale, self.active), axis=1)
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(
             {
-                "version": self.version,
                 "centroids": self.centroids,
                 "active": self.active,
-                "counts": self.counts,
-                "sums": self.sums,
-                "scaled_sums": self.scaled_sums,
+                "scale": self.scale,
+                "sizes": self.sizes,
+                "units": self.units,
+                "labels": self.labels,
+                "inertia": self.inertia,
+                "version": self.version,
+                "fitted_total": self.fitted_total,
+                "fitted_version": self.fitted_version,
+                "offset": self.offset,
             },
             option=orjson.OPT_SERIALIZE_NUMPY,
         )
@@ -212,10 +175,93 @@ class SegmentModel:
     def from_bytes(cls, value: bytes) -> SegmentModel:
         obj = orjson.loads(value)
         return cls(
-            centroids=np.asarray(obj["centroids"], dtype=np.float64),
+            centroids=np.asarray(obj["centroids"], dtype=np.float64).reshape(-1, N_FEATURES),
             active=np.asarray(obj["active"], dtype=bool),
-            counts=np.asarray(obj["counts"], dtype=np.int64),
-            sums=np.asarray(obj["sums"], dtype=np.float64),
-            scaled_sums=np.asarray(obj["scaled_sums"], dtype=np.float64),
+            scale=np.asarray(obj["scale"], dtype=np.float64),
+            sizes=np.asarray(obj["sizes"], dtype=np.int64),
+            units=np.asarray(obj["units"], dtype=np.float64).reshape(-1, N_FEATURES),
+            labels=list(obj["labels"]),
+            inertia=float(obj["inertia"]),
             version=int(obj["version"]),
+            fitted_total=int(obj["fitted_total"]),
+            fitted_version=int(obj["fitted_version"]),
+            offset=int(obj["offset"]),
         )
+
+
+def _fit(z: np.ndarray, weights: np.ndarray, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, float]:
+    """Best of N_INIT weighted k-means runs (scaled space): centers, active, inertia."""
+    best: tuple[np.ndarray, np.ndarray, float] | None = None
+    for _ in range(N_INIT):
+        seeds = kmeans_plus_plus(z, weights, k, rng)
+        centers = np.zeros((k, z.shape[1]))
+        centers[: len(seeds)] = seeds
+        active = np.arange(k) < len(seeds)
+        centers, active, _, inertia = lloyd(z, weights, centers, active, FIT_STEPS)
+        if best is None or inertia < best[2]:
+            best = (centers, active, inertia)
+    assert best is not None
+    return best
+
+
+def match_ids(current: np.ndarray, current_active: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+    """``order`` such that ``candidate[order]`` gives each current segment id the candidate
+    segment closest to it (minimum total squared distance; inactive ids are served last).
+    With more candidates than current ids, the extra candidates take the new ids."""
+    k = len(candidate)
+    current, current_active = current[:k], current_active[:k]
+    cost = ((current[:, None, :] - candidate[None, :, :]) ** 2).sum(2)
+    cost[~current_active] = cost.max() + 1.0
+    rows, cols = linear_sum_assignment(cost)
+    order = np.empty(k, dtype=np.int64)
+    order[rows] = cols
+    order[len(current) :] = sorted(set(range(k)) - set(cols.tolist()))
+    return order
+
+
+def update(model: SegmentModel | None, population: Population, k: int, offset: int = -1) -> SegmentModel:
+    """The model after the population changed by the update at ``offset``: seeded, refined
+    or refitted (see the module docstring). Deterministic for the same model and population."""
+    raw, logged, weights = points_of(population)
+    if len(weights) == 0:
+        raise ValueError("the population is empty")
+    rng = np.random.default_rng(model.version if model else 0)
+    scale = scale_of(logged, weights)
+    z = logged / scale
+    total = int(weights.sum())
+    version = model.version + 1 if model is not None else 1
+    if model is None or model.k != k:  # seeding, or k changed: keep ids of the nearest groups
+        centers, active, inertia = _fit(z, weights, k, rng)
+        fitted_total, fitted_version = total, version
+        if model is not None:
+            order = match_ids(model.centroids / scale, model.active, centers)
+            centers, active = centers[order], active[order]
+    else:
+        fitted_total, fitted_version = model.fitted_total, model.fitted_version
+        centers, active, _, inertia = lloyd(z, weights, model.centroids / scale, model.active, REFINE_STEPS)
+        if total >= REFIT_GROWTH * fitted_total or version - fitted_version >= REFIT_EVERY:
+            fitted_total, fitted_version = total, version
+            fresh, fresh_active, fresh_inertia = _fit(z, weights, k, rng)
+            if fresh_inertia < inertia * (1 - 1e-6):
+                order = match_ids(model.centroids / scale, model.active, fresh)
+                centers, active, inertia = fresh[order], fresh_active[order], fresh_inertia
+    assignment = np.argmin(_sq_distances(z, centers, active), axis=1)
+    sizes = np.bincount(assignment, weights=weights, minlength=k).astype(np.int64)
+    units = np.zeros((k, N_FEATURES))
+    np.add.at(units, assignment, raw * weights[:, None])
+    units[sizes > 0] /= sizes[sizes > 0, None]
+    units[sizes == 0] = np.expm1(centers[sizes == 0] * scale)
+    centroids = centers * scale
+    return SegmentModel(
+        centroids=centroids,
+        active=active,
+        scale=scale,
+        sizes=sizes,
+        units=units,
+        labels=segment_labels(units.tolist(), sizes.tolist()),
+        inertia=inertia,
+        version=version,
+        fitted_total=fitted_total,
+        fitted_version=fitted_version,
+        offset=offset,
+    )

@@ -51,6 +51,14 @@ MIGRATIONS: Sequence[tuple[int, str]] = (
             'views per session, purchase ratio) of its members';
         """,
     ),
+    (
+        2,
+        """
+        ALTER TABLE segment_snapshots ADD COLUMN label text;
+        COMMENT ON COLUMN segment_snapshots.label IS
+            'plain name of the segment (see ampelios/core/labels.py); NULL before schema 2';
+        """,
+    ),
 )
 
 
@@ -179,17 +187,18 @@ class History:
         model_version: int,
         sizes: Sequence[int],
         centroids: Sequence[Sequence[float]],
+        labels: Sequence[str],
     ) -> None:
         """One row per segment; writing the same snapshot again changes nothing."""
         rows = [
-            (source_id, taken_at, model_version, segment, int(size), [float(x) for x in centroid])
-            for segment, (size, centroid) in enumerate(zip(sizes, centroids))
+            (source_id, taken_at, model_version, segment, int(size), [float(x) for x in centroid], label)
+            for segment, (size, centroid, label) in enumerate(zip(sizes, centroids, labels))
         ]
-        values = ",".join(["(%s,%s,%s,%s,%s,%s)"] * len(rows))
+        values = ",".join(["(%s,%s,%s,%s,%s,%s,%s)"] * len(rows))
         async with self.pool.acquire() as conn, conn.cursor() as cur:
             await cur.execute(
                 "INSERT INTO segment_snapshots "
-                "(source_id, taken_at, model_version, segment_id, size, centroid) "
+                "(source_id, taken_at, model_version, segment_id, size, centroid, label) "
                 f"VALUES {values} ON CONFLICT DO NOTHING",
                 [x for row in rows for x in row],
             )

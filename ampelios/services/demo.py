@@ -26,13 +26,17 @@ DATA_FILE = "events.csv"
 
 def segment_table(segments: list[dict[str, Any]]) -> str:
     total = sum(s["users"] for s in segments) or 1
-    header = ["id", "users", "share"] + [name.replace("_", " ") for name in FEATURE_NAMES]
+    header = ["id", "label", "users", "share"] + [name.replace("_", " ") for name in FEATURE_NAMES]
     rows = [
-        [str(s["id"]), str(s["users"]), f"{100 * s['users'] / total:.1f}%"] + [f"{x:.3g}" for x in s["centroid"]]
+        [str(s["id"]), s["label"], str(s["users"]), f"{100 * s['users'] / total:.1f}%"]
+        + [f"{x:.3g}" for x in s["centroid"]]
         for s in segments
     ]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in [header, *rows]]
+    lines = [
+        "  ".join(c.ljust(w) if i == 1 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+        for r in [header, *rows]
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 

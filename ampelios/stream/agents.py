@@ -1,14 +1,17 @@
-"""The agents: events -> journeys -> segment deltas -> the segment model.
+"""The agents: events -> journeys -> population deltas -> the segment model.
 
 ``journeys`` (one stream over the N partitions of ``events``): each message -- one event
 or thousands -- is one batch. Its events are merged into the journeys of their visitors
-(one RocksDB read per visitor, one write batch and one changelog record per batch), the changed journeys are
-assigned to the nearest segment, and one :class:`SegmentDelta` for the whole batch goes
-to ``segment-updates``.
+(one RocksDB read per visitor, one write batch and one changelog record per batch), and
+one :class:`PopulationDelta` for the whole batch (which journey shapes lost and gained
+visitors) goes to ``segment-updates``.
 
 ``segments`` (the single partition of ``segment-updates``): the model's one owner applies
-deltas in order, keeps the authoritative model in ``segment-models`` and publishes a
-copy in the global table every worker reads.
+deltas in order to the population of their source, updates the segment model
+(:func:`ampelios.core.model.update`), stores both in one atomic write of
+``segment-state`` and publishes the model in the global table every worker reads. A
+delta at or below the offset the model has already applied is skipped, so a redelivered
+update counts once.
 
 ``rejections`` (``events-dlq``): counts dead-lettered rows and messages per source.
 
@@ -18,7 +21,6 @@ position and reason, and counted.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
@@ -27,16 +29,23 @@ import orjson
 
 from ampelios.core.events import EventBatch, InvalidMessage, Rejection, decode_events
 from ampelios.core.journeys import merge_journeys
-from ampelios.core.model import SegmentDelta, SegmentModel
+from ampelios.core.model import SegmentModel, update
 from ampelios.core.partitioning import visitor_key
+from ampelios.core.population import Population, PopulationDelta, Shape
 from ampelios.stream.app import Pipeline, decode_counts, encode_counts
 from ampelios.stream.replay import rejection_record
 
 log = logging.getLogger(__name__)
 
 UNKNOWN_SOURCE = -1
-SEED_TIMEOUT_SECONDS = 60.0
-_SEED_SAMPLE = 10_000
+
+
+def model_key(source_id: int) -> bytes:
+    return b"model:%d" % source_id
+
+
+def shape_key(source_id: int, shape: Shape) -> bytes:
+    return b"shape:%d:%d,%d,%d,%d" % (source_id, *shape)
 
 
 def register(p: Pipeline) -> None:
@@ -54,45 +63,21 @@ def register(p: Pipeline) -> None:
         for rejection in rejections:
             await p.dead_letters.send(key=b"%d" % source_id, value=rejection_record(source_id, rejection, "worker"))
 
-    async def model_for(source_id: int, features: np.ndarray) -> SegmentModel:
-        """The published model of a source; the first batch of a source proposes seeds
-        and waits for the model's owner to answer (the first proposal wins)."""
-        model = p.published_model(source_id)
-        if model is not None:
-            return model
-        sample = features[:_SEED_SAMPLE]
-        await p.segment_updates.send(
-            key=b"%d" % source_id, value=orjson.dumps({"source_id": source_id, "seed": sample.tolist()})
-        )
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + SEED_TIMEOUT_SECONDS
-        while (model := p.published_model(source_id)) is None:
-            if loop.time() > deadline:
-                raise TimeoutError(f"no segment model for source {source_id} after {SEED_TIMEOUT_SECONDS}s")
-            await asyncio.sleep(0.005)
-        return model
-
     async def apply_batch(source_id: int, partition: int, offset: int, events: EventBatch) -> None:
         visitors, owner = np.unique(events.visitorid, return_inverse=True)
         keys = [visitor_key(source_id, v) for v in visitors.tolist()]
         batch = merge_journeys(p.journeys.get_many(partition, keys), events, owner, gap_ms)
         changed = np.flatnonzero(batch.changed)
         if len(changed):
-            features = batch.new_features[changed]
-            model = await model_for(source_id, features)
-            segments = model.assign(features)
-            old_segments = batch.old_segments[changed]
-            delta = SegmentDelta.between(model, old_segments, batch.old_features[changed], segments, features)
             p.journeys.set_many(
-                partition,
-                b"%d:%d" % (partition, offset),
-                [keys[i] for i in changed.tolist()],
-                batch.encode(changed, segments),
+                partition, b"%d:%d" % (partition, offset), [keys[i] for i in changed.tolist()], batch.encode(changed)
             )
-            await p.segment_updates.send(
-                key=b"%d" % source_id,
-                value=orjson.dumps({"source_id": source_id, "delta": delta.to_json()}),
+            delta = PopulationDelta.between(
+                batch.existed[changed], batch.old_shapes[changed], batch.new_shapes[changed]
             )
+            if len(delta):
+                value = orjson.dumps({"source_id": source_id, **delta.to_json()})
+                await p.segment_updates.send(key=b"%d" % source_id, value=value)
         add_counts(
             source_id,
             partition,
@@ -121,28 +106,45 @@ def register(p: Pipeline) -> None:
                 log.exception("could not apply %s (source %d)", position, source)
                 await dead_letter(source, [Rejection(position, f"internal error: {exc!r}")])
 
+    populations: dict[int, Population] = {}  # the owner's copy of segment-state's shapes
+
+    def population_of(source_id: int) -> Population:
+        if source_id not in populations:
+            prefix = b"shape:%d:" % source_id
+            counts: dict[Shape, int] = {}
+            for key, value in p.segments.items_with_prefix(0, prefix):
+                views, carts, buys, sessions = (int(x) for x in key[len(prefix) :].split(b","))
+                if int(value):
+                    counts[(views, carts, buys, sessions)] = int(value)
+            populations[source_id] = Population(counts)
+        return populations[source_id]
+
     @p.app.agent(p.segment_updates, name="segments")
     async def segments(stream: Any) -> None:
         async for event in stream.events():
+            offset = event.message.offset
             try:
-                update = orjson.loads(event.value)
-                key = b"%d" % update["source_id"]
-                current = p.models.get(key)
-                if "seed" in update:
-                    if current is not None:
-                        continue  # another partition's proposal was first
-                    model = SegmentModel.seeded(np.asarray(update["seed"], dtype=np.float64), p.settings.k)
-                else:
-                    if current is None:
-                        raise ValueError("a delta arrived before the model was seeded")
-                    model = SegmentModel.from_bytes(current)
-                    model.apply(SegmentDelta.from_json(update["delta"]))
+                message = orjson.loads(event.value)
+                source_id = int(message["source_id"])
+                stored = p.segments.get(model_key(source_id))
+                model = SegmentModel.from_bytes(stored) if stored is not None else None
+                if model is not None and offset <= model.offset:
+                    continue  # applied before a restart
+                population = population_of(source_id)
+                changed = population.apply(PopulationDelta.from_json(message))
+                model = update(model, population, p.settings.k_for(source_id), offset=offset)
             except Exception:
-                log.exception("could not apply segment update at offset %d", event.message.offset)
+                log.exception("could not apply segment update at offset %d", offset)
+                populations.clear()  # reload from segment-state: nothing was written
                 continue
             value = model.to_bytes()
-            p.models[key] = value
-            p.published[key] = value
+            p.segments.set_many(
+                0,
+                b"%d" % offset,
+                [*(shape_key(source_id, shape) for shape, _ in changed), model_key(source_id)],
+                [*(b"%d" % count for _, count in changed), value],
+            )
+            p.published[b"%d" % source_id] = value
 
     @p.app.agent(p.dead_letters, name="rejections")
     async def rejections(stream: Any) -> None:

@@ -12,8 +12,10 @@ journeys            N           ``source:visitor`` -> journey bytes (distinct ev
                                 segment); see :mod:`ampelios.core.journeys`. A
                                 :class:`BatchTable`: one changelog record per batch
 source-stats        N           ``source:partition`` -> events, visitors, rejected
-segment-models      1           ``source`` -> the authoritative :class:`SegmentModel`,
-                                written only by the model's owner
+segment-state       1           ``model:source`` -> the authoritative :class:`SegmentModel`
+                                and ``shape:source:v,a,t,s`` -> visitors with that
+                                journey shape (the population). A :class:`BatchTable`
+                                written only by the model's owner, one record per update
 segment-published   1 (global)  ``source`` -> a copy of the model every worker reads
 ==================  ==========  =======================================================
 """
@@ -63,7 +65,7 @@ class Pipeline:
     segment_updates: Any
     journeys: BatchTable
     stats: Any
-    models: Any
+    segments: BatchTable
     published: Any
     jobs: dict[str, Any] = field(default_factory=dict)
 
@@ -139,7 +141,7 @@ def create_pipeline(settings: Settings) -> Pipeline:
         segment_updates=app.topic(topology.segment_updates, partitions=1, internal=True, **raw),
         journeys=app.tables.add(BatchTable(app, name="journeys", key_type=bytes, value_type=bytes, partitions=n)),
         stats=app.Table("source-stats", key_type=bytes, value_type=bytes, partitions=n),
-        models=app.Table("segment-models", key_type=bytes, value_type=bytes, partitions=1),
+        segments=app.tables.add(BatchTable(app, name="segment-state", key_type=bytes, value_type=bytes, partitions=1)),
         published=app.GlobalTable("segment-published", key_type=bytes, value_type=bytes, partitions=1),
     )
     app.pipeline = pipeline

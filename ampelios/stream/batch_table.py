@@ -61,6 +61,15 @@ class BatchTable(faust.Table):  # type: ignore[misc]
         db = self._db(partition)
         return [db.get(k) for k in keys]
 
+    def items_with_prefix(self, partition: int, prefix: bytes) -> list[tuple[bytes, bytes]]:
+        """Every (key, value) of ``partition`` whose key starts with ``prefix``, in key order."""
+        found = []
+        for key, value in self._db(partition).items(from_key=prefix):
+            if not key.startswith(prefix):
+                break
+            found.append((key, value))
+        return found
+
     def set_many(self, partition: int, batch: bytes, keys: Sequence[bytes], values: Sequence[bytes]) -> None:
         """Set every key to its value in ``partition``: one RocksDB write, one changelog
         record keyed ``batch`` (unique per batch, e.g. the source message's offset)."""

@@ -55,12 +55,14 @@ class SnapshotWriter(Service):
             return 0
         written = 0
         now = datetime.now(UTC)
-        for key, value in list(self.pipeline.models.items()):
+        for key, value in self.pipeline.segments.items_with_prefix(0, b"model:"):
             model = SegmentModel.from_bytes(value)
             if self.written.get(key) == model.version:
                 continue
-            centroids = model.centroids_in_units().tolist()
-            await self.history.write_snapshot(int(key), now, model.version, model.sizes().tolist(), centroids)
+            source_id = int(key.split(b":")[1])
+            await self.history.write_snapshot(
+                source_id, now, model.version, model.sizes.tolist(), model.units.tolist(), model.labels
+            )
             self.written[key] = model.version
             written += 1
         return written

@@ -5,7 +5,7 @@ endpoint                   answer
 =========================  ============================================================
 POST /trigger              202 ``{"job", "status_url"}``: replay a CSV of the data dir
 GET  /trigger/{job}        the job: state (running/done/failed), rows sent, rejected
-GET  /view                 ``[{"id", "users", "centroid"}]`` per segment (seed shape)
+GET  /view                 ``[{"id", "label", "users", "share", "centroid"}]`` per segment
 GET  /visitors/{id}        one visitor's journey, features and segment
 GET  /stats                events, visitors, rejected, lag (records not yet reflected)
 GET  /health               ``{"status": "ok"}``
@@ -25,6 +25,7 @@ from faust.web import Request, Response, View
 
 from ampelios.core.events import MAX_SOURCE_ID
 from ampelios.core.journeys import JourneyState
+from ampelios.core.model import SegmentModel
 from ampelios.core.partitioning import visitor_key
 from ampelios.services.broker import committed_offsets, end_offsets
 from ampelios.stream.agents import UNKNOWN_SOURCE
@@ -114,21 +115,32 @@ def register(p: Pipeline) -> None:
             model = p.published_model(source_id)
             if model is None:
                 raise no_segments(source_id)
-            users: list[Any] = model.sizes().tolist()
+            users: list[Any] = model.sizes.tolist()
             if verbose:
-                users = members(source_id, model.k, limit)
-            centroids = model.centroids_in_units().tolist()
-            return 200, [{"id": s, "users": users[s], "centroid": centroids[s]} for s in range(model.k)]
+                users = members(source_id, model, limit)
+            return 200, [
+                {
+                    "id": s,
+                    "label": model.labels[s],
+                    "users": users[s],
+                    "share": float(model.sizes[s] / max(1, model.sizes.sum())),
+                    "centroid": model.units[s].tolist(),
+                }
+                for s in range(model.k)
+            ]
 
-    def members(source_id: int, k: int, limit: int) -> list[list[int]]:
-        """Up to ``limit`` visitor ids per segment, in key order (scans local journeys)."""
-        found: list[list[int]] = [[] for _ in range(k)]
+    def members(source_id: int, model: SegmentModel, limit: int) -> list[list[int]]:
+        """Up to ``limit`` visitor ids per segment (scans the local journeys in key order)."""
+        found: list[list[int]] = [[] for _ in range(model.k)]
         prefix = b"%d:" % source_id
+        gap_ms = p.settings.session_gap_ms
         for key, value in p.journeys.items():
             if key.startswith(prefix):
-                segment = JourneyState.from_bytes(value).segment
-                if 0 <= segment < k and len(found[segment]) < limit:
+                segment = int(model.assign(JourneyState.from_bytes(value).features(gap_ms)[None, :])[0])
+                if len(found[segment]) < limit:
                     found[segment].append(int(key[len(prefix) :]))
+                    if all(len(f) >= min(limit, n) for f, n in zip(found, model.sizes.tolist())):
+                        break
         return [sorted(ids) for ids in found]
 
     @app.page("/visitors/{visitorid}")
@@ -144,13 +156,16 @@ def register(p: Pipeline) -> None:
             journey = JourneyState.from_bytes(value)
             sessions = journey.sessions(p.settings.session_gap_ms)
             features = journey.features(p.settings.session_gap_ms)
+            model = p.published_model(source_id)
+            segment = int(model.assign(features[None, :])[0]) if model is not None else None
             return 200, {
                 "visitorid": vid,
                 "source_id": source_id,
                 "sessions": [s.to_dict() for s in sessions],
                 "state": features[:3].astype(np.int64).tolist(),
                 "features": features.tolist(),
-                "segment": journey.segment,
+                "segment": segment,
+                "label": model.labels[segment] if model is not None and segment is not None else None,
             }
 
     @app.page("/stats")

@@ -16,8 +16,8 @@ import pytest
 from ampelios.config import Settings
 from ampelios.core.generate import generate_events
 from ampelios.services.processes import free_port
-from ampelios.services.stack import WorkerProcess, http_json, wait_for_job, wait_until_reflected
-from tests.integration.conftest import write_events
+from ampelios.services.stack import http_json, wait_for_job, wait_until_reflected
+from tests.integration.conftest import Workers, write_events
 
 pytestmark = pytest.mark.integration
 
@@ -48,7 +48,10 @@ def test_generate_is_deterministic_for_a_seed(tmp_path: Path):
     assert (tmp_path / "c.csv").read_bytes() != (tmp_path / "a.csv").read_bytes()
 
 
-def test_replay_streams_a_file_into_a_running_worker(settings: Settings, worker: WorkerProcess, tmp_path: Path):
+def test_replay_streams_a_file_into_a_running_worker_with_k_per_source(
+    settings: Settings, workers: Workers, tmp_path: Path
+):
+    worker = workers.start(settings.with_(k_by_source={2: 3}))
     events = generate_events(4_000, seed=9, source_id=2)
     path = write_events(tmp_path / "site2.csv", events)
     result = ampelios("replay", str(path), "--source-id", "2", env=settings.to_env())
@@ -57,6 +60,8 @@ def test_replay_streams_a_file_into_a_running_worker(settings: Settings, worker:
     stats = wait_until_reflected(worker.base_url, 2, timeout=120)
     assert stats["events"] == 4_000
     assert http_json("GET", f"{worker.base_url}/view?source_id=1")[0] == 404  # sources stay apart
+    code, segments = http_json("GET", f"{worker.base_url}/view?source_id=2")
+    assert code == 200 and len(segments) == 3 and sum(s["users"] for s in segments) == stats["visitors"]
 
 
 def _listening(port: int) -> bool:

@@ -10,6 +10,7 @@ import pytest
 
 from ampelios.config import Settings
 from ampelios.core.generate import generate_events
+from ampelios.core.labels import LABELS
 from ampelios.services.stack import WorkerProcess, http_json
 from tests.integration.conftest import batch_definition, replay, write_events
 
@@ -33,6 +34,9 @@ def test_a_replayed_file_is_reflected_in_segments_visitors_stats_and_history(set
     assert code == 200 and [s["id"] for s in segments] == list(range(settings.k))
     assert sum(s["users"] for s in segments) == len(visitors)
     assert all(len(s["centroid"]) == 6 for s in segments)
+    assert all(s["label"].rstrip(" 0123456789") in LABELS for s in segments)
+    assert len({s["label"] for s in segments}) == len(segments)
+    assert abs(sum(s["share"] for s in segments) - 1) < 1e-9
 
     # Every visitor checked equals the batch definition; the heaviest ones always included.
     counts = np.bincount(np.searchsorted(visitors, events.visitorid))
@@ -47,6 +51,7 @@ def test_a_replayed_file_is_reflected_in_segments_visitors_stats_and_history(set
         np.testing.assert_allclose(answer["features"], features)
         assert answer["state"] == features[:3].tolist()
         assert 0 <= answer["segment"] < settings.k
+        assert answer["label"] == segments[answer["segment"]]["label"]
         users_by_segment[answer["segment"]] += 1
 
     # verbose=true lists visitor ids instead of counts, each id in its own segment.
@@ -63,13 +68,15 @@ def test_a_replayed_file_is_reflected_in_segments_visitors_stats_and_history(set
     while time.monotonic() < deadline:
         with psycopg2.connect(settings.database_url) as conn, conn.cursor() as cur:
             cur.execute(
-                "SELECT model_version, array_agg(size ORDER BY segment_id) FROM segment_snapshots "
+                "SELECT model_version, array_agg(size ORDER BY segment_id), array_agg(label ORDER BY segment_id) "
+                "FROM segment_snapshots "
                 "WHERE source_id = 1 GROUP BY taken_at, model_version ORDER BY model_version DESC LIMIT 1"
             )
             row = cur.fetchone()
         if row and sum(row[1]) == len(visitors):
             final_version = row[0]
             assert row[1] == [s["users"] for s in segments]
+            assert row[2] == [s["label"] for s in segments]
             break
         time.sleep(0.5)
     assert final_version is not None, "no snapshot of the final segments reached Postgres"

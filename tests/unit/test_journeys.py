@@ -9,9 +9,9 @@ from hypothesis import strategies as st
 from ampelios.core.events import ADDTOCART, TRANSACTION, VIEW, EventBatch
 from ampelios.core.journeys import (
     JOURNEY_EVENT,
-    NO_SEGMENT,
     JourneyState,
-    batch_features,
+    batch_shapes,
+    features_from_shapes,
     features_of,
     merge_journeys,
     sessionize,
@@ -82,7 +82,7 @@ def stream(rows, chunk_sizes) -> dict[int, bytes]:
         visitors, owner = np.unique(chunk.visitorid, return_inverse=True)
         batch = merge_journeys([store.get(v) for v in visitors.tolist()], chunk, owner, GAP)
         idx = np.arange(len(visitors))
-        for v, value in zip(visitors.tolist(), batch.encode(idx, np.zeros(len(idx), dtype=np.int64))):
+        for v, value in zip(visitors.tolist(), batch.encode(idx)):
             store[v] = value
     assert start >= len(events)
     return store
@@ -117,28 +117,28 @@ def test_vectorized_features_equal_the_definition(by_visitor):
     order = np.lexsort((events.timestamp, events.visitorid))
     e = events.take(order)
     visitors, owner = np.unique(e.visitorid, return_inverse=True)
-    got = batch_features(owner, e.timestamp, e.event, len(visitors), GAP)
+    got = features_from_shapes(batch_shapes(owner, e.timestamp, e.event, len(visitors), GAP))
     for i, visitor in enumerate(visitors.tolist()):
         mine = e.take(e.visitorid == visitor)
         np.testing.assert_allclose(got[i], features_of(sessionize(mine.timestamp, mine.event, GAP)))
 
 
-def test_merge_reports_old_and_new_features_and_what_was_added():
+def test_merge_reports_old_and_new_shapes_and_what_was_added():
     first = as_batch([(1, 0, VIEW, 1)])
     b1 = merge_journeys([None], first, np.array([0]), GAP)
     assert b1.existed.tolist() == [False] and b1.added.tolist() == [1]
-    assert b1.old_segments.tolist() == [NO_SEGMENT]
-    stored = b1.encode(np.array([0]), np.array([3]))[0]
-    again = as_batch([(1, 0, VIEW, 1), (1, 1, ADDTOCART, 1)])
-    b2 = merge_journeys([stored], again, np.array([0, 0]), GAP)
-    assert b2.existed.tolist() == [True] and b2.added.tolist() == [1] and b2.old_segments.tolist() == [3]
-    assert b2.old_features[0].tolist() == [1, 0, 0, 1, 1, 0]
-    assert b2.new_features[0].tolist() == [1, 1, 0, 1, 1, 0]
+    assert b1.old_shapes.tolist() == [[0, 0, 0, 0]] and b1.new_shapes.tolist() == [[1, 0, 0, 1]]
+    stored = b1.encode(np.array([0]))[0]
+    again = as_batch([(1, 0, VIEW, 1), (1, 1, ADDTOCART, 1), (1, 90, VIEW, 2)])
+    b2 = merge_journeys([stored], again, np.array([0, 0, 0]), GAP)
+    assert b2.existed.tolist() == [True] and b2.added.tolist() == [2]
+    assert b2.old_shapes.tolist() == [[1, 0, 0, 1]] and b2.new_shapes.tolist() == [[2, 1, 0, 2]]
+    duplicate = merge_journeys(b2.encode(np.array([0])), first, np.array([0]), GAP)
+    assert duplicate.changed.tolist() == [False]
 
 
 def test_journey_bytes_round_trip():
     events = np.zeros(2, dtype=JOURNEY_EVENT)
     events["timestamp"] = [T0, T0 + 1]
-    state = JourneyState(events, segment=4)
-    back = JourneyState.from_bytes(state.to_bytes())
-    assert back.segment == 4 and back.events.tolist() == events.tolist()
+    back = JourneyState.from_bytes(JourneyState(events).to_bytes())
+    assert back.events.tolist() == events.tolist()

@@ -1,0 +1,42 @@
+"""Settings come from AMPELIOS_* variables, with clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ampelios.config import ConfigError, Settings
+
+
+def test_defaults_and_round_trip_through_the_environment():
+    settings = Settings.from_env({})
+    assert settings.broker is None and settings.k == 5 and settings.session_gap_ms == 20 * 60_000
+    custom = Settings.from_env(
+        {
+            "AMPELIOS_K": "6,2=8",
+            "AMPELIOS_STATE_DIR": "/tmp/x",
+            "AMPELIOS_BROKER": "kafka://h:9092",
+            "AMPELIOS_PARTITIONS": "3",
+        }
+    )
+    assert (custom.k_for(1), custom.k_for(2), custom.state_dir, custom.partitions) == (6, 8, Path("/tmp/x"), 3)
+    assert Settings.from_env(custom.to_env()) == custom
+
+
+@pytest.mark.parametrize(
+    ("env", "words"),
+    [
+        ({"AMPELIOS_WEB_PORT": "http"}, "AMPELIOS_WEB_PORT must be an integer"),
+        ({"AMPELIOS_K": "0"}, "AMPELIOS_K must be positive"),
+        ({"AMPELIOS_K": "5,6"}, "default k twice"),
+        ({"AMPELIOS_K": "5,x=3"}, "not a source id"),
+        ({"AMPELIOS_BROKER": "localhost:9092"}, "kafka://host:port"),
+        ({"AMPELIOS_SESSION_GAP_MINUTES": "-1"}, "must be positive"),
+        ({"AMPELIOS_PARTITON": "8"}, "unknown setting(s) AMPELIOS_PARTITON"),
+    ],
+)
+def test_bad_values_name_the_variable(env, words):
+    with pytest.raises(ConfigError) as error:
+        Settings.from_env(env)
+    assert words in str(error.value)
