@@ -8,7 +8,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ampelios.core.journeys import features_from_shapes
-from ampelios.core.model import SegmentModel, kmeans_plus_plus, lloyd, match_ids, points_of, scale_of, update
+from ampelios.core.model import (
+    MIN_SCALE,
+    SegmentModel,
+    kmeans_plus_plus,
+    lloyd,
+    match_ids,
+    points_of,
+    scale_of,
+    update,
+)
 from ampelios.core.population import Population
 
 
@@ -128,3 +137,22 @@ def test_model_bytes_round_trip():
     assert (back.version, back.offset, back.labels) == (1, 17, model.labels)
     for name in ("centroids", "active", "scale", "sizes", "units"):
         np.testing.assert_array_equal(getattr(back, name), getattr(model, name))
+
+
+def test_scale_is_the_weighted_standard_deviation_of_log1p_features_with_a_floor():
+    population = Population({(1, 0, 0, 1): 3, (9, 0, 0, 1): 1})
+    _, logged, weights = points_of(population)
+    scale = scale_of(logged, weights)
+    expanded = np.repeat(logged, weights.astype(int), axis=0)
+    np.testing.assert_allclose(scale[0], expanded[:, 0].std())
+    assert scale[1] == scale[2] == scale[3] == MIN_SCALE  # constant features
+
+
+def test_standardization_lets_a_rare_purchase_outweigh_many_views():
+    # Without scaling, 1 purchase (log1p 0.69) is smaller than 3 vs 1 views (log1p 1.39 vs
+    # 0.69); scaled by the population's spread, the buyer stands apart from browsers.
+    population = Population({(1, 0, 0, 1): 500, (3, 0, 0, 1): 500, (2, 1, 1, 1): 5})
+    model = update(None, population, k=3)
+    sizes = sorted(model.sizes.tolist())
+    assert sizes == [5, 500, 500]
+    assert "high-value buyers" in model.labels
