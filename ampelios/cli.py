@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -113,9 +114,21 @@ def replay(file: Path, source_id: int, file_order: bool) -> None:
     "--events", "n_events", default=100_000, show_default=True, type=click.IntRange(1), help="Number of events."
 )
 @click.option("--seed", default=0, show_default=True, type=int, help="Random seed: the same seed gives the same file.")
-def generate(out: Path, n_events: int, seed: int) -> None:
+@click.option(
+    "--purchase-drop",
+    metavar="START:END",
+    help="Dates (YYYY-MM-DD, UTC) between which visitors buy a tenth as often, e.g. 2015-07-01:2015-08-01.",
+)
+def generate(out: Path, n_events: int, seed: int, purchase_drop: str | None) -> None:
     """Write look-alike Retailrocket events (schema and marginals of the real data set)."""
-    events = generate_events(n_events, seed=seed)
+    drop = None
+    if purchase_drop:
+        try:
+            start, end = (datetime.fromisoformat(d).replace(tzinfo=UTC) for d in purchase_drop.split(":"))
+        except ValueError:
+            raise click.BadParameter("expected START:END dates, e.g. 2015-07-01:2015-08-01") from None
+        drop = (round(start.timestamp() * 1000), round(end.timestamp() * 1000))
+    events = generate_events(n_events, seed=seed, purchase_drop=drop)
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("wb") as f:
         write_csv(events, f)

@@ -37,6 +37,10 @@ def _positive_float(name: str, raw: str) -> float:
     return value
 
 
+def _non_negative_float(name: str, raw: str) -> float:
+    return 0.0 if raw.strip() in ("0", "0.0") else _positive_float(name, raw)
+
+
 def _broker_url(name: str, raw: str) -> str:
     scheme = raw.split("://", 1)[0] if "://" in raw else ""
     if scheme not in ("kafka", "tansu"):
@@ -91,11 +95,18 @@ class Settings:
     session_gap_minutes: float = 20.0
     replay_batch_events: int = 5000
     snapshot_seconds: float = 60.0
+    snapshot_event_hours: float = 24.0
+    active_days: float | None = None
     log_level: str = "info"
 
     @property
     def session_gap_ms(self) -> int:
         return round(self.session_gap_minutes * 60_000)
+
+    @property
+    def active_window_ms(self) -> int | None:
+        """``AMPELIOS_ACTIVE_DAYS`` in milliseconds (``None``: every visitor stays active)."""
+        return None if self.active_days is None else round(self.active_days * 86_400_000)
 
     def k_for(self, source_id: int) -> int:
         """Number of segments of a source."""
@@ -128,6 +139,8 @@ class Settings:
             "AMPELIOS_SESSION_GAP_MINUTES": ("session_gap_minutes", _positive_float),
             "AMPELIOS_REPLAY_BATCH_EVENTS": ("replay_batch_events", _positive_int),
             "AMPELIOS_SNAPSHOT_SECONDS": ("snapshot_seconds", _positive_float),
+            "AMPELIOS_SNAPSHOT_EVENT_HOURS": ("snapshot_event_hours", _non_negative_float),
+            "AMPELIOS_ACTIVE_DAYS": ("active_days", _positive_float),
             "AMPELIOS_LOG_LEVEL": ("log_level", _text),
         }
         unknown = sorted(k for k in env if k.startswith("AMPELIOS_") and k not in parsers)

@@ -68,10 +68,10 @@ def replay_online(events: EventBatch, k: int, partitions: int, batch_events: int
         visitors, owner = np.unique(chunk.visitorid, return_inverse=True)
         ids = visitors.tolist()
         batch = merge_journeys([journeys.get(v) for v in ids], chunk, owner, GAP_MS)
-        changed = np.flatnonzero(batch.changed)
-        for i, value in zip(changed.tolist(), batch.encode(changed)):
+        changed = batch.changed
+        for i, value in zip(np.flatnonzero(changed).tolist(), batch.encode(np.flatnonzero(changed))):
             journeys[ids[i]] = value
-        delta = PopulationDelta.between(batch.existed[changed], batch.old_shapes[changed], batch.new_shapes[changed])
+        delta = PopulationDelta.of(batch.old_shapes[changed & batch.was_active], batch.new_shapes[changed])
         if not len(delta):
             continue
         population.apply(delta)

@@ -27,6 +27,7 @@ SHARE_ADDTOCART = 0.025
 SHARE_TRANSACTION = 0.008
 N_ITEMS = 235_061
 MAX_EVENTS_PER_VISITOR = 8_000
+PURCHASE_DROP_FACTOR = 0.1
 _MINUTE_MS = 60_000
 
 
@@ -52,8 +53,14 @@ def _events_per_visitor(rng: np.random.Generator, n_events: int) -> np.ndarray:
     return counts
 
 
-def generate_events(n_events: int, seed: int = 0, source_id: int = 1) -> EventBatch:
-    """``n_events`` look-alike events of one source, rows in shuffled order."""
+def generate_events(
+    n_events: int, seed: int = 0, source_id: int = 1, purchase_drop: tuple[int, int] | None = None
+) -> EventBatch:
+    """``n_events`` look-alike events of one source, rows in shuffled order.
+
+    ``purchase_drop`` = (start, end) in Unix ms: a period in which visitors buy a tenth as
+    often (add-to-carts stay): a generated shift in behaviour for the history to show.
+    """
     if n_events < 1:
         raise ValueError("n_events must be at least 1")
     rng = np.random.default_rng(seed)
@@ -95,6 +102,9 @@ def generate_events(n_events: int, seed: int = 0, source_id: int = 1) -> EventBa
     after_cart = np.zeros(n, dtype=bool)
     after_cart[1:] = is_cart[:-1] & (visitor[1:] == visitor[:-1]) & ~is_cart[1:]
     p_buy = min(1.0, SHARE_TRANSACTION * n / max(1, after_cart.sum()))
+    if purchase_drop is not None:
+        dropped = (timestamp >= purchase_drop[0]) & (timestamp < purchase_drop[1])
+        p_buy = np.where(dropped, p_buy * PURCHASE_DROP_FACTOR, p_buy)
     is_buy = after_cart & (rng.random(n) < p_buy)
     event = np.full(n, VIEW, dtype=np.uint8)
     event[is_cart] = ADDTOCART

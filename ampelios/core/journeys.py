@@ -19,8 +19,9 @@ The six features depend only on four counts, the journey's **shape**: (views, ad
 transactions, sessions). Many visitors share a shape, which is what lets the segment model
 hold the whole population exactly (:mod:`ampelios.core.population`).
 
-A journey is stored as bytes: a 1-byte format version and its events as packed
-little-endian records sorted by (timestamp, event, itemid, transactionid).
+A journey is stored as bytes: a 1-byte format version, a 1-byte set of flags (1: active)
+and its events as packed little-endian records sorted by (timestamp, event, itemid,
+transactionid).
 
 >>> import numpy as np
 >>> sessions = sessionize(np.array([0, 60_000, 3_600_000]), np.array([0, 1, 0]), 20 * 60_000)
@@ -56,7 +57,8 @@ SHAPE_NAMES = FEATURE_NAMES[:4]
 
 JOURNEY_EVENT = np.dtype([("timestamp", "<i8"), ("event", "u1"), ("itemid", "<i8"), ("transactionid", "<i8")])
 _FORMAT = 2
-_HEADER = struct.Struct("<B")  # format version
+_HEADER = struct.Struct("<BB")  # format version, flags
+_ACTIVE = 1  # flag: the journey counts in the population
 
 
 @dataclass(frozen=True)
@@ -141,27 +143,45 @@ def batch_shapes(owner: np.ndarray, timestamp: np.ndarray, event: np.ndarray, n:
     ).astype(np.int64)
 
 
+def window_shapes(
+    owner: np.ndarray, timestamp: np.ndarray, event: np.ndarray, n: int, gap_ms: int, window_ms: int | None
+) -> np.ndarray:
+    """Like :func:`batch_shapes`, counting only each journey's events of the ``window_ms``
+    up to its own latest event (all of them when ``window_ms`` is ``None``)."""
+    if window_ms is None or len(owner) == 0:
+        return batch_shapes(owner, timestamp, event, n, gap_ms)
+    ends = np.cumsum(np.bincount(owner, minlength=n)) - 1
+    last = timestamp[np.maximum(ends, 0)]
+    keep = timestamp > last[owner] - window_ms
+    return batch_shapes(owner[keep], timestamp[keep], event[keep], n, gap_ms)
+
+
 @dataclass(frozen=True)
 class JourneyState:
-    """One visitor's stored journey: its distinct events."""
+    """One visitor's stored journey: its distinct events, and whether it is active (in
+    the population the segments are fitted on; see ``AMPELIOS_ACTIVE_DAYS``)."""
 
     events: np.ndarray  # JOURNEY_EVENT records, sorted
+    active: bool = True
 
     @classmethod
     def from_bytes(cls, value: bytes) -> JourneyState:
-        (version,) = _HEADER.unpack_from(value)
+        version, flags = _HEADER.unpack_from(value)
         if version != _FORMAT:
             raise ValueError(f"unknown journey format {version}")
-        return cls(np.frombuffer(value, dtype=JOURNEY_EVENT, offset=_HEADER.size))
+        return cls(np.frombuffer(value, dtype=JOURNEY_EVENT, offset=_HEADER.size), bool(flags & _ACTIVE))
 
     def to_bytes(self) -> bytes:
-        return _HEADER.pack(_FORMAT) + self.events.tobytes()
+        return _HEADER.pack(_FORMAT, _ACTIVE if self.active else 0) + self.events.tobytes()
 
     def sessions(self, gap_ms: int) -> list[Session]:
         return sessionize(self.events["timestamp"], self.events["event"], gap_ms)
 
-    def features(self, gap_ms: int) -> np.ndarray:
-        return features_of(self.sessions(gap_ms))
+    def features(self, gap_ms: int, window_ms: int | None = None) -> np.ndarray:
+        """The six features (of the events within ``window_ms`` of the latest, if given)."""
+        ts, ev = self.events["timestamp"], self.events["event"]
+        shape = window_shapes(np.zeros(len(ts), dtype=np.int64), ts, ev, 1, gap_ms, window_ms)
+        return features_from_shapes(shape)[0]
 
 
 @dataclass(frozen=True)
@@ -169,41 +189,61 @@ class JourneyBatch:
     """The journeys touched by one batch of events, before and after the batch.
 
     Journey ``i`` is the i-th visitor passed to :func:`merge_journeys`; its merged events
-    are ``rows[starts[i]:starts[i + 1]]``.
+    are ``rows[starts[i]:starts[i + 1]]``. A journey counts in the population while it is
+    active; ``old_shapes`` are what it counted as before (zeros for new visitors).
     """
 
     rows: np.ndarray  # JOURNEY_EVENT, grouped by journey, sorted within
     starts: np.ndarray  # (n + 1,) row offsets
     existed: np.ndarray  # (n,) bool: the visitor had a journey before the batch
-    old_shapes: np.ndarray  # (n, 4), zeros for new visitors
+    was_active: np.ndarray  # (n,) bool: it counted in the population before the batch
+    active: np.ndarray  # (n,) bool: it counts after the batch
+    old_shapes: np.ndarray  # (n, 4)
     new_shapes: np.ndarray  # (n, 4)
     added: np.ndarray  # (n,) distinct events the batch added to each journey
+    old_last_event: np.ndarray  # (n,) time (ms) of the latest event before the batch, -1 if none
 
     def __len__(self) -> int:
         return len(self.existed)
 
     @property
+    def last_event(self) -> np.ndarray:
+        """Time (ms) of each journey's latest event after the batch."""
+        return self.rows["timestamp"][self.starts[1:] - 1]
+
+    @property
     def changed(self) -> np.ndarray:
-        """Journeys whose events changed (others only saw duplicates)."""
-        return self.added > 0
+        """Journeys whose events or activity changed (the others only saw duplicates)."""
+        return (self.added > 0) | (self.was_active != self.active)
 
     def encode(self, indices: np.ndarray) -> list[bytes]:
         """The stored value of journeys ``indices`` after the batch."""
         starts, ends = self.starts[indices].tolist(), self.starts[indices + 1].tolist()
-        rows, header = self.rows, _HEADER.pack(_FORMAT)
-        return [header + rows[a:b].tobytes() for a, b in zip(starts, ends)]
+        rows = self.rows
+        headers = [_HEADER.pack(_FORMAT, _ACTIVE if a else 0) for a in self.active[indices].tolist()]
+        return [h + rows[a:b].tobytes() for h, a, b in zip(headers, starts, ends)]
 
 
-def merge_journeys(old: Sequence[bytes | None], events: EventBatch, owner: np.ndarray, gap_ms: int) -> JourneyBatch:
+def merge_journeys(
+    old: Sequence[bytes | None],
+    events: EventBatch,
+    owner: np.ndarray,
+    gap_ms: int,
+    window_ms: int | None = None,
+    active_after: int | None = None,
+) -> JourneyBatch:
     """Merge a batch of events into the journeys of their visitors.
 
     ``old[i]`` is the stored journey of visitor ``i`` (``None`` if new) and ``owner[j]``
     the visitor index of event ``j``. Events already in a journey, or repeated within
-    the batch, are dropped. Vectorized over the batch: one sort, no per-event Python.
+    the batch, are dropped. Shapes count the events of ``window_ms`` up to each journey's
+    latest event (all when ``None``); a journey is active when its latest event is after
+    ``active_after`` (always when ``None``). Vectorized: one sort, no per-event Python.
     """
     n = len(old)
     old_states = [JourneyState.from_bytes(v) if v is not None else None for v in old]
     existed = np.fromiter((s is not None for s in old_states), dtype=bool, count=n)
+    was_active = np.fromiter((s is not None and s.active for s in old_states), dtype=bool, count=n)
     old_counts = np.fromiter((len(s.events) if s is not None else 0 for s in old_states), np.int64, n)
     old_rows = (
         np.concatenate([s.events for s in old_states if s is not None])
@@ -211,7 +251,10 @@ def merge_journeys(old: Sequence[bytes | None], events: EventBatch, owner: np.nd
         else np.empty(0, dtype=JOURNEY_EVENT)
     )
     old_owner = np.repeat(np.arange(n), old_counts)
-    old_shapes = batch_shapes(old_owner, old_rows["timestamp"], old_rows["event"], n, gap_ms)
+    old_ends = np.cumsum(old_counts) - 1
+    old_last_event = np.full(n, -1, dtype=np.int64)
+    old_last_event[old_counts > 0] = old_rows["timestamp"][old_ends[old_counts > 0]]
+    old_shapes = window_shapes(old_owner, old_rows["timestamp"], old_rows["event"], n, gap_ms, window_ms)
 
     new_rows = np.empty(len(events), dtype=JOURNEY_EVENT)
     new_rows["timestamp"] = events.timestamp
@@ -229,11 +272,16 @@ def merge_journeys(old: Sequence[bytes | None], events: EventBatch, owner: np.nd
 
     counts = np.bincount(row_owner, minlength=n)
     starts = np.concatenate([[0], np.cumsum(counts)])
+    last_event = rows["timestamp"][np.maximum(starts[1:] - 1, 0)]
+    active = np.ones(n, dtype=bool) if active_after is None else last_event > active_after
     return JourneyBatch(
         rows=rows,
         starts=starts,
         existed=existed,
+        was_active=was_active,
+        active=active,
         old_shapes=old_shapes,
-        new_shapes=batch_shapes(row_owner, rows["timestamp"], rows["event"], n, gap_ms),
+        new_shapes=window_shapes(row_owner, rows["timestamp"], rows["event"], n, gap_ms, window_ms),
         added=counts - old_counts,
+        old_last_event=old_last_event,
     )

@@ -34,6 +34,7 @@ distinct visitors, and a visitor's segment is the nearest centroid of its featur
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import orjson
@@ -152,6 +153,20 @@ class SegmentModel:
         """The segment of each feature vector (n, 6): the nearest active centroid."""
         z = np.log1p(features) / self.scale
         return np.argmin(_sq_distances(z, self.centroids / self.scale, self.active), axis=1)
+
+    def segments(self) -> list[dict[str, Any]]:
+        """Every segment: id, label, size, share of the visitors, centroid (mean member)."""
+        total = max(1, int(self.sizes.sum()))
+        return [
+            {
+                "id": s,
+                "label": self.labels[s],
+                "size": int(self.sizes[s]),
+                "share": int(self.sizes[s]) / total,
+                "centroid": self.units[s].tolist(),
+            }
+            for s in range(self.k)
+        ]
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(

@@ -7,12 +7,12 @@ features exactly, in a few hundred kilobytes, with every visitor counted once wi
 latest features. The segment model is fitted on it (:mod:`ampelios.core.model`).
 
 A batch changes the population by a :class:`PopulationDelta`: each changed journey
-leaves its old shape (if it had one) and joins its new one. Deltas commute.
+leaves its old shape (if it counted) and joins its new one (if it counts). Deltas commute.
 
 >>> import numpy as np
 >>> population = Population()
 >>> new = np.array([[1, 0, 0, 1], [1, 0, 0, 1], [3, 1, 0, 1]])
->>> population.apply(PopulationDelta.between(np.zeros(3, dtype=bool), new, new))
+>>> population.apply(PopulationDelta.of(np.empty((0, 4)), new))
 [((1, 0, 0, 1), 2), ((3, 1, 0, 1), 1)]
 >>> population.total, len(population)
 (3, 2)
@@ -35,12 +35,12 @@ class PopulationDelta:
     changes: np.ndarray
 
     @classmethod
-    def between(cls, existed: np.ndarray, old_shapes: np.ndarray, new_shapes: np.ndarray) -> PopulationDelta:
-        """Journeys moving from ``old_shapes`` (where ``existed``) to ``new_shapes``."""
-        rows = np.concatenate([old_shapes[existed], new_shapes])
-        signs = np.concatenate([-np.ones(int(existed.sum()), dtype=np.int64), np.ones(len(new_shapes), dtype=np.int64)])
+    def of(cls, left: np.ndarray, joined: np.ndarray) -> PopulationDelta:
+        """Visitors leaving the shapes ``left`` (m, 4) and joining ``joined`` (n, 4)."""
+        rows = np.concatenate([left, joined]).reshape(-1, 4)
         if len(rows) == 0:
             return cls(np.empty((0, 4), dtype=np.int64), np.empty(0, dtype=np.int64))
+        signs = np.concatenate([-np.ones(len(left), dtype=np.int64), np.ones(len(joined), dtype=np.int64)])
         shapes, index = np.unique(rows, axis=0, return_inverse=True)
         changes = np.bincount(index.ravel(), weights=signs, minlength=len(shapes)).astype(np.int64)
         keep = changes != 0

@@ -56,12 +56,13 @@ def wait_for_job(
     raise TimeoutError(f"replay job {job} still running after {timeout:.0f}s")
 
 
-def wait_until_reflected(base: str, source_id: int, timeout: float = 3600.0) -> dict[str, Any]:
-    """Poll ``/stats`` until nothing published is left to reflect (lag 0); return the stats."""
+def wait_until_reflected(base: str, source_id: int, timeout: float = 3600.0, stored: bool = False) -> dict[str, Any]:
+    """Poll ``/stats`` until nothing published is left to reflect (lag 0) and, with
+    ``stored``, nothing is left to write to Postgres (sink_lag 0); return the stats."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         code, stats = http_json("GET", f"{base}/stats?source_id={source_id}")
-        if code == 200 and stats["lag"] == 0:
+        if code == 200 and stats["lag"] == 0 and (not stored or stats["sink_lag"] == 0):
             return dict(stats)
         time.sleep(0.2)
     raise TimeoutError(f"events were not reflected within {timeout:.0f}s")

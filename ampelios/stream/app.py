@@ -32,7 +32,9 @@ from aiokafka.structs import TopicPartition
 import ampelios.services.broker  # noqa: F401  (registers the tansu:// transport)
 from ampelios.config import Settings
 from ampelios.core.model import SegmentModel
-from ampelios.services.broker import check_broker_epoch, ensure_topics
+from ampelios.services.broker import check_broker_epoch, committed_offsets, end_offsets, ensure_topics
+from ampelios.sinks.history import History
+from ampelios.sinks.postgres import PostgresSink
 from ampelios.stream.batch_table import BatchTable
 from ampelios.stream.topology import Topology
 
@@ -63,10 +65,15 @@ class Pipeline:
     events: Any
     dead_letters: Any
     segment_updates: Any
+    segment_changes: Any
+    visitor_updates: Any
+    snapshots: Any
     journeys: BatchTable
     stats: Any
     segments: BatchTable
     published: Any
+    history: History | None
+    sink: PostgresSink | None
     jobs: dict[str, Any] = field(default_factory=dict)
 
     def ready(self) -> bool:
@@ -88,12 +95,26 @@ class Pipeline:
                     totals[name] += count
         return totals
 
-    def committed_partitions(self) -> list[TopicPartition]:
-        """The input partitions whose lag says whether everything is reflected: events,
-        rejections (counted in stats) and segment updates."""
+    async def pending(self) -> dict[str, Any]:
+        """Records not yet processed: ``lag`` (events, rejections and segment updates
+        the worker has not committed, i.e. not yet reflected in journeys, stats and
+        segments), ``sink_lag`` (output records not yet written to Postgres) and
+        ``sink_error`` (why this worker's sink cannot write right now, or ``None``)."""
         t = self.topology
-        inputs = [TopicPartition(topic, p) for topic in (t.events, t.dead_letters) for p in range(t.partitions)]
-        return [*inputs, TopicPartition(t.segment_updates, 0)]
+        url = self.settings.broker_url
+        n = range(t.partitions)
+        inputs = [TopicPartition(topic, p) for topic in (t.events, t.dead_letters) for p in n]
+        inputs.append(TopicPartition(t.segment_updates, 0))
+        outputs = [TopicPartition(topic, p) for topic in (t.visitor_updates, t.segment_changes) for p in n]
+        outputs.append(TopicPartition(t.snapshots, 0))
+        ends = await end_offsets(url, inputs + outputs)
+        done = await committed_offsets(url, self.settings.app_id, inputs)
+        lag = sum(max(0, ends[tp] - done[tp]) for tp in inputs)
+        if self.sink is None:
+            return {"lag": lag, "sink_lag": 0, "sink_error": None}
+        written = await committed_offsets(url, t.sink_group, outputs)
+        sink_lag = sum(max(0, ends[tp] - written[tp]) for tp in outputs)
+        return {"lag": lag, "sink_lag": sink_lag, "sink_error": self.sink.unavailable}
 
 
 def encode_counts(counts: dict[str, int]) -> bytes:
@@ -132,6 +153,7 @@ def create_pipeline(settings: Settings) -> Pipeline:
     )
     raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
     n = settings.partitions
+    history = History(settings.database_url) if settings.database_url else None
     pipeline = Pipeline(
         settings=settings,
         topology=topology,
@@ -139,16 +161,24 @@ def create_pipeline(settings: Settings) -> Pipeline:
         events=app.topic(topology.events, partitions=n, internal=True, **raw),
         dead_letters=app.topic(topology.dead_letters, partitions=n, internal=True, **raw),
         segment_updates=app.topic(topology.segment_updates, partitions=1, internal=True, **raw),
+        segment_changes=app.topic(topology.segment_changes, partitions=n, internal=True, **raw),
+        visitor_updates=app.topic(topology.visitor_updates, partitions=n, internal=True, **raw),
+        snapshots=app.topic(topology.snapshots, partitions=1, internal=True, **raw),
         journeys=app.tables.add(BatchTable(app, name="journeys", key_type=bytes, value_type=bytes, partitions=n)),
         stats=app.Table("source-stats", key_type=bytes, value_type=bytes, partitions=n),
         segments=app.tables.add(BatchTable(app, name="segment-state", key_type=bytes, value_type=bytes, partitions=1)),
         published=app.GlobalTable("segment-published", key_type=bytes, value_type=bytes, partitions=1),
+        history=history,
+        sink=PostgresSink(settings.broker_url, topology, history) if history is not None else None,
     )
     app.pipeline = pipeline
+    if pipeline.sink is not None:
+        app.service(pipeline.sink)
+    else:
+        log.warning("AMPELIOS_DATABASE_URL is not set: no history is kept in Postgres")
 
-    from ampelios.stream import agents, history, views
+    from ampelios.stream import agents, views
 
     agents.register(pipeline)
-    history.register(pipeline)
     views.register(pipeline)
     return pipeline

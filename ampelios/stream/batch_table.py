@@ -25,26 +25,30 @@ import numpy as np
 import rocksdict
 
 _COUNT = np.dtype("<u4")
+_DELETED = 0xFFFFFFFF  # value length that marks a deletion
 
 
-def pack_pairs(keys: Sequence[bytes], values: Sequence[bytes]) -> bytes:
-    """``count, key lengths, value lengths, keys, values`` (little-endian u32 lengths)."""
+def pack_pairs(keys: Sequence[bytes], values: Sequence[bytes | None]) -> bytes:
+    """``count, key lengths, value lengths, keys, values`` (little-endian u32 lengths; a
+    value of ``None``, a deletion, has length 0xFFFFFFFF and no bytes)."""
     header = np.empty(1 + 2 * len(keys), dtype=_COUNT)
     header[0] = len(keys)
     header[1 : 1 + len(keys)] = [len(k) for k in keys]
-    header[1 + len(keys) :] = [len(v) for v in values]
-    return header.tobytes() + b"".join(keys) + b"".join(values)
+    header[1 + len(keys) :] = [_DELETED if v is None else len(v) for v in values]
+    return header.tobytes() + b"".join(keys) + b"".join(v for v in values if v is not None)
 
 
-def unpack_pairs(blob: bytes) -> list[tuple[bytes, bytes]]:
+def unpack_pairs(blob: bytes) -> list[tuple[bytes, bytes | None]]:
     """The (key, value) pairs :func:`pack_pairs` packed, in order."""
     (n,) = np.frombuffer(blob, dtype=_COUNT, count=1)
     n = int(n)
-    lengths = np.frombuffer(blob, dtype=_COUNT, count=2 * n, offset=_COUNT.itemsize)
-    ends = (np.cumsum(lengths, dtype=np.int64) + _COUNT.itemsize * (1 + 2 * n)).tolist()
+    lengths = np.frombuffer(blob, dtype=_COUNT, count=2 * n, offset=_COUNT.itemsize).astype(np.int64)
+    deleted = lengths == _DELETED
+    lengths[deleted] = 0
+    ends = (np.cumsum(lengths) + _COUNT.itemsize * (1 + 2 * n)).tolist()
     starts = [_COUNT.itemsize * (1 + 2 * n), *ends[:-1]]
-    pieces = [blob[a:b] for a, b in zip(starts, ends)]
-    return list(zip(pieces[:n], pieces[n:]))
+    pieces: list[bytes | None] = [None if gone else blob[a:b] for a, b, gone in zip(starts, ends, deleted.tolist())]
+    return list(zip(pieces[:n], pieces[n:]))  # type: ignore[arg-type]
 
 
 class BatchTable(faust.Table):  # type: ignore[misc]
@@ -61,23 +65,31 @@ class BatchTable(faust.Table):  # type: ignore[misc]
         db = self._db(partition)
         return [db.get(k) for k in keys]
 
-    def items_with_prefix(self, partition: int, prefix: bytes) -> list[tuple[bytes, bytes]]:
-        """Every (key, value) of ``partition`` whose key starts with ``prefix``, in key order."""
+    def items_between(self, partition: int, start: bytes, stop: bytes) -> list[tuple[bytes, bytes]]:
+        """Every (key, value) of ``partition`` with ``start <= key < stop``, in key order."""
         found = []
-        for key, value in self._db(partition).items(from_key=prefix):
-            if not key.startswith(prefix):
+        for key, value in self._db(partition).items(from_key=start):
+            if key >= stop:
                 break
             found.append((key, value))
         return found
 
-    def set_many(self, partition: int, batch: bytes, keys: Sequence[bytes], values: Sequence[bytes]) -> None:
-        """Set every key to its value in ``partition``: one RocksDB write, one changelog
-        record keyed ``batch`` (unique per batch, e.g. the source message's offset)."""
+    def items_with_prefix(self, partition: int, prefix: bytes) -> list[tuple[bytes, bytes]]:
+        """Every (key, value) of ``partition`` whose key starts with ``prefix``, in key order."""
+        return self.items_between(partition, prefix, prefix + b"\xff")
+
+    def set_many(self, partition: int, batch: bytes, keys: Sequence[bytes], values: Sequence[bytes | None]) -> None:
+        """Set every key to its value (``None``: delete it) in ``partition``: one RocksDB
+        write, one changelog record keyed ``batch`` (unique per batch, e.g. the source
+        message's offset)."""
         if not keys:
             return
         write = rocksdict.WriteBatch(raw_mode=True)
         for key, value in zip(keys, values):
-            write.put(key, value)
+            if value is None:
+                write.delete(key)
+            else:
+                write.put(key, value)
         self._db(partition).write(write)
         self.send_changelog(partition, batch, pack_pairs(keys, values), key_serializer="raw", value_serializer="raw")
 
@@ -91,7 +103,10 @@ class BatchTable(faust.Table):  # type: ignore[misc]
             if message.value is not None:
                 write = writes[message.partition]
                 for key, value in unpack_pairs(message.value):
-                    write.put(key, value)
+                    if value is None:
+                        write.delete(key)
+                    else:
+                        write.put(key, value)
         for partition, write in writes.items():
             self._db(partition).write(write)
         for tp, offset in offsets.items():

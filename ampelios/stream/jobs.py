@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -49,7 +50,10 @@ def resolve_data_path(data_dir: Path, requested: str) -> Path:
 
 @dataclass
 class ReplayJob:
-    """One replay started over HTTP; its state is ``running``, ``done`` or ``failed``."""
+    """One replay started over HTTP; its state is ``running``, ``done`` or ``failed``.
+
+    ``done`` means every row was sent and then reflected in the segments, and a snapshot
+    of the segments at the end of the job was asked for."""
 
     id: str
     source_id: int
@@ -79,9 +83,17 @@ class ReplayJob:
 
 
 def start_job(
-    jobs: dict[str, ReplayJob], url: str, topology: Topology, path: Path, name: str, source_id: int, batch_events: int
+    jobs: dict[str, ReplayJob],
+    url: str,
+    topology: Topology,
+    path: Path,
+    name: str,
+    source_id: int,
+    batch_events: int,
+    finish: Callable[[ReplayJob], Awaitable[None]],
 ) -> ReplayJob:
-    """Start replaying ``path`` in the background; the job records its own progress."""
+    """Start replaying ``path`` in the background, then await ``finish(job)``; the job
+    records its own progress."""
     job = ReplayJob(id=uuid.uuid4().hex[:12], source_id=source_id, path=name)
     jobs[job.id] = job
 
@@ -91,6 +103,7 @@ def start_job(
     async def run() -> None:
         try:
             await replay_file(url, topology, path, source_id, batch_events=batch_events, on_progress=on_progress)
+            await finish(job)
             job.state = "done"
         except (CsvError, OSError) as exc:
             job.state, job.error = "failed", str(exc)

@@ -5,11 +5,19 @@ topic                  partitions  carries
 =====================  ==========  ====================================================
 events                 N           browser events (input; key ``source:visitor``)
 events-dlq             N           rejected rows and messages, with reason and position
-<app>-segment-updates  1           per-batch model deltas; one owner applies them
+segment-changes        N           a visitor's own events moved it to another segment
+                                   (output for downstream systems; key ``source:visitor``)
+<app>-segment-updates  1           per-batch population deltas and snapshot requests;
+                                   the model's one owner applies them in order
+<app>-visitor-updates  N           per-batch journey shapes of changed visitors (to SQL)
+<app>-snapshots        1           segment snapshots, wall and event time (to SQL)
 <app>-epoch            1           the broker's life, to detect an emptied broker
 =====================  ==========  ====================================================
 
-Faust adds the changelog topics of the tables (``<app>-<table>-changelog``).
+Faust adds the changelog topics of the tables (``<app>-<table>-changelog``). The
+Postgres sink reads ``segment-changes``, ``<app>-visitor-updates`` and
+``<app>-snapshots`` with a consumer group of its own, so a slow or absent database never
+holds up the stream.
 """
 
 from __future__ import annotations
@@ -38,17 +46,37 @@ class Topology:
         return "events-dlq"
 
     @property
+    def segment_changes(self) -> str:
+        return "segment-changes"
+
+    @property
     def segment_updates(self) -> str:
         return f"{self.app_id}-segment-updates"
 
     @property
+    def visitor_updates(self) -> str:
+        return f"{self.app_id}-visitor-updates"
+
+    @property
+    def snapshots(self) -> str:
+        return f"{self.app_id}-snapshots"
+
+    @property
     def epoch(self) -> str:
         return f"{self.app_id}-epoch"
+
+    @property
+    def sink_group(self) -> str:
+        """Consumer group of the Postgres sink."""
+        return f"{self.app_id}-postgres"
 
     def topics(self) -> list[TopicSpec]:
         """The topics to create before anything produces or consumes."""
         return [
             TopicSpec(self.events, self.partitions),
             TopicSpec(self.dead_letters, self.partitions),
+            TopicSpec(self.segment_changes, self.partitions),
             TopicSpec(self.segment_updates, 1),
+            TopicSpec(self.visitor_updates, self.partitions),
+            TopicSpec(self.snapshots, 1),
         ]

@@ -6,8 +6,10 @@ endpoint                   answer
 POST /trigger              202 ``{"job", "status_url"}``: replay a CSV of the data dir
 GET  /trigger/{job}        the job: state (running/done/failed), rows sent, rejected
 GET  /view                 ``[{"id", "label", "users", "share", "centroid"}]`` per segment
-GET  /visitors/{id}        one visitor's journey, features and segment
-GET  /stats                events, visitors, rejected, lag (records not yet reflected)
+GET  /visitors/{id}        one visitor's journey, features, segment and transitions
+GET  /history              snapshots of the segments over event or wall time
+GET  /stats                events, visitors, rejected, lag (records not yet reflected),
+                           sink_lag (records not yet in Postgres)
 GET  /health               ``{"status": "ok"}``
 =========================  ============================================================
 
@@ -17,6 +19,9 @@ Errors are ``{"error": "..."}`` with status 400 (bad request), 404 (unknown) or 
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -27,10 +32,12 @@ from ampelios.core.events import MAX_SOURCE_ID
 from ampelios.core.journeys import JourneyState
 from ampelios.core.model import SegmentModel
 from ampelios.core.partitioning import visitor_key
-from ampelios.services.broker import committed_offsets, end_offsets
-from ampelios.stream.agents import UNKNOWN_SOURCE
+from ampelios.sinks.history import HistoryUnavailable
+from ampelios.stream.agents import UNKNOWN_SOURCE, snapshot_request
 from ampelios.stream.app import Pipeline
-from ampelios.stream.jobs import PathMissing, PathRefused, resolve_data_path, start_job
+from ampelios.stream.jobs import PathMissing, PathRefused, ReplayJob, resolve_data_path, start_job
+
+log = logging.getLogger(__name__)
 
 DEFAULT_USER_LIMIT = 100
 
@@ -42,9 +49,23 @@ class HttpError(Exception):
 
 
 def _json(view: View, obj: Any, status: int = 200) -> Response:
-    return view.bytes(
-        orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY), content_type="application/json", status=status
-    )
+    body = orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_UTC_Z)
+    return view.bytes(body, content_type="application/json", status=status)
+
+
+def _moment(request: Request, name: str) -> datetime | None:
+    """A query parameter as a UTC time: ISO 8601 (``2015-06-01``, ``2015-06-01T12:00Z``)
+    or Unix milliseconds."""
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    if raw.lstrip("-").isdigit():
+        return datetime.fromtimestamp(int(raw) / 1000, tz=UTC)
+    try:
+        moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise HttpError(400, f"{name} must be an ISO 8601 time or Unix milliseconds, got {raw!r:.40}") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _int(raw: Any, name: str, lo: int = 0, hi: int = 2**63 - 1) -> int:
@@ -82,6 +103,9 @@ def _endpoint(p: Pipeline, *, needs_state: bool = True) -> Any:
                 status, body = await method(self, request, **kwargs)
             except HttpError as exc:
                 status, body = exc.status, {"error": str(exc)}
+            except Exception as exc:
+                log.exception("%s %s failed", request.method, request.path)
+                status, body = 500, {"error": f"internal error: {exc!r:.200}"}
             return _json(self, body, status)
 
         handler.__name__ = method.__name__
@@ -133,10 +157,13 @@ def register(p: Pipeline) -> None:
         """Up to ``limit`` visitor ids per segment (scans the local journeys in key order)."""
         found: list[list[int]] = [[] for _ in range(model.k)]
         prefix = b"%d:" % source_id
-        gap_ms = p.settings.session_gap_ms
+        gap_ms, window_ms = p.settings.session_gap_ms, p.settings.active_window_ms
         for key, value in p.journeys.items():
             if key.startswith(prefix):
-                segment = int(model.assign(JourneyState.from_bytes(value).features(gap_ms)[None, :])[0])
+                journey = JourneyState.from_bytes(value)
+                if not journey.active:
+                    continue
+                segment = int(model.assign(journey.features(gap_ms, window_ms)[None, :])[0])
                 if len(found[segment]) < limit:
                     found[segment].append(int(key[len(prefix) :]))
                     if all(len(f) >= min(limit, n) for f, n in zip(found, model.sizes.tolist())):
@@ -155,9 +182,18 @@ def register(p: Pipeline) -> None:
                 raise HttpError(404, f"visitor {vid} of source {source_id} is unknown")
             journey = JourneyState.from_bytes(value)
             sessions = journey.sessions(p.settings.session_gap_ms)
-            features = journey.features(p.settings.session_gap_ms)
+            features = journey.features(p.settings.session_gap_ms, p.settings.active_window_ms)
             model = p.published_model(source_id)
-            segment = int(model.assign(features[None, :])[0]) if model is not None else None
+            in_segments = model is not None and journey.active
+            segment = int(model.assign(features[None, :])[0]) if in_segments else None
+            transitions, error = None, None
+            if p.history is None:
+                error = "no database is configured (AMPELIOS_DATABASE_URL)"
+            else:
+                try:
+                    transitions = await p.history.transitions(source_id, vid)
+                except HistoryUnavailable as exc:
+                    error = str(exc)
             return 200, {
                 "visitorid": vid,
                 "source_id": source_id,
@@ -165,8 +201,31 @@ def register(p: Pipeline) -> None:
                 "state": features[:3].astype(np.int64).tolist(),
                 "features": features.tolist(),
                 "segment": segment,
+                "active": journey.active,
                 "label": model.labels[segment] if model is not None and segment is not None else None,
+                "transitions": transitions,
+                **({"transitions_error": error} if error else {}),
             }
+
+    @app.page("/history")
+    class SegmentHistory(View):
+        @_endpoint(p, needs_state=False)
+        async def get(self, request: Request) -> tuple[int, Any]:
+            """Snapshots of a source's segments, oldest first, on event or wall time."""
+            source_id = _source_id(request)
+            clock = request.query.get("clock", "event")
+            if clock not in ("event", "wall"):
+                raise HttpError(400, f"clock must be event or wall, got {clock!r:.40}")
+            since, until = _moment(request, "since"), _moment(request, "until")
+            if p.history is None:
+                raise HttpError(503, "no database is configured (AMPELIOS_DATABASE_URL): no history is kept")
+            try:
+                snapshots = await p.history.snapshots(source_id, clock, since, until)
+            except HistoryUnavailable as exc:
+                raise HttpError(503, str(exc)) from None
+            if not snapshots and p.published_model(source_id) is None:
+                raise no_segments(source_id)
+            return 200, {"source_id": source_id, "clock": clock, "snapshots": snapshots}
 
     @app.page("/stats")
     class Stats(View):
@@ -175,12 +234,14 @@ def register(p: Pipeline) -> None:
             """Events and visitors reflected, rows rejected, and records not yet reflected.
             ``source_id=-1`` counts messages whose source could not be read."""
             source_id = _source_id(request, lowest=UNKNOWN_SOURCE)
-            tps = p.committed_partitions()
-            url = p.settings.broker_url
-            ends = await end_offsets(url, tps)
-            done = await committed_offsets(url, p.settings.app_id, tps)
-            lag = sum(max(0, ends[tp] - done.get(tp, 0)) for tp in tps)
-            return 200, {**p.source_stats(source_id), "lag": lag}
+            return 200, {**p.source_stats(source_id), **(await p.pending())}
+
+    async def snapshot_when_reflected(job: ReplayJob) -> None:
+        """Wait until the job's events are in the segments, then ask for a snapshot."""
+        while (await p.pending())["lag"]:
+            await asyncio.sleep(0.5)
+        request = snapshot_request(job.source_id, f"replay {job.path} ({job.id}) done")
+        await p.segment_updates.send(key=b"%d" % job.source_id, value=request)
 
     @app.page("/trigger")
     class Trigger(View):
@@ -204,7 +265,14 @@ def register(p: Pipeline) -> None:
             except PathMissing as exc:
                 raise HttpError(404, str(exc)) from None
             job = start_job(
-                p.jobs, p.settings.broker_url, p.topology, path, name, source_id, p.settings.replay_batch_events
+                p.jobs,
+                p.settings.broker_url,
+                p.topology,
+                path,
+                name,
+                source_id,
+                p.settings.replay_batch_events,
+                finish=snapshot_when_reflected,
             )
             return 202, {"job": job.id, "status_url": f"/trigger/{job.id}"}
 

@@ -111,12 +111,13 @@ def write_events(path: Path, events: EventBatch) -> Path:
 
 
 def replay(base: str, name: str, source_id: int = 1) -> dict:
-    """POST /trigger, wait until the job is done and everything is reflected; job status."""
+    """POST /trigger, wait until the job is done and everything is reflected and stored
+    in Postgres; the job's status."""
     code, answer = http_json("POST", f"{base}/trigger", {"source_id": source_id, "events_path": name})
     assert code == 202, answer
     job = wait_for_job(base, answer["job"], timeout=600)
     assert job["state"] == "done", job
-    wait_until_reflected(base, source_id, timeout=600)
+    wait_until_reflected(base, source_id, timeout=600, stored=True)
     return job
 
 

@@ -127,18 +127,44 @@ def test_merge_reports_old_and_new_shapes_and_what_was_added():
     first = as_batch([(1, 0, VIEW, 1)])
     b1 = merge_journeys([None], first, np.array([0]), GAP)
     assert b1.existed.tolist() == [False] and b1.added.tolist() == [1]
-    assert b1.old_shapes.tolist() == [[0, 0, 0, 0]] and b1.new_shapes.tolist() == [[1, 0, 0, 1]]
+    assert (b1.was_active.tolist(), b1.active.tolist()) == ([False], [True])
+    assert b1.new_shapes.tolist() == [[1, 0, 0, 1]]
     stored = b1.encode(np.array([0]))[0]
     again = as_batch([(1, 0, VIEW, 1), (1, 1, ADDTOCART, 1), (1, 90, VIEW, 2)])
     b2 = merge_journeys([stored], again, np.array([0, 0, 0]), GAP)
-    assert b2.existed.tolist() == [True] and b2.added.tolist() == [2]
+    assert b2.existed.tolist() == [True] and b2.added.tolist() == [2] and b2.was_active.tolist() == [True]
     assert b2.old_shapes.tolist() == [[1, 0, 0, 1]] and b2.new_shapes.tolist() == [[2, 1, 0, 2]]
     duplicate = merge_journeys(b2.encode(np.array([0])), first, np.array([0]), GAP)
     assert duplicate.changed.tolist() == [False]
 
 
+def test_a_window_counts_recent_events_and_activity_follows_the_cutoff():
+    day = 24 * 60 * 60_000
+    events = as_batch([(1, 0, VIEW, 1), (1, 1, TRANSACTION, 1), (1, 3 * 24 * 60, VIEW, 2)])  # day 0 and day 3
+    batch = merge_journeys([None], events, np.zeros(3, dtype=np.int64), GAP, window_ms=2 * day)
+    assert batch.new_shapes.tolist() == [[1, 0, 0, 1]]  # the day-0 purchase is out of the window
+    last = int(batch.last_event[0])
+    stored = batch.encode(np.array([0]))[0]
+    expired = merge_journeys([stored], EventBatch.empty(), np.empty(0, dtype=np.int64), GAP, 2 * day, last)
+    assert (expired.was_active.tolist(), expired.active.tolist(), expired.changed.tolist()) == ([True], [False], [True])
+    assert JourneyState.from_bytes(expired.encode(np.array([0]))[0]).active is False
+    back = merge_journeys(
+        expired.encode(np.array([0])),
+        as_batch([(1, 4 * 24 * 60, VIEW, 3)]),
+        np.zeros(1, dtype=np.int64),
+        GAP,
+        2 * day,
+        last,
+    )
+    assert (back.was_active.tolist(), back.active.tolist(), back.new_shapes.tolist()) == (
+        [False],
+        [True],
+        [[2, 0, 0, 2]],
+    )
+
+
 def test_journey_bytes_round_trip():
     events = np.zeros(2, dtype=JOURNEY_EVENT)
     events["timestamp"] = [T0, T0 + 1]
-    back = JourneyState.from_bytes(JourneyState(events).to_bytes())
-    assert back.events.tolist() == events.tolist()
+    back = JourneyState.from_bytes(JourneyState(events, active=False).to_bytes())
+    assert back.events.tolist() == events.tolist() and back.active is False

@@ -22,8 +22,8 @@ def test_deltas_keep_every_visitor_once_with_its_latest_shape(histories, rnd):
     while any(queues):
         visitor = rnd.choice([v for v, q in enumerate(queues) if q])
         i, shape = queues[visitor].pop(0)
-        old = np.array([histories[visitor][i - 1] if i else (0, 0, 0, 0)])
-        population.apply(PopulationDelta.between(np.array([i > 0]), old, np.array([shape])))
+        left = np.array([histories[visitor][i - 1]] if i else np.empty((0, 4)))
+        population.apply(PopulationDelta.of(left, np.array([shape])))
     expected: dict = {}
     for history in histories:
         expected[history[-1]] = expected.get(history[-1], 0) + 1
@@ -39,9 +39,7 @@ def test_a_delta_that_would_go_negative_changes_nothing():
 
 
 def test_delta_json_round_trip_and_arrays_follow_changes():
-    delta = PopulationDelta.between(
-        np.array([True, False]), np.array([[1, 0, 0, 1], [0, 0, 0, 0]]), np.array([[2, 0, 0, 1], [1, 0, 0, 1]])
-    )
+    delta = PopulationDelta.of(np.array([[1, 0, 0, 1]]), np.array([[2, 0, 0, 1], [1, 0, 0, 1]]))
     assert delta.shapes.tolist() == [[2, 0, 0, 1]] and delta.changes.tolist() == [1]  # 1,0,0,1: -1 +1
     again = PopulationDelta.from_json(delta.to_json())
     population = Population({(1, 0, 0, 1): 3})

@@ -1,0 +1,1 @@
+"""Where segments go: Postgres, through a sink that reads the output topics."""

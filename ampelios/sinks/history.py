@@ -1,0 +1,311 @@
+"""What Ampelios keeps in Postgres for SQL users, through aiopg: schema, writes, reads.
+
+=====================  ==============================================================
+relation               one row per
+=====================  ==============================================================
+segment_snapshots      segment of a source at a point in time (``clock`` 'event': the
+                       segments as of that event time, e.g. every simulated day of a
+                       replay; 'wall': at that wall-clock time)
+visitors               visitor of a source: its journey shape, six features, last event
+                       time and whether it is active (``AMPELIOS_ACTIVE_DAYS``)
+segment_shapes         journey shape of a source: the segment it belongs to in the
+                       newest wall-clock snapshot
+visitor_segments       (view) active visitor with its current segment and label
+segment_transitions    time a visitor's own events moved it to another segment
+=====================  ==============================================================
+
+The schema is created and migrated by Ampelios at start: versioned, idempotent, and safe
+with several workers (an advisory lock). Every write is idempotent, so the sink may
+write a batch twice after a restart. Timestamps are UTC.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import aiopg
+import psycopg2
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+MIGRATIONS: Sequence[tuple[int, str]] = (
+    (
+        1,
+        """
+        CREATE TABLE segment_snapshots (
+            source_id     integer            NOT NULL,
+            clock         text               NOT NULL CHECK (clock IN ('event', 'wall')),
+            taken_at      timestamptz        NOT NULL,
+            model_version bigint             NOT NULL,
+            segment_id    integer            NOT NULL,
+            label         text               NOT NULL,
+            size          bigint             NOT NULL,
+            share         double precision   NOT NULL,
+            centroid      double precision[] NOT NULL,
+            reason        text,
+            PRIMARY KEY (source_id, clock, taken_at, segment_id)
+        );
+        COMMENT ON TABLE segment_snapshots IS
+            'Ampelios: the segments of a source at a point in time. centroid = mean member: '
+            'views, addtocarts, transactions, sessions, views per session, purchase ratio';
+
+        CREATE TABLE visitors (
+            source_id         integer          NOT NULL,
+            visitorid         bigint           NOT NULL,
+            views             integer          NOT NULL,
+            addtocarts        integer          NOT NULL,
+            transactions      integer          NOT NULL,
+            sessions          integer          NOT NULL,
+            views_per_session double precision NOT NULL,
+            purchase_ratio    double precision NOT NULL,
+            last_event_at     timestamptz      NOT NULL,
+            active            boolean          NOT NULL,
+            updated_at        timestamptz      NOT NULL DEFAULT now(),
+            PRIMARY KEY (source_id, visitorid)
+        );
+
+        CREATE TABLE segment_shapes (
+            source_id     integer NOT NULL,
+            views         integer NOT NULL,
+            addtocarts    integer NOT NULL,
+            transactions  integer NOT NULL,
+            sessions      integer NOT NULL,
+            segment_id    integer NOT NULL,
+            label         text    NOT NULL,
+            model_version bigint  NOT NULL,
+            PRIMARY KEY (source_id, views, addtocarts, transactions, sessions)
+        );
+
+        CREATE VIEW visitor_segments AS
+            SELECT v.source_id, v.visitorid, s.segment_id, s.label, v.views, v.addtocarts,
+                   v.transactions, v.sessions, v.views_per_session, v.purchase_ratio,
+                   v.last_event_at, s.model_version
+            FROM visitors v
+            LEFT JOIN segment_shapes s USING (source_id, views, addtocarts, transactions, sessions)
+            WHERE v.active;
+
+        CREATE TABLE segment_transitions (
+            source_id     integer     NOT NULL,
+            visitorid     bigint      NOT NULL,
+            at            timestamptz NOT NULL,
+            from_segment  integer     NOT NULL,
+            to_segment    integer     NOT NULL,
+            from_label    text        NOT NULL,
+            to_label      text        NOT NULL,
+            model_version bigint      NOT NULL,
+            PRIMARY KEY (source_id, visitorid, at)
+        );
+        """,
+    ),
+)
+
+
+class HistoryUnavailable(RuntimeError):
+    """Postgres cannot be reached or refused the statement; the caller may retry."""
+
+
+def _ms(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+class History:
+    """Ampelios's history in one Postgres database. Connects lazily and again after the
+    server went away; every failure to reach it is :class:`HistoryUnavailable`."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._pool: aiopg.Pool | None = None
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            pool.terminate()
+            await pool.wait_closed()
+
+    async def _run(self, work: Callable[[Any], Awaitable[T]], *, transaction: bool = False) -> T:
+        try:
+            if self._pool is None:
+                self._pool = await aiopg.create_pool(self.url, minsize=0, maxsize=4, timeout=10)
+                await self._migrate()
+            async with self._pool.acquire() as conn, conn.cursor() as cur:
+                if not transaction:
+                    return await work(cur)
+                await cur.execute("BEGIN")
+                try:
+                    result = await work(cur)
+                except BaseException:
+                    await cur.execute("ROLLBACK")
+                    raise
+                await cur.execute("COMMIT")
+                return result
+        except (psycopg2.OperationalError, psycopg2.InterfaceError, OSError, TimeoutError) as exc:
+            await self.close()
+            raise HistoryUnavailable(f"Postgres is unavailable: {str(exc).strip() or type(exc).__name__}") from exc
+
+    async def _migrate(self) -> None:
+        assert self._pool is not None
+        async with self._pool.acquire() as conn, conn.cursor() as cur:
+            await cur.execute("BEGIN")
+            try:
+                await cur.execute("SELECT pg_advisory_xact_lock(hashtext('ampelios-migrate'))")
+                await cur.execute("CREATE TABLE IF NOT EXISTS ampelios_schema (version integer NOT NULL)")
+                await cur.execute("SELECT coalesce(max(version), 0) FROM ampelios_schema")
+                (current,) = await cur.fetchone()
+                for version, sql in MIGRATIONS:
+                    if version > current:
+                        await cur.execute(sql)
+                        await cur.execute("INSERT INTO ampelios_schema VALUES (%s)", (version,))
+                        log.info("Postgres schema migrated to version %d", version)
+                await cur.execute("COMMIT")
+            except BaseException:
+                await cur.execute("ROLLBACK")
+                raise
+
+    async def schema_version(self) -> int:
+        async def work(cur: Any) -> int:
+            await cur.execute("SELECT max(version) FROM ampelios_schema")
+            return int((await cur.fetchone())[0])
+
+        return await self._run(work)
+
+    # ------------------------------------------------------------------ writes
+
+    async def write(
+        self,
+        snapshots: Sequence[dict[str, Any]],
+        visitor_updates: Sequence[dict[str, Any]],
+        transitions: Sequence[dict[str, Any]],
+    ) -> None:
+        """Write records of the sink's three topics in one transaction (idempotent)."""
+
+        async def work(cur: Any) -> None:
+            for snapshot in snapshots:
+                await _write_snapshot(cur, snapshot)
+            for update in visitor_updates:
+                await _write_visitors(cur, update)
+            if transitions:
+                await _write_transitions(cur, transitions)
+
+        await self._run(work, transaction=True)
+
+    # ------------------------------------------------------------------- reads
+
+    async def snapshots(self, source_id: int, clock: str, since: datetime | None, until: datetime | None) -> list[dict]:
+        """Snapshots of a source on a clock, oldest first, each with its segments."""
+
+        async def work(cur: Any) -> list[dict]:
+            await cur.execute(
+                "SELECT taken_at, model_version, reason, segment_id, label, size, share, centroid "
+                "FROM segment_snapshots WHERE source_id = %s AND clock = %s "
+                "AND taken_at >= coalesce(%s::timestamptz, '-infinity') "
+                "AND taken_at <= coalesce(%s::timestamptz, 'infinity') "
+                "ORDER BY taken_at, segment_id",
+                (source_id, clock, since, until),
+            )
+            found: list[dict] = []
+            for at, version, reason, segment, label, size, share, centroid in await cur.fetchall():
+                if not found or found[-1]["at"] != at:
+                    found.append({"at": at, "model_version": version, "reason": reason, "segments": []})
+                found[-1]["segments"].append(
+                    {"id": segment, "label": label, "size": size, "share": share, "centroid": list(centroid)}
+                )
+            return found
+
+        return await self._run(work)
+
+    async def transitions(self, source_id: int, visitorid: int) -> list[dict]:
+        async def work(cur: Any) -> list[dict]:
+            await cur.execute(
+                "SELECT at, from_segment, to_segment, from_label, to_label FROM segment_transitions "
+                "WHERE source_id = %s AND visitorid = %s ORDER BY at",
+                (source_id, visitorid),
+            )
+            return [
+                {"at": at, "from": f, "to": t, "from_label": fl, "to_label": tl}
+                for at, f, t, fl, tl in await cur.fetchall()
+            ]
+
+        return await self._run(work)
+
+
+async def _write_snapshot(cur: Any, snapshot: dict[str, Any]) -> None:
+    segments = snapshot["segments"]
+    total = sum(s["size"] for s in segments) or 1
+    rows = [
+        (
+            snapshot["source_id"],
+            snapshot["clock"],
+            _ms(snapshot["at"]),
+            snapshot["model_version"],
+            s["id"],
+            s["label"],
+            s["size"],
+            s["size"] / total,
+            s["centroid"],
+            snapshot.get("reason"),
+        )
+        for s in segments
+    ]
+    values = ",".join(["(%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"] * len(rows))
+    await cur.execute(
+        "INSERT INTO segment_snapshots (source_id, clock, taken_at, model_version, segment_id, label, size, "
+        f"share, centroid, reason) VALUES {values} ON CONFLICT DO NOTHING",
+        [x for row in rows for x in row],
+    )
+    shapes = snapshot.get("shapes")
+    if shapes is not None:  # the shape -> segment mapping of a wall-clock snapshot
+        source = snapshot["source_id"]
+        await cur.execute("DELETE FROM segment_shapes WHERE source_id = %s", (source,))
+        if shapes:
+            columns = list(zip(*shapes))
+            labels = [segments[s]["label"] for s in columns[4]]
+            await cur.execute(
+                "INSERT INTO segment_shapes SELECT %s, v, a, t, s, seg, label, %s FROM unnest(%s::int[], "
+                "%s::int[], %s::int[], %s::int[], %s::int[], %s::text[]) AS u(v, a, t, s, seg, label)",
+                (source, snapshot["model_version"], *[list(c) for c in columns], labels),
+            )
+
+
+async def _write_visitors(cur: Any, update: dict[str, Any]) -> None:
+    views, carts, buys, sessions = (list(c) for c in zip(*update["shapes"]))
+    await cur.execute(
+        "INSERT INTO visitors (source_id, visitorid, views, addtocarts, transactions, sessions, "
+        "views_per_session, purchase_ratio, last_event_at, active) "
+        "SELECT %s, vid, v, a, t, s, v::float8 / greatest(s, 1), "
+        "CASE WHEN v > 0 THEN t::float8 / v ELSE t::float8 / greatest(s, 1) END, "
+        "to_timestamp(last / 1000.0), act "
+        "FROM unnest(%s::bigint[], %s::int[], %s::int[], %s::int[], %s::int[], %s::bigint[], %s::bool[]) "
+        "AS u(vid, v, a, t, s, last, act) "
+        "ON CONFLICT (source_id, visitorid) DO UPDATE SET views = EXCLUDED.views, "
+        "addtocarts = EXCLUDED.addtocarts, transactions = EXCLUDED.transactions, sessions = EXCLUDED.sessions, "
+        "views_per_session = EXCLUDED.views_per_session, purchase_ratio = EXCLUDED.purchase_ratio, "
+        "last_event_at = EXCLUDED.last_event_at, active = EXCLUDED.active, updated_at = now() "
+        "WHERE visitors.last_event_at <= EXCLUDED.last_event_at",
+        (
+            update["source_id"],
+            update["visitorid"],
+            views,
+            carts,
+            buys,
+            sessions,
+            update["last_event"],
+            update["active"],
+        ),
+    )
+
+
+async def _write_transitions(cur: Any, transitions: Sequence[dict[str, Any]]) -> None:
+    columns = [[t[name] for t in transitions] for name in ("source_id", "visitorid", "at", "from", "to")]
+    labels = [[t[name] for t in transitions] for name in ("from_label", "to_label")]
+    versions = [t["model_version"] for t in transitions]
+    await cur.execute(
+        "INSERT INTO segment_transitions SELECT src, vid, to_timestamp(at / 1000.0), f, t, fl, tl, ver FROM "
+        "unnest(%s::int[], %s::bigint[], %s::bigint[], %s::int[], %s::int[], %s::text[], %s::text[], %s::bigint[]) "
+        "AS u(src, vid, at, f, t, fl, tl, ver) ON CONFLICT DO NOTHING",
+        (*columns, *labels, versions),
+    )

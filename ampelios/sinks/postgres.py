@@ -1,0 +1,97 @@
+"""The Postgres sink: Kafka output topics -> :class:`~ampelios.sinks.history.History`.
+
+It reads ``<app>-snapshots``, ``<app>-visitor-updates`` and ``segment-changes`` with a
+consumer group of its own (``<app>-postgres``) and commits its offsets only after Postgres
+has the records. While Postgres is down it retries the same records with backoff; the
+stream goes on meanwhile, the records wait in Kafka, and the sink catches up when the
+database is back: no snapshot is dropped. With several workers, the group spreads the
+partitions over them.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import aiokafka
+import orjson
+from mode import Service
+
+from ampelios.services.broker import bootstrap_servers
+from ampelios.sinks.history import History, HistoryUnavailable
+from ampelios.stream.topology import Topology
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF_SECONDS = 5.0
+
+
+class PostgresSink(Service):
+    """Consumes the output topics and writes them to Postgres (see the module docstring)."""
+
+    def __init__(self, broker_url: str, topology: Topology, history: History, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.broker_url = broker_url
+        self.topology = topology
+        self.history = history
+        self.consumer: aiokafka.AIOKafkaConsumer | None = None
+        self.written = 0  # records written since start
+        self.unavailable: str | None = None  # why the last write failed, until one succeeds
+
+    async def on_start(self) -> None:
+        t = self.topology
+        self.consumer = aiokafka.AIOKafkaConsumer(
+            t.snapshots,
+            t.visitor_updates,
+            t.segment_changes,
+            bootstrap_servers=bootstrap_servers(self.broker_url),
+            group_id=t.sink_group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=16 * 1024 * 1024,
+            fetch_max_bytes=64 * 1024 * 1024,
+            session_timeout_ms=10_000,
+            heartbeat_interval_ms=1_000,
+        )
+        await self.consumer.start()
+
+    async def on_stop(self) -> None:
+        if self.consumer is not None:
+            await self.consumer.stop()
+        await self.history.close()
+
+    @Service.task
+    async def _drain(self) -> None:
+        assert self.consumer is not None
+        while not self.should_stop:
+            records = await self.consumer.getmany(timeout_ms=500, max_records=2000)
+            if not records:
+                continue
+            by_topic: dict[str, list[dict[str, Any]]] = {}
+            for tp, batch in records.items():
+                by_topic.setdefault(tp.topic, []).extend(orjson.loads(r.value) for r in batch)
+            await self._write_until_done(by_topic)
+            await self.consumer.commit()
+
+    async def _write_until_done(self, by_topic: dict[str, list[dict[str, Any]]]) -> None:
+        t = self.topology
+        backoff = 0.2
+        while not self.should_stop:
+            try:
+                await self.history.write(
+                    by_topic.get(t.snapshots, []),
+                    by_topic.get(t.visitor_updates, []),
+                    by_topic.get(t.segment_changes, []),
+                )
+            except HistoryUnavailable as exc:
+                if self.unavailable is None:
+                    log.warning("%s; keeping the records in Kafka and retrying", exc)
+                self.unavailable = str(exc)
+                await self.sleep(backoff)
+                backoff = min(MAX_BACKOFF_SECONDS, backoff * 2)
+                continue
+            if self.unavailable is not None:
+                log.info("Postgres is back; writing the records that waited")
+                self.unavailable = None
+            self.written += sum(map(len, by_topic.values()))
+            return

@@ -1,0 +1,230 @@
+"""Behaviour over time: daily event-time snapshots, segment changes, several sources, a
+Postgres that goes away and comes back."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import aiokafka
+import numpy as np
+import orjson
+import psycopg2
+import pytest
+
+from ampelios.config import Settings
+from ampelios.core.events import EventBatch
+from ampelios.core.generate import WINDOW_END_MS, WINDOW_START_MS, generate_events
+from ampelios.services.broker import bootstrap_servers
+from ampelios.services.database import EmbeddedPostgres
+from ampelios.services.stack import http_json, wait_for_job, wait_until_reflected
+from tests.integration.conftest import Workers, _admin, replay, write_events
+
+pytestmark = pytest.mark.integration
+
+DAY_MS = 86_400_000
+JULY, AUGUST = (round(datetime(2015, m, 1, tzinfo=UTC).timestamp() * 1000) for m in (7, 8))
+
+
+def buyer_share(snapshot: dict) -> float:
+    """Share of visitors in segments whose members have bought (high-value buyers)."""
+    return sum(s["share"] for s in snapshot["segments"] if s["label"].startswith("high-value buyers"))
+
+
+def at(snapshot: dict) -> date:
+    return datetime.fromisoformat(snapshot["at"].replace("Z", "+00:00")).date()
+
+
+def expected_days(events: EventBatch) -> list[date]:
+    """The day boundaries a time-ordered replay passes after its first batch."""
+    first = (int(events.timestamp.min()) // DAY_MS + 1) * DAY_MS
+    last = int(events.timestamp.max())
+    return [datetime.fromtimestamp(ms / 1000, tz=UTC).date() for ms in range(first, last + 1, DAY_MS)]
+
+
+def test_daily_snapshots_show_a_drop_in_purchases(settings: Settings, workers: Workers):
+    events = generate_events(60_000, seed=3, purchase_drop=(JULY, AUGUST))
+    write_events(settings.data_dir / "months.csv", events)
+    worker = workers.start(settings)
+    replay(worker.base_url, "months.csv")
+
+    code, history = http_json("GET", f"{worker.base_url}/history?source_id=1")
+    assert code == 200 and history["clock"] == "event"
+    snapshots = history["snapshots"]
+    days = [at(s) for s in snapshots]
+    # one snapshot per simulated day, oldest first; the first days pass inside the first batches
+    assert days == expected_days(events)[-len(days) :] and len(days) >= 120
+    assert all(len(s["segments"]) == settings.k for s in snapshots)
+    by_day = dict(zip(days, snapshots))
+    june, july_start, august_start = (by_day[date(2015, m, d)] for m, d in ((6, 1), (7, 1), (8, 1)))
+    # buyers' share does not fall through June, falls while purchases drop, and stops falling after
+    assert buyer_share(july_start) > 0.95 * buyer_share(june)
+    assert buyer_share(august_start) < 0.85 * buyer_share(july_start)
+    september = by_day[date(2015, 9, 1)]
+    assert buyer_share(september) > 0.95 * buyer_share(august_start)
+
+    # the same history in Postgres: one row per day per segment
+    with psycopg2.connect(settings.database_url) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT count(DISTINCT taken_at), count(*) FROM segment_snapshots WHERE source_id = 1 AND clock = 'event'"
+        )
+        assert cur.fetchone() == (len(days), len(days) * settings.k)
+
+    # since / until select a window
+    code, july = http_json("GET", f"{worker.base_url}/history?source_id=1&since=2015-07-01&until=2015-07-31T00:00:00Z")
+    assert code == 200 and [at(s) for s in july["snapshots"]] == [date(2015, 7, d) for d in range(1, 32)]
+    code, wall = http_json("GET", f"{worker.base_url}/history?source_id=1&clock=wall")
+    assert code == 200 and wall["snapshots"][-1]["reason"].startswith("replay months.csv")
+    assert http_json("GET", f"{worker.base_url}/history?source_id=1&since=july")[0] == 400
+    assert http_json("GET", f"{worker.base_url}/history?source_id=9")[0] == 404
+
+
+def test_active_days_make_segments_reflect_recent_behaviour(settings: Settings, workers: Workers):
+    events = generate_events(60_000, seed=3, purchase_drop=(JULY, AUGUST))
+    write_events(settings.data_dir / "months.csv", events)
+    worker = workers.start(settings.with_(active_days=14.0))
+    replay(worker.base_url, "months.csv")
+    base = worker.base_url
+
+    snapshots = http_json("GET", f"{base}/history?source_id=1")[1]["snapshots"]
+    by_day = {at(s): s for s in snapshots}
+    before, during, after = (buyer_share(by_day[date(2015, m, d)]) for m, d in ((6, 30), (7, 31), (8, 31)))
+    assert during < 0.5 * before  # only recent behaviour counts: the drop shows in full
+    assert after > 2 * during  # ... and so does the recovery
+
+    # only visitors active in the last 14 days (of each partition's event time) are segmented
+    last_day = int(events.timestamp.max()) - 14 * DAY_MS
+    recent = np.unique(events.visitorid[events.timestamp > last_day])
+    stats = http_json("GET", f"{base}/stats?source_id=1")[1]
+    segments = http_json("GET", f"{base}/view?source_id=1")[1]
+    assert stats["visitors"] == len(np.unique(events.visitorid))
+    in_segments = sum(s["users"] for s in segments)
+    assert len(recent) <= in_segments < stats["visitors"] // 2
+    stale = int(
+        np.setdiff1d(events.visitorid, np.unique(events.visitorid[events.timestamp > last_day - 5 * DAY_MS]))[0]
+    )
+    answer = http_json("GET", f"{base}/visitors/{stale}?source_id=1")[1]
+    assert (answer["active"], answer["segment"]) == (False, None)
+    with psycopg2.connect(settings.database_url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM visitor_segments WHERE source_id = 1")
+        assert cur.fetchone()[0] == in_segments
+        cur.execute("SELECT active FROM visitors WHERE source_id = 1 AND visitorid = %s", (stale,))
+        assert cur.fetchone() == (False,)
+
+
+async def read_topic(url: str, topic: str) -> list[dict]:
+    """Every record of a topic (it is complete: nothing more is being produced)."""
+    consumer = aiokafka.AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap_servers(url), auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    records: list[dict] = []
+    try:
+        for _ in range(10):
+            batch = await consumer.getmany(timeout_ms=300)
+            records += [orjson.loads(r.value) for rs in batch.values() for r in rs]
+    finally:
+        await consumer.stop()
+    return records
+
+
+def test_two_sources_replayed_at_once_stay_apart(settings: Settings, workers: Workers):
+    one = generate_events(20_000, seed=1)
+    two = generate_events(12_000, seed=2, source_id=2)  # the same visitor ids, other journeys
+    write_events(settings.data_dir / "one.csv", one)
+    write_events(settings.data_dir / "two.csv", two)
+    worker = workers.start(settings.with_(k_by_source={2: 3}))
+    base = worker.base_url
+    jobs = [
+        http_json("POST", f"{base}/trigger", {"source_id": s, "events_path": f})[1]["job"]
+        for s, f in ((1, "one.csv"), (2, "two.csv"))
+    ]
+    assert [wait_for_job(base, j, timeout=600)["state"] for j in jobs] == ["done", "done"]
+    wait_until_reflected(base, 1, timeout=600, stored=True)
+
+    for source, events, k in ((1, one, settings.k), (2, two, 3)):
+        visitors = len(np.unique(events.visitorid))
+        stats = http_json("GET", f"{base}/stats?source_id={source}")[1]
+        assert (stats["events"], stats["visitors"]) == (len(events), visitors)
+        segments = http_json("GET", f"{base}/view?source_id={source}")[1]
+        assert len(segments) == k and sum(s["users"] for s in segments) == visitors
+        history = http_json("GET", f"{base}/history?source_id={source}")[1]["snapshots"]
+        assert history and all(len(s["segments"]) == k for s in history)
+        assert sum(s["size"] for s in history[-1]["segments"]) <= visitors
+        with psycopg2.connect(settings.database_url) as conn, conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM visitors WHERE source_id = %s", (source,))
+            assert cur.fetchone() == (visitors,)
+    visitor = int(np.intersect1d(one.visitorid, two.visitorid)[0])
+    first, second = (http_json("GET", f"{base}/visitors/{visitor}?source_id={s}")[1] for s in (1, 2))
+    assert first["sessions"] != second["sessions"] and first["source_id"] == 1 and second["source_id"] == 2
+
+    # Returning visitors of source 1 buy: they move to buyers' segments, and each move is one
+    # segment-changes record, shown by /visitors and kept in Postgres; source 2 is untouched.
+    counts = np.bincount(np.searchsorted(np.unique(one.visitorid), one.visitorid))
+    one_timers = np.unique(one.visitorid)[counts == 1][:30]
+    later = int(one.timestamp.max()) + DAY_MS
+    n = len(one_timers)
+    returning = EventBatch.from_columns(
+        np.ones(2 * n),
+        np.concatenate([np.full(n, later), np.full(n, later + 60_000)]),
+        np.concatenate([one_timers, one_timers]),
+        np.repeat([1, 2], n),  # add to cart, then buy
+        np.full(2 * n, 7),
+        np.concatenate([np.full(n, -1), np.arange(n)]),
+    )
+    write_events(settings.data_dir / "returning.csv", returning)
+    before = http_json("GET", f"{base}/view?source_id=2")[1]
+    replay(base, "returning.csv")
+    assert http_json("GET", f"{base}/view?source_id=2")[1] == before
+    changes = asyncio.run(read_topic(settings.broker_url, "segment-changes"))
+    assert {c["visitorid"] for c in changes} == set(one_timers.tolist())
+    assert {c["source_id"] for c in changes} == {1} and all(c["to_label"].startswith("high-value") for c in changes)
+    change = changes[0]
+    answer = http_json("GET", f"{base}/visitors/{change['visitorid']}?source_id=1")[1]
+    assert [(t["from"], t["to"]) for t in answer["transitions"]] == [(change["from"], change["to"])]
+    assert answer["segment"] == change["to"]
+    with psycopg2.connect(settings.database_url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT source_id, count(*) FROM segment_transitions GROUP BY 1")
+        assert cur.fetchall() == [(1, n)]
+
+
+def test_a_postgres_outage_loses_nothing(settings: Settings, workers: Workers, tmp_path: Path):
+    server = EmbeddedPostgres(tmp_path / "pg", tmp_path / "pg.log").start()
+    try:
+        _admin(server.url, "CREATE DATABASE outage")
+        url = server.url.rsplit("/", 1)[0] + "/outage"
+        events = generate_events(40_000, seed=8)
+        write_events(settings.data_dir / "months.csv", events)
+        worker = workers.start(settings.with_(database_url=url, replay_batch_events=200))
+        base = worker.base_url
+        server.stop()  # the database goes away before the replay
+        code, answer = http_json("POST", f"{base}/trigger", {"source_id": 1, "events_path": "months.csv"})
+        assert code == 202
+        assert wait_for_job(base, answer["job"], timeout=600)["state"] == "done"
+        stats = wait_until_reflected(base, 1, timeout=600)
+        assert stats["events"] == len(events) and stats["sink_lag"] > 0  # processed; Postgres writes wait
+        assert http_json("GET", f"{base}/view?source_id=1")[0] == 200
+        code, error = http_json("GET", f"{base}/history?source_id=1")
+        assert code == 503 and "Postgres is unavailable" in error["error"]
+        assert http_json("GET", f"{base}/visitors/{int(events.visitorid[0])}?source_id=1")[1]["transitions"] is None
+
+        deadline = time.monotonic() + 120
+        while http_json("GET", f"{base}/stats?source_id=1")[1]["sink_error"] is None:  # the sink has tried
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert "Postgres is unavailable" in http_json("GET", f"{base}/stats?source_id=1")[1]["sink_error"]
+        server.start()  # same port, same data
+        wait_until_reflected(base, 1, timeout=600, stored=True)
+        snapshots = http_json("GET", f"{base}/history?source_id=1")[1]["snapshots"]
+        days = [at(s) for s in snapshots]
+        assert days == expected_days(events)[-len(days) :] and len(days) >= 120  # none missing
+        with psycopg2.connect(url) as conn, conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM visitors")
+            assert cur.fetchone() == (len(np.unique(events.visitorid)),)
+        assert "Postgres is back" in workers.log_text()
+    finally:
+        server.stop()
+    assert WINDOW_START_MS < WINDOW_END_MS  # the generated window the days come from
+    assert timedelta(days=len(days)) <= timedelta(milliseconds=WINDOW_END_MS - WINDOW_START_MS)
