@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import sys
-import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -49,24 +46,18 @@ def up() -> None:
     """Start everything in the foreground: an embedded broker unless AMPELIOS_BROKER is
     set, an embedded Postgres unless AMPELIOS_DATABASE_URL is set, and a worker with its
     web server on AMPELIOS_WEB_PORT. Ctrl-C stops all of it."""
-    from ampelios.services.stack import Stack
+    from ampelios.services.stack import Stack, StopRequested, stop_on_signals
 
-    stopping = False
-
-    def on_signal(signum: int, frame: Any) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    with Stack(_settings()) as stack:
-        assert stack.worker is not None
-        _print_urls(stack.settings, stack.worker.base_url)
-        click.echo("Running. Press Ctrl-C to stop.")
-        while not stopping and stack.worker.process is not None and stack.worker.process.poll() is None:
-            time.sleep(0.2)
-        click.echo("Stopping worker, broker and database...")
-    click.echo("Stopped.")
+    settings = _settings()
+    try:
+        with stop_on_signals(), Stack(settings) as stack:
+            assert stack.worker is not None and stack.worker.process is not None
+            _print_urls(stack.settings, stack.worker.base_url)
+            click.echo("Running. Press Ctrl-C to stop.")
+            code = stack.worker.process.wait()
+            raise click.ClickException(f"the worker exited with code {code}; see its log above")
+    except StopRequested:
+        click.echo("Stopped worker, broker and database.")
 
 
 @main.command()

@@ -18,7 +18,15 @@ from ampelios.config import Settings
 from ampelios.core.events import write_csv
 from ampelios.core.generate import generate_events
 from ampelios.core.journeys import FEATURE_NAMES
-from ampelios.services.stack import Stack, http_json, wait_for_job, wait_until_reflected
+from ampelios.services.stack import (
+    Stack,
+    StopRequested,
+    WorkerProcess,
+    http_json,
+    stop_on_signals,
+    wait_for_job,
+    wait_until_reflected,
+)
 
 SOURCE_ID = 1
 DATA_FILE = "events.csv"
@@ -52,38 +60,55 @@ def run_demo(settings: Settings, n_events: int, keep_running: bool) -> int:
     logs = settings.state_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     click.echo(f"Starting broker, Postgres and worker (logs in {logs}) ...")
-    with (logs / "worker.log").open("ab") as worker_log, Stack(settings, worker_output=worker_log) as stack:
-        assert stack.worker is not None
-        base = stack.worker.base_url
-        click.echo(f"Ready after {time.monotonic() - started:.1f}s. Replaying {data} ...")
-        status, answer = http_json("POST", f"{base}/trigger", {"source_id": SOURCE_ID, "events_path": DATA_FILE})
-        if status != 202:
-            raise click.ClickException(f"/trigger answered {status}: {answer}")
-        with click.progressbar(length=1, label="Replaying", show_pos=True) as bar:
-
-            def show(status: dict[str, Any]) -> None:
-                bar.length = max(1, status["events"])
-                bar.update(status["rows_sent"] - bar.pos)
-
-            job = wait_for_job(base, answer["job"], on_status=show)
-        if job["state"] == "failed":
-            raise click.ClickException(f"the replay failed: {job['error']}")
-        stats = wait_until_reflected(base, SOURCE_ID)
-        _, segments = http_json("GET", f"{base}/view?source_id={SOURCE_ID}")
-        peak = stack.worker.peak_memory_mb()
-        click.echo(
-            f"\nReflected {stats['events']} events of {stats['visitors']} visitors "
-            f"({job['rows_rejected']} rows rejected) in {time.monotonic() - started:.1f}s since start; "
-            f"worker peak memory {peak or 0:.0f} MiB.\n"
-        )
-        click.echo(segment_table(segments))
-        click.echo("\nServed at:")
-        for path in ("/view?source_id=1", "/visitors/{visitorid}?source_id=1", "/stats?source_id=1", "/health"):
-            click.echo(f"  {base}{path}")
-        if keep_running:
-            click.echo("Running until Ctrl-C ...")
-            with contextlib.suppress(KeyboardInterrupt):
-                signal.pause()
-        click.echo("Shutting down ...")
+    try:
+        with (
+            stop_on_signals(),
+            (logs / "worker.log").open("ab") as worker_log,
+            Stack(settings, worker_output=worker_log) as stack,
+        ):
+            assert stack.worker is not None
+            click.echo(f"Ready after {time.monotonic() - started:.1f}s. Replaying {data} ...")
+            replay_and_report(stack.worker, started)
+            if keep_running:
+                click.echo("Running until Ctrl-C ...")
+                with contextlib.suppress(StopRequested):
+                    signal.pause()
+            click.echo("Shutting down ...")
+    except StopRequested:
+        click.echo("Interrupted: broker, Postgres and worker are stopped.")
+        return 130
     click.echo(f"Done in {time.monotonic() - started:.1f}s.")
     return 0
+
+
+def replay_and_report(worker: WorkerProcess, started: float) -> None:
+    """POST /trigger, follow the job until every event is reflected, print the segments."""
+    base = worker.base_url
+    status, answer = http_json("POST", f"{base}/trigger", {"source_id": SOURCE_ID, "events_path": DATA_FILE})
+    if status != 202:
+        raise click.ClickException(f"/trigger answered {status}: {answer}")
+    with click.progressbar(length=1, label="Replaying", show_pos=True) as bar:
+
+        def show(status: dict[str, Any]) -> None:
+            bar.length = max(1, status["events"])
+            bar.update(status["rows_sent"] - bar.pos)
+
+        job = wait_for_job(base, answer["job"], on_status=show)
+    if job["state"] == "failed":
+        raise click.ClickException(f"the replay failed: {job['error']}")
+    stats = wait_until_reflected(base, SOURCE_ID)
+    _, segments = http_json("GET", f"{base}/view?source_id={SOURCE_ID}")
+    click.echo(
+        f"\nReflected {stats['events']} events of {stats['visitors']} visitors "
+        f"({job['rows_rejected']} rows rejected) in {time.monotonic() - started:.1f}s since start; "
+        f"worker peak memory {worker.peak_memory_mb() or 0:.0f} MiB.\n"
+    )
+    click.echo(segment_table(segments))
+    click.echo("\nServed at:")
+    for path in (
+        "/view?source_id=1",
+        "/visitors/{visitorid}?source_id=1",
+        "/history?source_id=1",
+        "/stats?source_id=1",
+    ):
+        click.echo(f"  {base}{path}")

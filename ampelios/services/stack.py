@@ -8,6 +8,7 @@ the broker, then Postgres, each by its own PID.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -17,7 +18,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -120,6 +121,32 @@ class WorkerProcess:
         stop_process(process, signal.SIGTERM, grace)
         self.process = None
         return process.returncode if process is not None else None
+
+
+class StopRequested(BaseException):
+    """Ctrl-C or SIGTERM arrived: unwind, stopping every child process on the way."""
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Turn SIGINT and SIGTERM into :class:`StopRequested` for the duration, so that
+    ``with Stack(...)`` always stops its children, whichever signal ends Ampelios (a
+    process started in the background may even have SIGINT ignored)."""
+
+    requested = False
+
+    def request_stop(signum: int, frame: object) -> None:
+        nonlocal requested
+        if not requested:  # a second Ctrl-C must not cut the clean-up short
+            requested = True
+            raise StopRequested(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 class Stack:

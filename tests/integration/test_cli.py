@@ -69,8 +69,8 @@ def _listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _run_up(state: Path, data: Path, web_port: int) -> tuple[str, list[int]]:
-    """``ampelios up`` until /health answers, replay one file, Ctrl-C; its output and ports."""
+def _run_up(state: Path, data: Path, web_port: int, stop: signal.Signals) -> tuple[str, list[int]]:
+    """``ampelios up`` until /health answers, replay one file, send ``stop``; its output and ports."""
     env = {"AMPELIOS_STATE_DIR": str(state), "AMPELIOS_DATA_DIR": str(data), "AMPELIOS_WEB_PORT": str(web_port)}
     clean = {k: v for k, v in os.environ.items() if not k.startswith("AMPELIOS_")}
     log = state.parent / f"up-{time.monotonic_ns()}.log"
@@ -87,7 +87,7 @@ def _run_up(state: Path, data: Path, web_port: int) -> tuple[str, list[int]]:
             assert code == 202, answer
             assert wait_for_job(base, answer["job"], timeout=120)["state"] == "done"
             stats = wait_until_reflected(base, 1, timeout=120)
-            up.send_signal(signal.SIGINT)
+            up.send_signal(stop)
             assert up.wait(120) == 0, log.read_text()
         finally:
             if up.poll() is None:
@@ -102,11 +102,11 @@ def test_up_runs_everything_stops_everything_and_starts_clean_the_second_time(tm
     state, data = tmp_path / "state", tmp_path / "data"
     data.mkdir()
     write_events(data / "events.csv", generate_events(2_000, seed=3))
-    for attempt in (1, 2):
-        text, ports = _run_up(state, data, free_port())
+    for attempt, stop in ((1, signal.SIGINT), (2, signal.SIGTERM)):
+        text, ports = _run_up(state, data, free_port(), stop)
         assert "STATS {'events': 2000" in text, text
         assert ("Starting clean" in text) == (attempt == 2), text
-        assert "Stopped." in text
+        assert "Stopped worker, broker and database." in text
         for port in ports:  # web server, broker and Postgres are gone
             assert not _listening(port), (port, text)
         ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
