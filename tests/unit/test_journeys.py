@@ -168,3 +168,22 @@ def test_journey_bytes_round_trip():
     events["timestamp"] = [T0, T0 + 1]
     back = JourneyState.from_bytes(JourneyState(events, active=False).to_bytes())
     assert back.events.tolist() == events.tolist() and back.active is False
+
+
+@settings(max_examples=100, deadline=None)
+@given(visitor_events, st.integers(1, 200))
+def test_windowed_features_count_the_events_of_the_window_before_the_last(by_visitor, window_minutes):
+    rows = sorted((v, m, e, i) for v, evs in by_visitor.items() for (m, e, i) in evs)
+    events = as_batch(rows)
+    visitors, owner = np.unique(events.visitorid, return_inverse=True)
+    window = window_minutes * 60_000
+    batch = merge_journeys([None] * len(visitors), events, owner, GAP, window_ms=window)
+    for i, visitor in enumerate(visitors.tolist()):
+        mine = events.take(events.visitorid == visitor)
+        recent = mine.take(mine.timestamp > mine.timestamp.max() - window)
+        columns = (recent.timestamp, recent.event, recent.itemid, recent.transactionid)
+        distinct = sorted(set(zip(*(c.tolist() for c in columns))))
+        ts = np.array([d[0] for d in distinct])
+        ev = np.array([d[1] for d in distinct])
+        expected = features_of(sessionize(ts, ev, GAP))
+        np.testing.assert_allclose(features_from_shapes(batch.new_shapes[i : i + 1])[0], expected)
