@@ -97,6 +97,7 @@ class Settings:
     snapshot_seconds: float = 60.0
     snapshot_event_hours: float = 24.0
     active_days: float | None = None
+    recovery_timeout_seconds: float = 600.0
     log_level: str = "info"
 
     @property
@@ -141,6 +142,7 @@ class Settings:
             "AMPELIOS_SNAPSHOT_SECONDS": ("snapshot_seconds", _positive_float),
             "AMPELIOS_SNAPSHOT_EVENT_HOURS": ("snapshot_event_hours", _non_negative_float),
             "AMPELIOS_ACTIVE_DAYS": ("active_days", _positive_float),
+            "AMPELIOS_RECOVERY_TIMEOUT_SECONDS": ("recovery_timeout_seconds", _positive_float),
             "AMPELIOS_LOG_LEVEL": ("log_level", _text),
         }
         unknown = sorted(k for k in env if k.startswith("AMPELIOS_") and k not in parsers)

@@ -64,7 +64,7 @@ def replay_online(events: EventBatch, k: int, partitions: int, batch_events: int
     population = Population()
     model: SegmentModel | None = None
     id_swaps = label_swaps = versions = 0
-    for offset, (_, chunk) in enumerate(plan_messages(events, partitions, batch_events, in_time_order)):
+    for _, chunk in plan_messages(events, partitions, batch_events, in_time_order):
         visitors, owner = np.unique(chunk.visitorid, return_inverse=True)
         ids = visitors.tolist()
         batch = merge_journeys([journeys.get(v) for v in ids], chunk, owner, GAP_MS)
@@ -76,7 +76,7 @@ def replay_online(events: EventBatch, k: int, partitions: int, batch_events: int
             continue
         population.apply(delta)
         before = model
-        model = update(model, population, k, offset=offset)
+        model = update(model, population, k)
         versions += 1
         if before is not None:
             order = match_ids(before.centroids / model.scale, before.active, model.centroids / model.scale)

@@ -19,7 +19,10 @@ is the exact objective of batch k-means over all visitors, held in a few thousan
 - when the population has grown by a quarter, or after 100 updates, since the last full
   fit, a fresh fit is tried and adopted only if its inertia is lower, its segments matched
   to the current ids by minimum-cost assignment, so a segment keeps its id while it is
-  the same group.
+  the same group;
+- a *settling* update (the owner settles at every wall-clock snapshot) adopts a full fit
+  of the population whatever the path, so replays of the same events end with the same
+  segments however their batches interleaved or a crash replayed some of them.
 
 Segment sizes are the weights each centroid attracts: they always add up to the number of
 distinct visitors, and a visitor's segment is the nearest centroid of its features.
@@ -45,6 +48,7 @@ from ampelios.core.labels import segment_labels
 from ampelios.core.population import Population
 
 N_INIT = 8  # starts of each full fit
+SETTLE_N_INIT = 16  # starts of a settling fit
 REFINE_STEPS = 5  # Lloyd steps per update
 FIT_STEPS = 100  # Lloyd steps of a full fit, at most
 REFIT_GROWTH = 1.25  # try a full fit when the population grew by this factor ...
@@ -143,7 +147,6 @@ class SegmentModel:
     version: int = 0
     fitted_total: int = 0  # visitors at the last full fit
     fitted_version: int = 0  # version of the last full fit
-    offset: int = -1  # the last update applied (its offset on segment-updates)
 
     @property
     def k(self) -> int:
@@ -181,7 +184,6 @@ class SegmentModel:
                 "version": self.version,
                 "fitted_total": self.fitted_total,
                 "fitted_version": self.fitted_version,
-                "offset": self.offset,
             },
             option=orjson.OPT_SERIALIZE_NUMPY,
         )
@@ -200,14 +202,15 @@ class SegmentModel:
             version=int(obj["version"]),
             fitted_total=int(obj["fitted_total"]),
             fitted_version=int(obj["fitted_version"]),
-            offset=int(obj["offset"]),
         )
 
 
-def _fit(z: np.ndarray, weights: np.ndarray, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, float]:
-    """Best of N_INIT weighted k-means runs (scaled space): centers, active, inertia."""
+def _fit(
+    z: np.ndarray, weights: np.ndarray, k: int, rng: np.random.Generator, n_init: int = N_INIT
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Best of ``n_init`` weighted k-means runs (scaled space): centers, active, inertia."""
     best: tuple[np.ndarray, np.ndarray, float] | None = None
-    for _ in range(N_INIT):
+    for _ in range(n_init):
         seeds = kmeans_plus_plus(z, weights, k, rng)
         centers = np.zeros((k, z.shape[1]))
         centers[: len(seeds)] = seeds
@@ -234,19 +237,22 @@ def match_ids(current: np.ndarray, current_active: np.ndarray, candidate: np.nda
     return order
 
 
-def update(model: SegmentModel | None, population: Population, k: int, offset: int = -1) -> SegmentModel:
-    """The model after the population changed by the update at ``offset``: seeded, refined
-    or refitted (see the module docstring). Deterministic for the same model and population."""
+def update(model: SegmentModel | None, population: Population, k: int, settle: bool = False) -> SegmentModel:
+    """The model after the population changed: seeded, refined or refitted (see the module
+    docstring). With ``settle``, a full fit of SETTLE_N_INIT starts replaces the centroids
+    whatever the path that led here, so that the segments (up to their ids) are a function
+    of the population alone: two replays of the same events end with the same segments
+    however their batches interleaved. Deterministic for the same model and population."""
     raw, logged, weights = points_of(population)
     if len(weights) == 0:
         raise ValueError("the population is empty")
-    rng = np.random.default_rng(model.version if model else 0)
+    total = int(weights.sum())
+    rng = np.random.default_rng([total, len(weights), k])  # a function of the population
     scale = scale_of(logged, weights)
     z = logged / scale
-    total = int(weights.sum())
     version = model.version + 1 if model is not None else 1
-    if model is None or model.k != k:  # seeding, or k changed: keep ids of the nearest groups
-        centers, active, inertia = _fit(z, weights, k, rng)
+    if model is None or model.k != k or settle:  # seeding, k changed, settling: ids follow groups
+        centers, active, inertia = _fit(z, weights, k, rng, SETTLE_N_INIT if settle else N_INIT)
         fitted_total, fitted_version = total, version
         if model is not None:
             order = match_ids(model.centroids / scale, model.active, centers)
@@ -278,5 +284,4 @@ def update(model: SegmentModel | None, population: Population, k: int, offset: i
         version=version,
         fitted_total=fitted_total,
         fitted_version=fitted_version,
-        offset=offset,
     )

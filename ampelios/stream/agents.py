@@ -1,33 +1,46 @@
 """The agents: events -> journeys -> population deltas -> the segment model -> outputs.
 
 ``journeys`` (one stream over the N partitions of ``events``): each message -- one event
-or thousands -- is one batch. Its events are merged into the journeys of their visitors
-(one RocksDB read per visitor, one write batch and one changelog record per batch). Per
-batch it sends one :class:`PopulationDelta` (which journey shapes lost and gained
-visitors) to ``segment-updates``, one record of the changed visitors' shapes to
-``visitor-updates`` (for SQL), and one ``segment-changes`` record per visitor whose own
-events moved it to another segment under the current model.
+or thousands -- is one batch. Its events are merged into the journeys of their visitors,
+and it produces one :class:`PopulationDelta` (which journey shapes lost and gained
+visitors) for ``segment-updates``, one record of the changed visitors' shapes for
+``visitor-updates`` (SQL), and one ``segment-changes`` record per visitor whose own events
+moved it to another segment under the current model.
 
 ``segments`` (the single partition of ``segment-updates``): the model's one owner applies
 deltas in order to the population of their source, updates the segment model
 (:func:`ampelios.core.model.update`), stores both in one atomic write of
-``segment-state`` and publishes the model in the global table every worker reads. A
-delta at or below the offset the model has already applied is skipped, so a redelivered
-update counts once. It also takes the snapshots: on event time, when a batch's events
-pass a period boundary (``AMPELIOS_SNAPSHOT_EVENT_HOURS``), and on wall time when asked
-(every ``AMPELIOS_SNAPSHOT_SECONDS`` by a timer on the owner, and at the end of each
-replay job), and sends them to ``snapshots``.
+``segment-state`` and publishes the model in the global table every worker reads. It also
+takes the snapshots: on event time, when a batch's events pass a period boundary
+(``AMPELIOS_SNAPSHOT_EVENT_HOURS``), and on wall time when asked (every
+``AMPELIOS_SNAPSHOT_SECONDS`` by a timer on the owner, and at the end of each replay job),
+settling the model first.
 
 ``rejections`` (``events-dlq``): counts dead-lettered rows and messages per source.
 
-A message that cannot be used never stops an agent: it is dead-lettered with its
-position and reason, and counted.
+**Nothing lost, nothing counted twice** (at-least-once delivery, no transactions):
+
+1. A batch's outputs (delta, visitor updates, segment changes) are sent and acknowledged
+   by the broker *before* its journeys and counters are written, in one RocksDB write and
+   one changelog record (:class:`BatchTable`). A crash before the write loses nothing: the
+   message is delivered again and gives the same outputs, since journeys are as they
+   were (a worker that crashed rebuilds its tables from the changelogs). A crash after it
+   leaves journeys that already hold the events: delivered again, they change nothing.
+2. A delta names the events message it came from (partition, offset); the owner keeps the
+   newest offset applied per source and partition, in the same atomic write as the model
+   and population, and skips any delta at or below it.
+3. Counters of rejections remember the dead-letter offset they counted last.
+
+A message that cannot be used never stops an agent: it is dead-lettered with its position
+and reason, and counted.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 import numpy as np
@@ -39,7 +52,7 @@ from ampelios.core.journeys import JourneyBatch, features_from_shapes, merge_jou
 from ampelios.core.model import SegmentModel, update
 from ampelios.core.partitioning import visitor_key
 from ampelios.core.population import Population, PopulationDelta, Shape
-from ampelios.stream.app import Pipeline, decode_counts, encode_counts
+from ampelios.stream.app import Pipeline, counts_key, rejected_key
 from ampelios.stream.replay import rejection_record
 
 log = logging.getLogger(__name__)
@@ -59,6 +72,16 @@ def shape_key(source_id: int, shape: Shape) -> bytes:
 def clock_key(source_id: int) -> bytes:
     """segment-state key of the next event-time snapshot of a source (ms)."""
     return b"clock:%d" % source_id
+
+
+def applied_key(source_id: int, partition: int) -> bytes:
+    """segment-state key of the newest events offset of a partition the model has applied."""
+    return b"applied:%d:%d" % (source_id, partition)
+
+
+def activity_key(source_id: int, last_event: int, visitor: int) -> bytes:
+    """journeys key indexing active journeys by latest event, to find those that expire."""
+    return b"~active:%d:%013d:%d" % (source_id, last_event, visitor)
 
 
 def snapshot_request(source_id: int, reason: str) -> bytes:
@@ -84,26 +107,17 @@ def snapshot_record(
     )
 
 
+def _counts(value: bytes | None, fields: int) -> list[int]:
+    return [int(x) for x in value.split(b",")] if value is not None else [0] * fields
+
+
 def register(p: Pipeline) -> None:
     gap_ms = p.settings.session_gap_ms
-
-    def add_counts(source_id: int, partition: int, **added: int) -> None:
-        key = b"%d:%d" % (source_id, partition)
-        value = p.stats.get(key)
-        counts = decode_counts(value) if value is not None else {"events": 0, "visitors": 0, "rejected": 0}
-        for name, n in added.items():
-            counts[name] += n
-        p.stats[key] = encode_counts(counts)
+    window_ms = p.settings.active_window_ms
 
     async def dead_letter(source_id: int, rejections: list[Rejection]) -> None:
         for rejection in rejections:
             await p.dead_letters.send(key=b"%d" % source_id, value=rejection_record(source_id, rejection, "worker"))
-
-    window_ms = p.settings.active_window_ms
-
-    def activity_key(source_id: int, last_event: int, visitor: int) -> bytes:
-        """Index of active journeys by latest event, to find those that expire."""
-        return b"~active:%d:%013d:%d" % (source_id, last_event, visitor)
 
     def expire(
         source_id: int, partition: int, cutoff: int, in_batch: set[int], writes: dict[bytes, bytes | None]
@@ -112,9 +126,8 @@ def register(p: Pipeline) -> None:
         the population: their stored flag and the index are updated in ``writes``; return
         their visitors and their (inactive) journeys."""
         prefix = b"~active:%d:" % source_id
-        found = p.journeys.items_between(partition, prefix, prefix + b"%013d:" % (cutoff + 1))
         visitors: list[int] = []
-        for key, _ in found:
+        for key, _ in p.journeys.items_between(partition, prefix, prefix + b"%013d:" % (cutoff + 1)):
             visitor = int(key.rsplit(b":", 1)[1])
             if visitor not in in_batch:  # those follow their new events
                 writes[key] = None
@@ -129,36 +142,42 @@ def register(p: Pipeline) -> None:
         writes.update(zip((keys[i] for i in known), batch.encode(np.arange(len(known)))))
         return [visitors[i] for i in known], batch
 
-    async def announce_moves(source_id: int, visitors: np.ndarray, batch: JourneyBatch, moved: np.ndarray) -> None:
-        """One segment-changes record per visitor whose own events moved it to another
-        segment under the current model (``moved``: journeys active before and after)."""
+    def segment_moves(
+        source_id: int, ids: list[int], batch: JourneyBatch, moved: np.ndarray
+    ) -> list[tuple[int, bytes]]:
+        """(visitor, segment-changes record) of visitors (``moved``: active before and
+        after) whose own events moved them to another segment under the current model."""
         model = p.published_model(source_id)
         if model is None or not len(moved):
-            return
+            return []
         before = model.assign(features_from_shapes(batch.old_shapes[moved]))
         after = model.assign(features_from_shapes(batch.new_shapes[moved]))
-        last_event = batch.last_event
-        for i, old, new in zip(moved.tolist(), before.tolist(), after.tolist()):
-            if old != new:
-                visitor = int(visitors[i])
-                record = {
-                    "source_id": source_id,
-                    "visitorid": visitor,
-                    "from": old,
-                    "to": new,
-                    "from_label": model.labels[old],
-                    "to_label": model.labels[new],
-                    "at": int(last_event[i]),
-                    "model_version": model.version,
-                }
-                await p.segment_changes.send(key=visitor_key(source_id, visitor), value=orjson.dumps(record))
+        return [
+            (
+                ids[i],
+                orjson.dumps(
+                    {
+                        "source_id": source_id,
+                        "visitorid": ids[i],
+                        "from": old,
+                        "to": new,
+                        "from_label": model.labels[old],
+                        "to_label": model.labels[new],
+                        "at": int(batch.last_event[i]),
+                        "model_version": model.version,
+                    }
+                ),
+            )
+            for i, old, new in zip(moved.tolist(), before.tolist(), after.tolist())
+            if old != new
+        ]
 
     async def apply_batch(source_id: int, partition: int, offset: int, events: EventBatch) -> None:
         visitors, owner = np.unique(events.visitorid, return_inverse=True)
         ids = visitors.tolist()
         keys = [visitor_key(source_id, v) for v in ids]
         watermark = int(events.timestamp.max())
-        writes: dict[bytes, bytes | None] = {}  # one write batch, one changelog record
+        writes: dict[bytes, bytes | None] = {}  # one RocksDB write, one changelog record
         cutoff = None
         if window_ms is not None:
             clock = b"~watermark:%d" % source_id
@@ -170,12 +189,10 @@ def register(p: Pipeline) -> None:
         changed = np.flatnonzero(batch.changed)
         writes.update(zip((keys[i] for i in changed.tolist()), batch.encode(changed)))
         left = [batch.old_shapes[changed[batch.was_active[changed]]]]
-        joined = batch.new_shapes[changed[batch.active[changed]]]
-        columns = [ids[i] for i in changed.tolist()], batch.new_shapes[changed], batch.last_event[changed]
         update = {
-            "visitorid": columns[0],
-            "shapes": columns[1],
-            "last_event": columns[2],
+            "visitorid": [ids[i] for i in changed.tolist()],
+            "shapes": batch.new_shapes[changed],
+            "last_event": batch.last_event[changed],
             "active": batch.active[changed],
         }
         if cutoff is not None:
@@ -192,21 +209,27 @@ def register(p: Pipeline) -> None:
                 update["shapes"] = np.concatenate([update["shapes"], expired.old_shapes])
                 update["last_event"] = np.concatenate([update["last_event"], expired.last_event])
                 update["active"] = np.concatenate([update["active"], expired.active])
-        p.journeys.set_many(partition, b"%d:%d" % (partition, offset), list(writes), list(writes.values()))
-        delta = PopulationDelta.of(np.concatenate(left), joined)
+        counts = _counts(p.journeys.get_many(partition, [counts_key(source_id)])[0], 2)
+        counts[0] += int(batch.added.sum())
+        counts[1] += int((~batch.existed & batch.changed).sum())
+        writes[counts_key(source_id)] = b"%d,%d" % tuple(counts)
+
+        # 1. outputs, acknowledged ...
+        sent: list[Awaitable[Any]] = []
+        delta = PopulationDelta.of(np.concatenate(left), batch.new_shapes[changed[batch.active[changed]]])
         if len(delta):
-            value = {"source_id": source_id, "watermark": watermark, **delta.to_json()}
-            await p.segment_updates.send(key=b"%d" % source_id, value=orjson.dumps(value))
-        await announce_moves(source_id, visitors, batch, changed[batch.was_active[changed] & batch.active[changed]])
-        if len(update["visitorid"]):
+            value = {"source_id": source_id, "partition": partition, "offset": offset, "watermark": watermark}
+            value.update(delta.to_json())
+            sent.append(await p.segment_updates.send(key=b"%d" % source_id, value=orjson.dumps(value)))
+        moved = changed[batch.was_active[changed] & batch.active[changed]]
+        for visitor, record in segment_moves(source_id, ids, batch, moved):
+            sent.append(await p.segment_changes.send(key=visitor_key(source_id, visitor), value=record))
+        if update["visitorid"]:
             value = orjson.dumps({"source_id": source_id, **update}, option=orjson.OPT_SERIALIZE_NUMPY)
-            await p.visitor_updates.send(value=value, partition=partition)
-        add_counts(
-            source_id,
-            partition,
-            events=int(batch.added.sum()),
-            visitors=int((~batch.existed & batch.changed).sum()),
-        )
+            sent.append(await p.visitor_updates.send(value=value, partition=partition))
+        await asyncio.gather(*sent)
+        # 2. ... before the state that says they were produced
+        p.journeys.set_many(partition, b"%d:%d" % (partition, offset), list(writes), list(writes.values()))
 
     @p.app.agent(p.events, name="journeys")
     async def journeys(stream: Any) -> None:
@@ -230,6 +253,7 @@ def register(p: Pipeline) -> None:
                 await dead_letter(source, [Rejection(position, f"internal error: {exc!r}")])
 
     populations: dict[int, Population] = {}  # the owner's copy of segment-state's shapes
+    changed_sources: set[int] = set()  # sources updated since their last wall snapshot
 
     def population_of(source_id: int) -> Population:
         if source_id not in populations:
@@ -247,7 +271,7 @@ def register(p: Pipeline) -> None:
     async def event_time_snapshots(source_id: int, model: SegmentModel | None, watermark: int) -> bytes:
         """Snapshot the model at every period boundary the batch's events passed; return
         the next boundary to store."""
-        stored = p.segments.get(clock_key(source_id))
+        stored = p.segments.get_many(0, [clock_key(source_id)])[0]
         boundary = int(stored) if stored is not None else (watermark // period_ms + 1) * period_ms
         taken = 0
         while model is not None and watermark >= boundary:
@@ -260,16 +284,49 @@ def register(p: Pipeline) -> None:
             log.warning("event time of source %d jumped %d periods; kept %d", source_id, taken, MAX_SNAPSHOTS_PER_BATCH)
         return b"%d" % boundary
 
-    async def wall_snapshot(source_id: int, reason: str) -> None:
-        stored = p.segments.get(model_key(source_id))
-        if stored is None:
+    def stored_model(source_id: int) -> SegmentModel | None:
+        stored = p.segments.get_many(0, [model_key(source_id)])[0]
+        return SegmentModel.from_bytes(stored) if stored is not None else None
+
+    def save_model(source_id: int, batch: bytes, model: SegmentModel, keys: list[bytes], values: list[bytes]) -> None:
+        value = model.to_bytes()
+        p.segments.set_many(0, batch, [*keys, model_key(source_id)], [*values, value])
+        p.published[b"%d" % source_id] = value
+
+    async def wall_snapshot(source_id: int, offset: int, reason: str) -> None:
+        """Settle the model on the population, then snapshot it with the shape mapping."""
+        model = stored_model(source_id)
+        if model is None:
             return
-        model = SegmentModel.from_bytes(stored)
-        shapes, _ = population_of(source_id).arrays()
-        segments = model.assign(features_from_shapes(shapes))
-        mapping = np.column_stack([shapes, segments]).tolist()
+        population = population_of(source_id)
+        model = update(model, population, p.settings.k_for(source_id), settle=True)
+        shapes, _ = population.arrays()
+        mapping = np.column_stack([shapes, model.assign(features_from_shapes(shapes))]).tolist()
         record = snapshot_record(source_id, model, "wall", round(time.time() * 1000), reason, mapping)
-        await p.snapshots.send(key=b"%d" % source_id, value=record)
+        await (await p.snapshots.send(key=b"%d" % source_id, value=record))
+        save_model(source_id, b"%d" % offset, model, [], [])
+
+    async def apply_delta(offset: int, message: dict[str, Any]) -> None:
+        source_id, partition = int(message["source_id"]), int(message["partition"])
+        applied = p.segments.get_many(0, [applied_key(source_id, partition)])[0]
+        if applied is not None and message["offset"] <= int(applied):
+            return  # a batch delivered again after a crash
+        model = stored_model(source_id)
+        keys, values = [applied_key(source_id, partition)], [b"%d" % message["offset"]]
+        if period_ms:
+            keys.append(clock_key(source_id))
+            values.append(await event_time_snapshots(source_id, model, int(message["watermark"])))
+        population = population_of(source_id)
+        try:
+            changed = population.apply(PopulationDelta.from_json(message))
+            model = update(model, population, p.settings.k_for(source_id))
+        except Exception:
+            populations.pop(source_id, None)  # reload from segment-state: nothing was written
+            raise
+        keys += [shape_key(source_id, shape) for shape, _ in changed]
+        values += [b"%d" % count for _, count in changed]
+        save_model(source_id, b"%d" % offset, model, keys, values)
+        changed_sources.add(source_id)
 
     @p.app.agent(p.segment_updates, name="segments")
     async def segments(stream: Any) -> None:
@@ -277,51 +334,34 @@ def register(p: Pipeline) -> None:
             offset = event.message.offset
             try:
                 message = orjson.loads(event.value)
-                source_id = int(message["source_id"])
                 if "snapshot" in message:
-                    await wall_snapshot(source_id, str(message["snapshot"]))
-                    continue
-                stored = p.segments.get(model_key(source_id))
-                model = SegmentModel.from_bytes(stored) if stored is not None else None
-                if model is not None and offset <= model.offset:
-                    continue  # applied before a restart
-                keys, values = [], []
-                if period_ms:
-                    keys.append(clock_key(source_id))
-                    values.append(await event_time_snapshots(source_id, model, int(message["watermark"])))
-                population = population_of(source_id)
-                changed = population.apply(PopulationDelta.from_json(message))
-                model = update(model, population, p.settings.k_for(source_id), offset=offset)
+                    await wall_snapshot(int(message["source_id"]), offset, str(message["snapshot"]))
+                else:
+                    await apply_delta(offset, message)
             except Exception:
                 log.exception("could not apply segment update at offset %d", offset)
-                populations.clear()  # reload from segment-state: nothing was written
-                continue
-            value = model.to_bytes()
-            keys += [*(shape_key(source_id, shape) for shape, _ in changed), model_key(source_id)]
-            values += [*(b"%d" % count for _, count in changed), value]
-            p.segments.set_many(0, b"%d" % offset, keys, values)
-            p.published[b"%d" % source_id] = value
-
-    last_requested: dict[bytes, int] = {}
 
     @p.app.timer(p.settings.snapshot_seconds)
     async def request_wall_snapshots() -> None:
-        """On the model's owner: ask for a snapshot of every source whose model changed."""
-        owner = TopicPartition(p.topology.segment_updates, 0) in p.app.assignor.assigned_actives()
-        if not owner:
+        """On the model's owner: ask for a snapshot of every source updated since the last."""
+        if TopicPartition(p.topology.segment_updates, 0) not in p.app.assignor.assigned_actives():
             return
-        for key, value in p.segments.items_with_prefix(0, b"model:"):
-            version = SegmentModel.from_bytes(value).version
-            if last_requested.get(key) != version:
-                last_requested[key] = version
-                source_id = int(key.split(b":")[1])
-                await p.segment_updates.send(key=b"%d" % source_id, value=snapshot_request(source_id, "periodic"))
+        for source_id in sorted(changed_sources):
+            changed_sources.discard(source_id)
+            await p.segment_updates.send(key=b"%d" % source_id, value=snapshot_request(source_id, "periodic"))
 
     @p.app.agent(p.dead_letters, name="rejections")
     async def rejections(stream: Any) -> None:
         async for event in stream.events():
+            message = event.message
             try:
                 source_id = int(orjson.loads(event.value)["source_id"])
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
                 source_id = UNKNOWN_SOURCE
-            add_counts(source_id, event.message.partition, rejected=1)
+            key = rejected_key(source_id)
+            stored = p.journeys.get_many(message.partition, [key])[0]
+            count, last = _counts(stored, 2) if stored is not None else (0, -1)
+            if message.offset <= last:
+                continue  # counted before a crash
+            value = b"%d,%d" % (count + 1, message.offset)
+            p.journeys.set_many(message.partition, b"dlq:%d:%d" % (message.partition, message.offset), [key], [value])

@@ -9,20 +9,27 @@ State, all in RocksDB tables backed by changelog topics:
 table               partitions  key -> value
 ==================  ==========  =======================================================
 journeys            N           ``source:visitor`` -> journey bytes (distinct events,
-                                segment); see :mod:`ampelios.core.journeys`. A
+                                active flag); see :mod:`ampelios.core.journeys`.
+                                ``~counts:source`` -> events, visitors of the partition;
+                                ``~rejected:source`` -> rejections counted, last offset;
+                                the activity index and event time (active days). A
                                 :class:`BatchTable`: one changelog record per batch
-source-stats        N           ``source:partition`` -> events, visitors, rejected
-segment-state       1           ``model:source`` -> the authoritative :class:`SegmentModel`
-                                and ``shape:source:v,a,t,s`` -> visitors with that
-                                journey shape (the population). A :class:`BatchTable`
-                                written only by the model's owner, one record per update
+segment-state       1           ``model:source`` -> the authoritative :class:`SegmentModel`,
+                                ``shape:source:v,a,t,s`` -> visitors with that journey
+                                shape (the population), ``applied:source:partition`` ->
+                                newest events offset applied, ``clock:source`` -> next
+                                event-time snapshot. A :class:`BatchTable` written only by
+                                the model's owner, one record per update
 segment-published   1 (global)  ``source`` -> a copy of the model every worker reads
 ==================  ==========  =======================================================
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import shutil
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,18 +48,62 @@ from ampelios.stream.topology import Topology
 log = logging.getLogger(__name__)
 
 
+CLEAN_STOP_FILE = "worker-stopped-cleanly"
+
+
 class AmpeliosApp(faust.App):
-    """A Faust app that prepares its broker before anything opens local state."""
+    """A Faust app that makes sure its local state can be trusted before opening it.
+
+    At start: topics exist; the local tables belong to this broker's life
+    (:func:`check_broker_epoch`); and the last run stopped cleanly. After a crash the
+    RocksDB files may hold writes whose changelog records never reached the broker, so
+    they are removed and every table is recovered from its changelog. A recovery that
+    does not finish within ``AMPELIOS_RECOVERY_TIMEOUT_SECONDS`` ends the process with
+    exit code 70 and says which changelogs it was still reading.
+    """
 
     pipeline: Pipeline
 
     async def on_first_start(self) -> None:
         settings, topology = self.pipeline.settings, self.pipeline.topology
-        await ensure_topics(self.pipeline.settings.broker_url, topology.topics())
-        await check_broker_epoch(
-            self.pipeline.settings.broker_url, topology.epoch, settings.state_dir, settings.worker_dir
-        )
+        await ensure_topics(settings.broker_url, topology.topics())
+        await check_broker_epoch(settings.broker_url, topology.epoch, settings.state_dir, settings.worker_dir)
+        marker = settings.state_dir / CLEAN_STOP_FILE
+        if settings.worker_dir.exists() and not marker.exists():
+            log.warning(
+                "The worker did not stop cleanly last time: its local tables in %s may hold writes "
+                "that never reached their changelogs. Removing them; every table is recovered from "
+                "its changelog.",
+                settings.worker_dir,
+            )
+            shutil.rmtree(settings.worker_dir)
+        marker.unlink(missing_ok=True)
+        self._watchdog = asyncio.ensure_future(self._watch_recovery(settings.recovery_timeout_seconds))
         await super().on_first_start()
+
+    async def on_shutdown(self) -> None:
+        """Everything is flushed and closed: the local tables match their changelogs."""
+        await super().on_shutdown()
+        self._watchdog.cancel()
+        (self.pipeline.settings.state_dir / CLEAN_STOP_FILE).touch()
+
+    async def _watch_recovery(self, timeout: float) -> None:
+        recovery, waited = None, 0.0
+        while True:
+            await asyncio.sleep(1.0)
+            recovery = self.tables.recovery if self.tables is not None else None
+            recovering = recovery is not None and (recovery.in_recovery or not recovery.completed.is_set())
+            waited = waited + 1.0 if recovering else 0.0
+            if waited > timeout:
+                remaining = recovery.active_remaining() if recovery is not None else {}
+                log.error(
+                    "Table recovery did not finish within %.0f s (AMPELIOS_RECOVERY_TIMEOUT_SECONDS); "
+                    "changelog records still to read: %s. Is the broker reachable and complete? Exiting.",
+                    timeout,
+                    {f"{tp.topic}[{tp.partition}]": n for tp, n in remaining.items()} or "unknown",
+                )
+                logging.shutdown()
+                os._exit(70)
 
 
 @dataclass
@@ -69,7 +120,6 @@ class Pipeline:
     visitor_updates: Any
     snapshots: Any
     journeys: BatchTable
-    stats: Any
     segments: BatchTable
     published: Any
     history: History | None
@@ -86,13 +136,22 @@ class Pipeline:
         value = self.published.get(b"%d" % source_id)
         return SegmentModel.from_bytes(value) if value is not None else None
 
+    def local_partitions(self) -> list[int]:
+        """The events partitions this worker owns (and so the journeys it holds)."""
+        topic = self.topology.events
+        return sorted(tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == topic)
+
     def source_stats(self, source_id: int) -> dict[str, int]:
+        """Events and visitors reflected, and rejections, summed over local partitions."""
         totals = {"events": 0, "visitors": 0, "rejected": 0}
-        for partition in range(self.topology.partitions):
-            value = self.stats.get(b"%d:%d" % (source_id, partition))
-            if value is not None:
-                for name, count in decode_counts(value).items():
-                    totals[name] += count
+        for partition in self.local_partitions():
+            counts, rejected = self.journeys.get_many(partition, [counts_key(source_id), rejected_key(source_id)])
+            if counts is not None:
+                events, visitors = counts.split(b",")
+                totals["events"] += int(events)
+                totals["visitors"] += int(visitors)
+            if rejected is not None:
+                totals["rejected"] += int(rejected.split(b",")[0])
         return totals
 
     async def pending(self) -> dict[str, Any]:
@@ -117,13 +176,14 @@ class Pipeline:
         return {"lag": lag, "sink_lag": sink_lag, "sink_error": self.sink.unavailable}
 
 
-def encode_counts(counts: dict[str, int]) -> bytes:
-    return b"%d,%d,%d" % (counts["events"], counts["visitors"], counts["rejected"])
+def counts_key(source_id: int) -> bytes:
+    """journeys key (per partition) of ``events,visitors`` reflected for a source."""
+    return b"~counts:%d" % source_id
 
 
-def decode_counts(value: bytes) -> dict[str, int]:
-    events, visitors, rejected = (int(x) for x in value.split(b","))
-    return {"events": events, "visitors": visitors, "rejected": rejected}
+def rejected_key(source_id: int) -> bytes:
+    """journeys key (per partition) of ``rejections counted,last dead-letter offset``."""
+    return b"~rejected:%d" % source_id
 
 
 def create_pipeline(settings: Settings) -> Pipeline:
@@ -165,7 +225,6 @@ def create_pipeline(settings: Settings) -> Pipeline:
         visitor_updates=app.topic(topology.visitor_updates, partitions=n, internal=True, **raw),
         snapshots=app.topic(topology.snapshots, partitions=1, internal=True, **raw),
         journeys=app.tables.add(BatchTable(app, name="journeys", key_type=bytes, value_type=bytes, partitions=n)),
-        stats=app.Table("source-stats", key_type=bytes, value_type=bytes, partitions=n),
         segments=app.tables.add(BatchTable(app, name="segment-state", key_type=bytes, value_type=bytes, partitions=1)),
         published=app.GlobalTable("segment-published", key_type=bytes, value_type=bytes, partitions=1),
         history=history,

@@ -132,9 +132,9 @@ def test_quality_is_that_of_batch_kmeans_on_the_same_scaled_features():
 
 
 def test_model_bytes_round_trip():
-    model = update(None, population_from(np.random.default_rng(3)), 4, offset=17)
+    model = update(None, population_from(np.random.default_rng(3)), 4)
     back = SegmentModel.from_bytes(model.to_bytes())
-    assert (back.version, back.offset, back.labels) == (1, 17, model.labels)
+    assert (back.version, back.labels) == (1, model.labels)
     for name in ("centroids", "active", "scale", "sizes", "units"):
         np.testing.assert_array_equal(getattr(back, name), getattr(model, name))
 
@@ -156,3 +156,21 @@ def test_standardization_lets_a_rare_purchase_outweigh_many_views():
     sizes = sorted(model.sizes.tolist())
     assert sizes == [5, 500, 500]
     assert "high-value buyers" in model.labels
+
+
+def test_settling_makes_the_segments_a_function_of_the_population_alone():
+    rng = np.random.default_rng(11)
+    population = population_from(rng, 400)
+    paths = []
+    for order in (rng.permutation(10), rng.permutation(10)):  # two ways of growing to it
+        model, partial = None, Population()
+        items = sorted(population.counts.items())
+        for step in order.tolist():
+            for shape, count in items[step::10]:
+                partial.counts[shape] = count
+            partial._arrays = None
+            model = update(model, partial, 5)
+        paths.append(update(model, population, 5, settle=True))
+    first, second = paths
+    assert sorted(first.sizes.tolist()) == sorted(second.sizes.tolist())
+    assert sorted(map(tuple, first.units.round(9).tolist())) == sorted(map(tuple, second.units.round(9).tolist()))
