@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import subprocess
+import time
 import warnings
 from pathlib import Path
 
@@ -78,8 +79,20 @@ class EmbeddedPostgres:
                 start_new_session=True,
             )
         wait_for_port(self.port, timeout, self.process, self.log_path)
+        self._wait_until_ready(timeout)
         log.info("embedded Postgres (pid %d) on %s", self.process.pid, self.url)
         return self
+
+    def _wait_until_ready(self, timeout: float) -> None:
+        """The port opens before recovery ends ("the database system is starting up")."""
+        assert self.process is not None
+        deadline = time.monotonic() + timeout
+        ready = [str(POSTGRES_BIN_PATH / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)]
+        while subprocess.run(ready, check=False).returncode != 0:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"embedded Postgres did not become ready; see {self.log_path}")
+            time.sleep(0.05)
 
     def _prepare_data_dir(self) -> str | None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
