@@ -242,7 +242,8 @@ def update(model: SegmentModel | None, population: Population, k: int, settle: b
     docstring). With ``settle``, a full fit of SETTLE_N_INIT starts replaces the centroids
     whatever the path that led here, so that the segments (up to their ids) are a function
     of the population alone: two replays of the same events end with the same segments
-    however their batches interleaved. Deterministic for the same model and population."""
+    however their batches interleaved; a settle that changes nothing returns ``model``
+    itself (versions count changes). Deterministic for the same model and population."""
     raw, logged, weights = points_of(population)
     if len(weights) == 0:
         raise ValueError("the population is empty")
@@ -273,6 +274,14 @@ def update(model: SegmentModel | None, population: Population, k: int, settle: b
     units[sizes > 0] /= sizes[sizes > 0, None]
     units[sizes == 0] = np.expm1(centers[sizes == 0] * scale)
     centroids = centers * scale
+    if (
+        settle
+        and model is not None
+        and np.array_equal(sizes, model.sizes)
+        and np.array_equal(active, model.active)
+        and np.allclose(centroids, model.centroids, rtol=1e-9, atol=1e-12)
+    ):
+        return model
     return SegmentModel(
         centroids=centroids,
         active=active,

@@ -33,7 +33,7 @@ from pathlib import Path
 import aiokafka
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
-from aiokafka.structs import TopicPartition
+from aiokafka.structs import ConsumerRecord, TopicPartition
 from faust.transport.drivers import TRANSPORTS
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
@@ -103,6 +103,32 @@ async def end_offsets(url: str, partitions: list[TopicPartition], timeout: float
     if not needs_fetched_end_offsets(url):
         return dict(listed)
     return await _fetched_end_offsets(bootstrap, listed, timeout)
+
+
+async def read_range(url: str, tp: TopicPartition, start: int, end: int, timeout: float = 30.0) -> list[ConsumerRecord]:
+    """The records of ``tp`` with offsets ``start <= offset < end``, in order, read
+    outside any consumer group (records removed by retention are missing)."""
+    consumer = aiokafka.AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers(url),
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=16 * 1024 * 1024,
+    )
+    await consumer.start()
+    records: list[ConsumerRecord] = []
+    try:
+        consumer.assign([tp])
+        consumer.seek(tp, start)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while await consumer.position(tp) < end:
+            if loop.time() > deadline:
+                raise TimeoutError(f"{tp.topic}[{tp.partition}]: offsets {start}..{end - 1} not read within {timeout}s")
+            fetched = await consumer.getmany(tp, timeout_ms=200)
+            records += [r for r in fetched.get(tp, []) if start <= r.offset < end]
+    finally:
+        await consumer.stop()
+    return records
 
 
 async def committed_offsets(url: str, group: str, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:

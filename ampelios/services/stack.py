@@ -115,10 +115,14 @@ class WorkerProcess:
         kib = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), None)
         return kib / 1024 if kib is not None else None
 
-    def stop(self, grace: float = 60.0) -> int | None:
+    def kill(self) -> int | None:
+        """SIGKILL: a crash, for tests of what survives one."""
+        return self.stop(grace=0.0, sig=signal.SIGKILL)
+
+    def stop(self, grace: float = 60.0, sig: int = signal.SIGTERM) -> int | None:
         """Stop cleanly (SIGTERM), or SIGKILL after ``grace``; return the exit code."""
         process = self.process
-        stop_process(process, signal.SIGTERM, grace)
+        stop_process(process, sig, grace)
         self.process = None
         return process.returncode if process is not None else None
 

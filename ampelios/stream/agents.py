@@ -20,16 +20,18 @@ settling the model first.
 
 **Nothing lost, nothing counted twice** (at-least-once delivery, no transactions):
 
-1. A batch's outputs (delta, visitor updates, segment changes) are sent and acknowledged
-   by the broker *before* its journeys and counters are written, in one RocksDB write and
-   one changelog record (:class:`BatchTable`). A crash before the write loses nothing: the
-   message is delivered again and gives the same outputs, since journeys are as they
-   were (a worker that crashed rebuilds its tables from the changelogs). A crash after it
-   leaves journeys that already hold the events: delivered again, they change nothing.
-2. A delta names the events message it came from (partition, offset); the owner keeps the
+1. Every agent stores the offset of the last message it applied with the state it
+   changed, in one changelog record and one RocksDB write (:class:`BatchTable`), and
+   applies each message of a partition exactly once, in order, whatever Faust commits
+   (:mod:`ampelios.stream.positions`).
+2. A message's outputs (delta, visitor updates, segment changes, dead letters) are sent
+   and acknowledged by the broker *before* that write. A crash before it loses nothing:
+   the message is applied again and gives the same outputs, since the state is as it was
+   (a worker that crashed rebuilds its tables from the changelogs). A crash after it
+   leaves a state that says the message was applied.
+3. A delta names the events message it came from (partition, offset); the owner keeps the
    newest offset applied per source and partition, in the same atomic write as the model
-   and population, and skips any delta at or below it.
-3. Counters of rejections remember the dead-letter offset they counted last.
+   and population, and skips a delta sent again by a replayed message.
 
 A message that cannot be used never stops an agent: it is dead-lettered with its position
 and reason, and counted.
@@ -45,6 +47,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 
 from ampelios.core.events import EventBatch, InvalidMessage, Rejection, decode_events
@@ -53,6 +56,7 @@ from ampelios.core.model import SegmentModel, update
 from ampelios.core.partitioning import visitor_key
 from ampelios.core.population import Population, PopulationDelta, Shape
 from ampelios.stream.app import Pipeline, counts_key, rejected_key
+from ampelios.stream.positions import Positions
 from ampelios.stream.replay import rejection_record
 
 log = logging.getLogger(__name__)
@@ -107,17 +111,17 @@ def snapshot_record(
     )
 
 
-def _counts(value: bytes | None, fields: int) -> list[int]:
-    return [int(x) for x in value.split(b",")] if value is not None else [0] * fields
-
-
 def register(p: Pipeline) -> None:
     gap_ms = p.settings.session_gap_ms
     window_ms = p.settings.active_window_ms
 
     async def dead_letter(source_id: int, rejections: list[Rejection]) -> None:
-        for rejection in rejections:
-            await p.dead_letters.send(key=b"%d" % source_id, value=rejection_record(source_id, rejection, "worker"))
+        """Dead-letter rejections, acknowledged (before the position that says so is stored)."""
+        sent = [
+            await p.dead_letters.send(key=b"%d" % source_id, value=rejection_record(source_id, r, "worker"))
+            for r in rejections
+        ]
+        await asyncio.gather(*sent)
 
     def expire(
         source_id: int, partition: int, cutoff: int, in_batch: set[int], writes: dict[bytes, bytes | None]
@@ -172,12 +176,15 @@ def register(p: Pipeline) -> None:
             if old != new
         ]
 
-    async def apply_batch(source_id: int, partition: int, offset: int, events: EventBatch) -> None:
+    async def apply_batch(
+        source_id: int, partition: int, offset: int, events: EventBatch, writes: dict[bytes, bytes | None]
+    ) -> None:
+        """Merge ``events`` into journeys; send the outputs, then store everything in
+        ``writes`` (one changelog record, one RocksDB write)."""
         visitors, owner = np.unique(events.visitorid, return_inverse=True)
         ids = visitors.tolist()
         keys = [visitor_key(source_id, v) for v in ids]
         watermark = int(events.timestamp.max())
-        writes: dict[bytes, bytes | None] = {}  # one RocksDB write, one changelog record
         cutoff = None
         if window_ms is not None:
             clock = b"~watermark:%d" % source_id
@@ -209,10 +216,11 @@ def register(p: Pipeline) -> None:
                 update["shapes"] = np.concatenate([update["shapes"], expired.old_shapes])
                 update["last_event"] = np.concatenate([update["last_event"], expired.last_event])
                 update["active"] = np.concatenate([update["active"], expired.active])
-        counts = _counts(p.journeys.get_many(partition, [counts_key(source_id)])[0], 2)
-        counts[0] += int(batch.added.sum())
-        counts[1] += int((~batch.existed & batch.changed).sum())
-        writes[counts_key(source_id)] = b"%d,%d" % tuple(counts)
+        (stored,) = p.journeys.get_many(partition, [counts_key(source_id)])
+        events_seen, visitors_seen = (int(x) for x in stored.split(b",")) if stored is not None else (0, 0)
+        events_seen += int(batch.added.sum())
+        visitors_seen += int((~batch.existed & batch.changed).sum())
+        writes[counts_key(source_id)] = b"%d,%d" % (events_seen, visitors_seen)
 
         # 1. outputs, acknowledged ...
         sent: list[Awaitable[Any]] = []
@@ -229,31 +237,44 @@ def register(p: Pipeline) -> None:
             sent.append(await p.visitor_updates.send(value=value, partition=partition))
         await asyncio.gather(*sent)
         # 2. ... before the state that says they were produced
-        p.journeys.set_many(partition, b"%d:%d" % (partition, offset), list(writes), list(writes.values()))
+        await p.journeys.write(partition, b"%d:%d" % (partition, offset), list(writes), list(writes.values()))
+
+    async def apply_events(message: Any) -> None:
+        """Apply one message of the events topic; store its position with its effects."""
+        partition, offset = message.partition, message.offset
+        where = f"{message.topic}:{partition}:{offset}"
+        writes: dict[bytes, bytes | None] = dict([positions.position(offset)])
+        try:
+            source, events, rejections = decode_events(message.value, where)
+        except InvalidMessage as exc:
+            source, events, rejections = UNKNOWN_SOURCE, EventBatch.empty(), []
+            raw = (message.value or b"")[:200].decode("utf-8", "replace")
+            await dead_letter(UNKNOWN_SOURCE, [Rejection(where, str(exc), raw)])
+        if rejections:
+            await dead_letter(source, rejections)
+        if len(events):
+            try:
+                await apply_batch(source, partition, offset, events, writes)
+                return
+            except (KafkaError, TimeoutError):
+                raise  # the broker: Faust restarts the agent; the next message shows the gap
+            except Exception as exc:  # a message that breaks the code must not stop the stream
+                log.exception("could not apply %s (source %d)", where, source)
+                await dead_letter(source, [Rejection(where, f"internal error: {exc!r}")])
+        await p.journeys.write(partition, b"%d:%d" % (partition, offset), list(writes), list(writes.values()))
+
+    positions = Positions(p.app, p.settings.broker_url, p.topology.events, p.journeys, b"~position")
+    p.positions.append(positions)
 
     @p.app.agent(p.events, name="journeys")
     async def journeys(stream: Any) -> None:
         async for event in stream.events():
-            message = event.message
-            position = f"{message.topic}:{message.partition}:{message.offset}"
-            try:
-                source, events, rejections = decode_events(event.value, position)
-            except InvalidMessage as exc:
-                raw = (event.value or b"")[:200].decode("utf-8", "replace")
-                await dead_letter(UNKNOWN_SOURCE, [Rejection(position, str(exc), raw)])
-                continue
-            if rejections:
-                await dead_letter(source, rejections)
-            if not len(events):
-                continue
-            try:
-                await apply_batch(source, message.partition, message.offset, events)
-            except Exception as exc:  # never let one message stop the stream
-                log.exception("could not apply %s (source %d)", position, source)
-                await dead_letter(source, [Rejection(position, f"internal error: {exc!r}")])
+            for message in await positions.admit(event.message):
+                await apply_events(message)
 
     populations: dict[int, Population] = {}  # the owner's copy of segment-state's shapes
     changed_sources: set[int] = set()  # sources updated since their last wall snapshot
+    owned = False  # this worker owns the model (since its last check)
 
     def population_of(source_id: int) -> Population:
         if source_id not in populations:
@@ -267,6 +288,8 @@ def register(p: Pipeline) -> None:
         return populations[source_id]
 
     period_ms = round(p.settings.snapshot_event_hours * 3_600_000)
+    updates_positions = Positions(p.app, p.settings.broker_url, p.topology.segment_updates, p.segments, b"position")
+    p.positions.append(updates_positions)
 
     async def event_time_snapshots(source_id: int, model: SegmentModel | None, watermark: int) -> bytes:
         """Snapshot the model at every period boundary the batch's events passed; return
@@ -288,15 +311,24 @@ def register(p: Pipeline) -> None:
         stored = p.segments.get_many(0, [model_key(source_id)])[0]
         return SegmentModel.from_bytes(stored) if stored is not None else None
 
-    def save_model(source_id: int, batch: bytes, model: SegmentModel, keys: list[bytes], values: list[bytes]) -> None:
-        value = model.to_bytes()
-        p.segments.set_many(0, batch, [*keys, model_key(source_id)], [*values, value])
-        p.published[b"%d" % source_id] = value
+    async def save_model(
+        source_id: int, offset: int, model: SegmentModel | None, keys: list[bytes], values: list[bytes]
+    ) -> None:
+        """Store the model (if any) with ``keys``, the owner's position, atomically; publish it."""
+        key, position = updates_positions.position(offset)
+        keys, values = [*keys, key], [*values, position]
+        if model is not None:
+            value = model.to_bytes()
+            keys, values = [*keys, model_key(source_id)], [*values, value]
+        await p.segments.write(0, b"%d" % offset, keys, values)
+        if model is not None:
+            p.published[b"%d" % source_id] = value
 
     async def wall_snapshot(source_id: int, offset: int, reason: str) -> None:
         """Settle the model on the population, then snapshot it with the shape mapping."""
         model = stored_model(source_id)
         if model is None:
+            await save_model(source_id, offset, None, [], [])
             return
         population = population_of(source_id)
         model = update(model, population, p.settings.k_for(source_id), settle=True)
@@ -304,13 +336,14 @@ def register(p: Pipeline) -> None:
         mapping = np.column_stack([shapes, model.assign(features_from_shapes(shapes))]).tolist()
         record = snapshot_record(source_id, model, "wall", round(time.time() * 1000), reason, mapping)
         await (await p.snapshots.send(key=b"%d" % source_id, value=record))
-        save_model(source_id, b"%d" % offset, model, [], [])
+        await save_model(source_id, offset, model, [], [])
 
     async def apply_delta(offset: int, message: dict[str, Any]) -> None:
         source_id, partition = int(message["source_id"]), int(message["partition"])
         applied = p.segments.get_many(0, [applied_key(source_id, partition)])[0]
         if applied is not None and message["offset"] <= int(applied):
-            return  # a batch delivered again after a crash
+            await save_model(source_id, offset, None, [], [])  # a batch sent again after a crash
+            return
         model = stored_model(source_id)
         keys, values = [applied_key(source_id, partition)], [b"%d" % message["offset"]]
         if period_ms:
@@ -325,43 +358,66 @@ def register(p: Pipeline) -> None:
             raise
         keys += [shape_key(source_id, shape) for shape, _ in changed]
         values += [b"%d" % count for _, count in changed]
-        save_model(source_id, b"%d" % offset, model, keys, values)
+        await save_model(source_id, offset, model, keys, values)
         changed_sources.add(source_id)
+
+    async def apply_segment_update(record: Any) -> None:
+        """Apply one message of the segment-updates topic (a delta or a snapshot request)."""
+        offset, message = record.offset, {}
+        try:
+            message = orjson.loads(record.value)
+            if "snapshot" in message:
+                await wall_snapshot(int(message["source_id"]), offset, str(message["snapshot"]))
+            else:
+                await apply_delta(offset, message)
+            return
+        except (KafkaError, TimeoutError):
+            raise  # the broker: Faust restarts the agent; the next message shows the gap
+        except Exception:
+            origin = f" (events {message.get('partition')}:{message.get('offset')})" if "partition" in message else ""
+            log.exception("could not apply segment update at offset %d%s", offset, origin)
+        await save_model(int(message.get("source_id", -1)), offset, None, [], [])
 
     @p.app.agent(p.segment_updates, name="segments")
     async def segments(stream: Any) -> None:
         async for event in stream.events():
-            offset = event.message.offset
-            try:
-                message = orjson.loads(event.value)
-                if "snapshot" in message:
-                    await wall_snapshot(int(message["source_id"]), offset, str(message["snapshot"]))
-                else:
-                    await apply_delta(offset, message)
-            except Exception:
-                log.exception("could not apply segment update at offset %d", offset)
+            for message in await updates_positions.admit(event.message):
+                await apply_segment_update(message)
 
     @p.app.timer(p.settings.snapshot_seconds)
     async def request_wall_snapshots() -> None:
-        """On the model's owner: ask for a snapshot of every source updated since the last."""
-        if TopicPartition(p.topology.segment_updates, 0) not in p.app.assignor.assigned_actives():
+        """On the model's owner: ask for a snapshot of every source updated since the last
+        (and of every source once, when it becomes the owner: updates applied before a
+        crash may not have been settled)."""
+        nonlocal owned
+        owner = TopicPartition(p.topology.segment_updates, 0) in p.app.assignor.assigned_actives()
+        if owner and not owned:
+            changed_sources.update(int(k.split(b":")[1]) for k, _ in p.segments.items_with_prefix(0, b"model:"))
+        owned = owner
+        if not owner:
             return
         for source_id in sorted(changed_sources):
             changed_sources.discard(source_id)
             await p.segment_updates.send(key=b"%d" % source_id, value=snapshot_request(source_id, "periodic"))
 
+    async def count_rejection(message: Any) -> None:
+        """Count one dead letter for its source, with the dead-letter position."""
+        try:
+            source_id = int(orjson.loads(message.value)["source_id"])
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            source_id = UNKNOWN_SOURCE
+        key = rejected_key(source_id)
+        (stored,) = p.journeys.get_many(message.partition, [key])
+        count = int(stored) if stored is not None else 0
+        position_key, position = dlq_positions.position(message.offset)
+        batch = b"dlq:%d:%d" % (message.partition, message.offset)
+        await p.journeys.write(message.partition, batch, [key, position_key], [b"%d" % (count + 1), position])
+
+    dlq_positions = Positions(p.app, p.settings.broker_url, p.topology.dead_letters, p.journeys, b"~dlq-position")
+    p.positions.append(dlq_positions)
+
     @p.app.agent(p.dead_letters, name="rejections")
     async def rejections(stream: Any) -> None:
         async for event in stream.events():
-            message = event.message
-            try:
-                source_id = int(orjson.loads(event.value)["source_id"])
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-                source_id = UNKNOWN_SOURCE
-            key = rejected_key(source_id)
-            stored = p.journeys.get_many(message.partition, [key])[0]
-            count, last = _counts(stored, 2) if stored is not None else (0, -1)
-            if message.offset <= last:
-                continue  # counted before a crash
-            value = b"%d,%d" % (count + 1, message.offset)
-            p.journeys.set_many(message.partition, b"dlq:%d:%d" % (message.partition, message.offset), [key], [value])
+            for message in await dlq_positions.admit(event.message):
+                await count_rejection(message)

@@ -11,7 +11,8 @@ table               partitions  key -> value
 journeys            N           ``source:visitor`` -> journey bytes (distinct events,
                                 active flag); see :mod:`ampelios.core.journeys`.
                                 ``~counts:source`` -> events, visitors of the partition;
-                                ``~rejected:source`` -> rejections counted, last offset;
+                                ``~rejected:source`` -> rejections counted;
+                                ``~position``, ``~dlq-position`` -> last offset applied;
                                 the activity index and event time (active days). A
                                 :class:`BatchTable`: one changelog record per batch
 segment-state       1           ``model:source`` -> the authoritative :class:`SegmentModel`,
@@ -43,6 +44,7 @@ from ampelios.services.broker import check_broker_epoch, committed_offsets, end_
 from ampelios.sinks.history import History
 from ampelios.sinks.postgres import PostgresSink
 from ampelios.stream.batch_table import BatchTable
+from ampelios.stream.positions import Positions
 from ampelios.stream.topology import Topology
 
 log = logging.getLogger(__name__)
@@ -80,6 +82,36 @@ class AmpeliosApp(faust.App):
         marker.unlink(missing_ok=True)
         self._watchdog = asyncio.ensure_future(self._watch_recovery(settings.recovery_timeout_seconds))
         await super().on_first_start()
+
+    def _new_consumer(self) -> Any:
+        """Faust's consumer, positioned and committed by the stored positions of
+        :mod:`ampelios.stream.positions` rather than by Faust's acknowledgements."""
+        consumer = super()._new_consumer()
+        seek_to_committed = consumer.perform_seek
+        committed: dict[TopicPartition, int] = {}
+
+        def positions() -> dict[TopicPartition, int]:
+            assigned = consumer.assignment()
+            return {tp: n for p in self.pipeline.positions for tp, n in p.next_offsets(assigned).items()}
+
+        async def perform_seek() -> None:  # after each rebalance, once tables are recovered
+            await seek_to_committed()
+            committed.clear()  # others may have committed while we did not own a partition
+            await consumer.seek_wait(positions())
+
+        async def commit_positions(tps: Any, start_new_transaction: bool = True) -> bool:
+            consumer._filter_committable_offsets(tps)  # trims Faust's ack lists; not committed
+            if self.rebalancing:  # tables may be recovering: positions not known yet
+                return False
+            offsets = {tp: n for tp, n in positions().items() if committed.get(tp) != n}
+            if not offsets or not await consumer._commit_offsets(offsets, start_new_transaction):
+                return False
+            committed.update(offsets)
+            return True
+
+        consumer.perform_seek = perform_seek
+        consumer._commit_tps = commit_positions
+        return consumer
 
     async def on_shutdown(self) -> None:
         """Everything is flushed and closed: the local tables match their changelogs."""
@@ -125,6 +157,7 @@ class Pipeline:
     history: History | None
     sink: PostgresSink | None
     jobs: dict[str, Any] = field(default_factory=dict)
+    positions: list[Positions] = field(default_factory=list)  # one per agent, see agents
 
     def ready(self) -> bool:
         """Table recovery has completed and no rebalance is under way."""
@@ -151,7 +184,7 @@ class Pipeline:
                 totals["events"] += int(events)
                 totals["visitors"] += int(visitors)
             if rejected is not None:
-                totals["rejected"] += int(rejected.split(b",")[0])
+                totals["rejected"] += int(rejected)
         return totals
 
     async def pending(self) -> dict[str, Any]:
@@ -182,7 +215,7 @@ def counts_key(source_id: int) -> bytes:
 
 
 def rejected_key(source_id: int) -> bytes:
-    """journeys key (per partition) of ``rejections counted,last dead-letter offset``."""
+    """journeys key (per partition) of the rejections counted for a source."""
     return b"~rejected:%d" % source_id
 
 

@@ -5,8 +5,8 @@ is 1.4 million records through a pure-Python producer, which costs more than all
 rest of the pipeline (DESIGN.md section 4). :class:`BatchTable` keeps everything else of
 a Faust table -- RocksDB files per partition, a changelog topic, persisted offsets,
 recovery on start and rebalance, reads with ``get`` and ``items`` -- but writes with
-:meth:`BatchTable.set_many`: one RocksDB write batch and one changelog record holding
-every (key, value) pair of the batch. Recovery applies those records in order, so the
+:meth:`BatchTable.write`: one RocksDB write batch and one changelog record holding
+every (key, value) pair of the batch, acknowledged before it returns. Recovery applies those records in order, so the
 table ends exactly as if every pair had been set one by one.
 
 The changelog record's key names the batch (its source partition and offset); under
@@ -54,7 +54,7 @@ def unpack_pairs(blob: bytes) -> list[tuple[bytes, bytes | None]]:
 class BatchTable(faust.Table):  # type: ignore[misc]
     """A bytes -> bytes table with batch reads and writes (see the module docstring).
 
-    Set values only with :meth:`set_many`, from an agent processing ``partition``.
+    Set values only with :meth:`write`, from an agent processing ``partition``.
     """
 
     def _db(self, partition: int) -> rocksdict.Rdict:
@@ -78,12 +78,28 @@ class BatchTable(faust.Table):  # type: ignore[misc]
         """Every (key, value) of ``partition`` whose key starts with ``prefix``, in key order."""
         return self.items_between(partition, prefix, prefix + b"\xff")
 
-    def set_many(self, partition: int, batch: bytes, keys: Sequence[bytes], values: Sequence[bytes | None]) -> None:
-        """Set every key to its value (``None``: delete it) in ``partition``: one RocksDB
-        write, one changelog record keyed ``batch`` (unique per batch, e.g. the source
-        message's offset)."""
+    async def write(self, partition: int, batch: bytes, keys: Sequence[bytes], values: Sequence[bytes | None]) -> None:
+        """Set every key to its value (``None``: delete it) in ``partition``: one changelog
+        record keyed ``batch`` (unique per batch, e.g. the source message's offset),
+        acknowledged by the broker, then one RocksDB write.
+
+        Faust's own table writes go through a producer buffer that its commit does not
+        always drain (``ProducerBuffer.flush_atmost`` gives up after 0.1 s), so offsets can
+        be committed for events whose changelog records are still in memory, and a crash
+        then loses them. Awaiting the acknowledgement here, before the event is done,
+        closes that gap.
+        """
         if not keys:
             return
+        sent = await self.changelog_topic.send(
+            key=batch,
+            value=pack_pairs(keys, values),
+            partition=partition,
+            key_serializer="raw",
+            value_serializer="raw",
+            callback=self._on_changelog_sent,
+        )
+        await sent  # if the broker refuses it, the local state stays as it was
         write = rocksdict.WriteBatch(raw_mode=True)
         for key, value in zip(keys, values):
             if value is None:
@@ -91,7 +107,6 @@ class BatchTable(faust.Table):  # type: ignore[misc]
             else:
                 write.put(key, value)
         self._db(partition).write(write)
-        self.send_changelog(partition, batch, pack_pairs(keys, values), key_serializer="raw", value_serializer="raw")
 
     def apply_changelog_batch(self, batch: Iterable[Any]) -> None:
         """Recovery: apply batch records in order, then remember the offsets applied."""

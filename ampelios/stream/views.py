@@ -234,7 +234,9 @@ def register(p: Pipeline) -> None:
             """Events and visitors reflected, rows rejected, and records not yet reflected.
             ``source_id=-1`` counts messages whose source could not be read."""
             source_id = _source_id(request, lowest=UNKNOWN_SOURCE)
-            return 200, {**p.source_stats(source_id), **(await p.pending())}
+            model = p.published_model(source_id)
+            version = model.version if model is not None else None
+            return 200, {**p.source_stats(source_id), "model_version": version, **(await p.pending())}
 
     async def snapshot_when_reflected(job: ReplayJob) -> None:
         """Wait until the job's events are in the segments, then ask for a snapshot."""

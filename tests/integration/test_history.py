@@ -8,16 +8,16 @@ import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-import aiokafka
 import numpy as np
 import orjson
 import psycopg2
 import pytest
+from aiokafka.structs import TopicPartition
 
 from ampelios.config import Settings
 from ampelios.core.events import EventBatch
 from ampelios.core.generate import WINDOW_END_MS, WINDOW_START_MS, generate_events
-from ampelios.services.broker import bootstrap_servers
+from ampelios.services.broker import end_offsets, read_range
 from ampelios.services.database import EmbeddedPostgres
 from ampelios.services.stack import http_json, wait_for_job, wait_until_reflected
 from tests.integration.conftest import Workers, _admin, replay, write_events
@@ -114,19 +114,16 @@ def test_active_days_make_segments_reflect_recent_behaviour(settings: Settings, 
         assert cur.fetchone() == (False,)
 
 
-async def read_topic(url: str, topic: str) -> list[dict]:
-    """Every record of a topic (it is complete: nothing more is being produced)."""
-    consumer = aiokafka.AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap_servers(url), auto_offset_reset="earliest", enable_auto_commit=False
-    )
-    await consumer.start()
+async def topic_ends(url: str, topic: str, partitions: int) -> dict[TopicPartition, int]:
+    return await end_offsets(url, [TopicPartition(topic, p) for p in range(partitions)])
+
+
+async def read_topic(url: str, topic: str, partitions: int, since: dict[TopicPartition, int]) -> list[dict]:
+    """Every record of a topic after the offsets ``since``, up to its current end."""
     records: list[dict] = []
-    try:
-        for _ in range(10):
-            batch = await consumer.getmany(timeout_ms=300)
-            records += [orjson.loads(r.value) for rs in batch.values() for r in rs]
-    finally:
-        await consumer.stop()
+    for tp, end in (await topic_ends(url, topic, partitions)).items():
+        if end > since[tp]:
+            records += [orjson.loads(r.value) for r in await read_range(url, tp, since[tp], end)]
     return records
 
 
@@ -176,9 +173,10 @@ def test_two_sources_replayed_at_once_stay_apart(settings: Settings, workers: Wo
     )
     write_events(settings.data_dir / "returning.csv", returning)
     before = http_json("GET", f"{base}/view?source_id=2")[1]
+    since = asyncio.run(topic_ends(settings.broker_url, "segment-changes", settings.partitions))
     replay(base, "returning.csv")
     assert http_json("GET", f"{base}/view?source_id=2")[1] == before
-    changes = asyncio.run(read_topic(settings.broker_url, "segment-changes"))
+    changes = asyncio.run(read_topic(settings.broker_url, "segment-changes", settings.partitions, since))
     assert {c["visitorid"] for c in changes} == set(one_timers.tolist())
     assert {c["source_id"] for c in changes} == {1} and all(c["to_label"].startswith("high-value") for c in changes)
     change = changes[0]

@@ -174,3 +174,12 @@ def test_settling_makes_the_segments_a_function_of_the_population_alone():
     first, second = paths
     assert sorted(first.sizes.tolist()) == sorted(second.sizes.tolist())
     assert sorted(map(tuple, first.units.round(9).tolist())) == sorted(map(tuple, second.units.round(9).tolist()))
+
+
+def test_settling_a_settled_model_changes_nothing_not_even_the_version():
+    population = population_from(np.random.default_rng(5), 300)
+    settled = update(update(None, population, 4), population, 4, settle=True)
+    assert update(settled, population, 4, settle=True) is settled
+    grown = Population(dict(population.counts))
+    grown.counts[(40, 3, 2, 5)] = 50
+    assert update(settled, grown, 4, settle=True).version == settled.version + 1

@@ -1,0 +1,83 @@
+"""Where each input partition's processing stands, kept with the state it produced.
+
+Faust commits consumer offsets from its own bookkeeping, and that bookkeeping can move
+past messages that were never processed: around a rebalance it acknowledges messages of
+the previous generation still in its buffers without handing them to the agent, and its
+commit waits at most 0.1 s for table writes to leave the producer buffer. A crash after
+such a commit loses those messages. Ampelios therefore does not trust
+committed offsets for correctness. Every agent stores the offset of the last message it
+applied in the same atomic write as the state it changed (a
+:class:`~ampelios.stream.batch_table.BatchTable` key), and :meth:`Positions.admit` turns
+each delivered message into the messages to apply, so that each partition's messages are
+applied exactly once, in order:
+
+- an offset at or below the stored one was applied already: nothing;
+- the next offset: that message;
+- an offset beyond the next one: the skipped messages, read from the broker directly
+  (:func:`~ampelios.services.broker.read_range`), then that message.
+
+The offsets committed for the consumer group are these positions too (the app commits
+:meth:`Positions.next_offsets` instead of Faust's acknowledgements), so lag figures and
+restarts start from the truth; and whenever Faust positions the consumer (after every
+rebalance and table recovery) it is moved to those offsets, so that messages skipped at
+the end of a partition do not wait for a later message to show the gap.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from aiokafka.structs import TopicPartition
+
+from ampelios.services.broker import read_range
+from ampelios.stream.batch_table import BatchTable
+
+log = logging.getLogger(__name__)
+
+
+class Positions:
+    """The stored position of every partition of the input ``topic`` of one agent.
+
+    The position of partition ``p`` is key ``key`` of partition ``p`` of ``table`` (the
+    topic and the table are co-partitioned; a one-partition topic keeps it in partition 0).
+    """
+
+    def __init__(self, app: Any, url: str, topic: str, table: BatchTable, key: bytes) -> None:
+        self.app = app
+        self.url = url
+        self.topic = topic
+        self.table = table
+        self.key = key
+
+    def expected(self, partition: int) -> int:
+        """The offset of the next message to apply in ``partition``."""
+        (stored,) = self.table.get_many(partition, [self.key])
+        return int(stored) + 1 if stored is not None else 0
+
+    def position(self, offset: int) -> tuple[bytes, bytes]:
+        """The (key, value) to write with the effects of the message at ``offset``."""
+        return self.key, b"%d" % offset
+
+    def next_offsets(self, assigned: set[TopicPartition]) -> dict[TopicPartition, int]:
+        """The next offset to apply of every assigned partition of the topic."""
+        return {tp: self.expected(tp.partition) for tp in assigned if tp.topic == self.topic}
+
+    async def admit(self, message: Any) -> list[Any]:
+        """The messages to apply now, given a delivered ``message`` (each has ``topic``,
+        ``partition``, ``offset`` and ``value``); store :meth:`position` with each one's
+        effects."""
+        expected = self.expected(message.partition)
+        if message.offset <= expected:
+            return [message] if message.offset == expected else []
+        tp = TopicPartition(message.topic, message.partition)
+        skipped = await read_range(self.url, tp, expected, message.offset)
+        log.warning(
+            "%s[%d]: offset %d delivered, %d is next: applying the %d messages in between first",
+            message.topic,
+            message.partition,
+            message.offset,
+            expected,
+            len(skipped),
+        )
+        return [*skipped, message]

@@ -1,0 +1,130 @@
+"""Nothing lost, nothing counted twice: crashes, duplicate replays, a flooding visitor."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psycopg2
+import pytest
+
+from ampelios.config import Settings
+from ampelios.core.events import EventBatch
+from ampelios.core.generate import generate_events
+from ampelios.services.broker import EmbeddedBroker
+from ampelios.services.stack import WorkerProcess, http_json, wait_until_reflected
+from tests.integration.conftest import Workers, _admin, batch_definition, replay, write_events
+
+pytestmark = pytest.mark.integration
+
+
+def replay_with_cli(settings: Settings, path: Path) -> subprocess.Popen:
+    """``ampelios replay`` in its own process: it goes on while workers crash."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AMPELIOS_")} | settings.to_env()
+    command = [sys.executable, "-m", "ampelios", "replay", str(path), "--source-id", "1"]
+    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def settle(base: str) -> None:
+    """Wait until the newest wall-clock snapshot (taken after the owner settled the model)
+    is of the current model: nothing changed since (the owner settles after any update)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        stats = wait_until_reflected(base, 1, timeout=300, stored=True)
+        snapshots = http_json("GET", f"{base}/history?source_id=1&clock=wall")[1]["snapshots"]
+        if snapshots and snapshots[-1]["model_version"] == stats["model_version"]:
+            return
+        time.sleep(0.2)
+    raise AssertionError("the model did not settle")
+
+
+def outcome(settings: Settings, base: str, sample: list[int]) -> dict:
+    """Everything an uninterrupted run and a crashed one must agree on."""
+    with psycopg2.connect(settings.database_url) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT visitorid, views, addtocarts, transactions, sessions, last_event_at, active "
+            "FROM visitors WHERE source_id = 1 ORDER BY visitorid"
+        )
+        visitors = cur.fetchall()
+    stats = http_json("GET", f"{base}/stats?source_id=1")[1]
+    segments = http_json("GET", f"{base}/view?source_id=1")[1]
+    answers = [http_json("GET", f"{base}/visitors/{v}?source_id=1")[1] for v in sample]
+    return {
+        "stats": {k: stats[k] for k in ("events", "visitors", "rejected")},
+        "segments": sorted((s["label"].rstrip(" 0123456789"), s["users"], tuple(s["centroid"])) for s in segments),
+        "visitors": visitors,
+        "journeys": [  # not transitions and segment ids: they depend on when the model was asked
+            {k: answer[k] for k in ("sessions", "features", "active")} for answer in answers
+        ],
+    }
+
+
+def run(settings: Settings, workers: Workers, path: Path, kills: int, sample: list[int]) -> dict:
+    worker = workers.start(settings)
+    producer = replay_with_cli(settings, path)
+    rng = random.Random(kills)
+    for _ in range(kills):  # SIGKILL at random points while the backlog is processed
+        time.sleep(rng.uniform(0.5, 2.0))
+        worker.kill()
+        worker = workers.start(settings)
+    assert producer.wait(300) == 0, producer.stderr.read() if producer.stderr else ""
+    settle(worker.base_url)
+    return outcome(settings, worker.base_url, sample)
+
+
+def test_sigkill_three_times_during_a_replay_changes_nothing(
+    settings: Settings, workers: Workers, tmp_path: Path, postgres
+):
+    events = generate_events(40_000, seed=21)
+    path = write_events(tmp_path / "events.csv", events)
+    counts = np.bincount(np.searchsorted(np.unique(events.visitorid), events.visitorid))
+    visitors = np.unique(events.visitorid)
+    sample = sorted({*visitors[np.argsort(-counts)[:10]].tolist(), *random.Random(1).sample(visitors.tolist(), 60)})
+    settings = settings.with_(replay_batch_events=100)
+
+    reference_broker = EmbeddedBroker(tmp_path / "reference-broker.log").start()
+    try:
+        _admin(postgres.url, "CREATE DATABASE reference")
+        reference = settings.with_(
+            broker=reference_broker.url,
+            database_url=postgres.url.rsplit("/", 1)[0] + "/reference",
+            state_dir=tmp_path / "reference-state",
+        )
+        expected = run(reference, workers, path, kills=0, sample=sample)
+        workers.stop_all()
+    finally:
+        reference_broker.stop()
+        _admin(postgres.url, "DROP DATABASE reference WITH (FORCE)")
+
+    crashed = run(settings, workers, path, kills=3, sample=sample)
+    assert workers.log_text().count("did not stop cleanly") >= 3
+    assert crashed["stats"] == expected["stats"] == {"events": 40_000, "visitors": len(visitors), "rejected": 0}
+    assert crashed["visitors"] == expected["visitors"] and len(crashed["visitors"]) == len(visitors)
+    assert crashed["journeys"] == expected["journeys"]
+    assert crashed["segments"] == expected["segments"]
+
+
+def test_the_same_events_twice_count_once(settings: Settings, worker: WorkerProcess):
+    events = generate_events(5_000, seed=4)
+    write_events(settings.data_dir / "events.csv", events)
+    # one file holding every row twice, shuffled
+    twice = EventBatch.concat([events, events])
+    write_events(settings.data_dir / "twice.csv", twice.take(np.random.default_rng(0).permutation(len(twice))))
+    base = worker.base_url
+
+    first = replay(base, "events.csv")
+    stats = http_json("GET", f"{base}/stats?source_id=1")[1]
+    view = http_json("GET", f"{base}/view?source_id=1")[1]
+    again = replay(base, "events.csv")  # the same file again
+    doubled = replay(base, "twice.csv")  # every row twice
+    assert (first["rows_sent"], again["rows_sent"], doubled["rows_sent"]) == (5_000, 5_000, 10_000)
+    assert http_json("GET", f"{base}/stats?source_id=1")[1] == stats
+    assert [s["users"] for s in http_json("GET", f"{base}/view?source_id=1")[1]] == [s["users"] for s in view]
+    visitor = int(events.visitorid[np.argmax(np.bincount(events.visitorid))])
+    answer = http_json("GET", f"{base}/visitors/{visitor}?source_id=1")[1]
+    np.testing.assert_allclose(answer["features"], batch_definition(events, visitor, 20 * 60_000)[1])
