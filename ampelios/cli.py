@@ -68,14 +68,14 @@ def up() -> None:
 @click.option("--file-order", is_flag=True, help="Send rows in file order instead of event-time order.")
 def replay(file: Path, source_id: int, file_order: bool) -> None:
     """Stream a CSV (Retailrocket schema) into the events topic of AMPELIOS_BROKER."""
-    from ampelios.core.events import read_csv
+    from ampelios.core.events import event_codes, read_csv
     from ampelios.stream.replay import ReplayProgress, replay_parsed
     from ampelios.stream.topology import Topology
 
     settings = _settings()
     click.echo(f"Reading {file} ...")
     try:
-        parsed = read_csv(file, source_id)
+        parsed = read_csv(file, source_id, event_codes(settings.event_map))
     except CsvError as exc:
         raise click.ClickException(str(exc)) from None
     with click.progressbar(length=len(parsed.events), label="Replaying", show_pos=True) as bar:

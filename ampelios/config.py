@@ -68,6 +68,19 @@ def _segments(name: str, raw: str) -> tuple[int, dict[int, int]]:
     return default or 5, by_source
 
 
+def _event_map(name: str, raw: str) -> dict[str, str]:
+    """``product_view=view,purchase=transaction``: a site's event names -> Ampelios's."""
+    pairs: dict[str, str] = {}
+    for part in (p.strip() for p in raw.split(",") if p.strip()):
+        source, sep, target = (x.strip() for x in part.partition("="))
+        if not sep or not source or target not in ("view", "addtocart", "transaction"):
+            raise ConfigError(f"{name}: {part!r} must look like name=view, name=addtocart or name=transaction")
+        if source in pairs:
+            raise ConfigError(f"{name} maps {source!r} twice")
+        pairs[source] = target
+    return pairs
+
+
 def _text(name: str, raw: str) -> str:
     if not raw.strip():
         raise ConfigError(f"{name} must not be empty")
@@ -98,6 +111,8 @@ class Settings:
     snapshot_event_hours: float = 24.0
     active_days: float | None = None
     recovery_timeout_seconds: float = 600.0
+    event_map: Mapping[str, str] = field(default_factory=dict)
+    api_token: str | None = None
     log_level: str = "info"
 
     @property
@@ -143,6 +158,8 @@ class Settings:
             "AMPELIOS_SNAPSHOT_EVENT_HOURS": ("snapshot_event_hours", _non_negative_float),
             "AMPELIOS_ACTIVE_DAYS": ("active_days", _positive_float),
             "AMPELIOS_RECOVERY_TIMEOUT_SECONDS": ("recovery_timeout_seconds", _positive_float),
+            "AMPELIOS_EVENT_MAP": ("event_map", _event_map),
+            "AMPELIOS_API_TOKEN": ("api_token", _text),
             "AMPELIOS_LOG_LEVEL": ("log_level", _text),
         }
         unknown = sorted(k for k in env if k.startswith("AMPELIOS_") and k not in parsers)
@@ -162,6 +179,8 @@ class Settings:
                 continue
             if f.name == "k":
                 value = ",".join([str(value), *(f"{s}={k}" for s, k in sorted(self.k_by_source.items()))])
+            elif f.name == "event_map":
+                value = ",".join(f"{name}={target}" for name, target in value.items())
             env[f"AMPELIOS_{f.name.upper()}"] = str(value)
         return env
 

@@ -28,7 +28,7 @@ was and why, and everything else goes on.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -39,6 +39,20 @@ import orjson
 VIEW, ADDTOCART, TRANSACTION = 0, 1, 2
 EVENT_NAMES: tuple[str, ...] = ("view", "addtocart", "transaction")
 EVENT_CODES: dict[str, int] = {name: code for code, name in enumerate(EVENT_NAMES)}
+
+
+def event_codes(event_map: Mapping[str, str]) -> dict[str, int]:
+    """The event names Ampelios reads, with their codes: its own (``EVENT_NAMES``) and a
+    site's names mapped onto them (``AMPELIOS_EVENT_MAP``); any other name is rejected.
+
+    >>> event_codes({"purchase": "transaction"})["purchase"]
+    2
+    """
+    unknown = sorted(set(event_map.values()) - set(EVENT_NAMES))
+    if unknown:
+        raise ValueError(f"events can map only to {', '.join(EVENT_NAMES)}, not {', '.join(unknown)}")
+    return {**EVENT_CODES, **{name: EVENT_CODES[target] for name, target in event_map.items()}}
+
 
 MIN_TIMESTAMP_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
 MAX_TIMESTAMP_MS = 4_102_444_800_000  # 2100-01-01T00:00:00Z (exclusive)
@@ -170,12 +184,15 @@ def _header(line: bytes) -> dict[str, int]:
     return {name: i for i, name in enumerate(names)}
 
 
-def parse_csv_lines(lines: Iterator[bytes], source_id: int, name: str = "csv") -> ParsedCsv:
+def parse_csv_lines(
+    lines: Iterator[bytes], source_id: int, name: str = "csv", codes: Mapping[str, int] = EVENT_CODES
+) -> ParsedCsv:
     """Parse CSV lines (bytes, header first) into events of ``source_id``.
 
     Rows are positioned as ``name:line`` (1-based, the header is line 1). A row with the
     wrong number of fields, a value that is not an integer or out of range, an unknown
-    event name or an empty line is rejected; the good rows are kept in file order.
+    event name (not in ``codes``, see :func:`event_codes`) or an empty line is rejected;
+    the good rows are kept in file order.
     """
     if not 0 <= source_id <= MAX_SOURCE_ID:
         raise ValueError(f"source_id must be in 0..{MAX_SOURCE_ID}, got {source_id}")
@@ -187,7 +204,7 @@ def parse_csv_lines(lines: Iterator[bytes], source_id: int, name: str = "csv") -
     i_ts, i_vid, i_ev = (columns[c] for c in REQUIRED_COLUMNS)
     i_item = columns.get("itemid")
     i_tx = columns.get("transactionid")
-    codes = {n.encode(): c for n, c in EVENT_CODES.items()}
+    byte_codes = {n.encode(): c for n, c in codes.items()}
     lo, hi, top = MIN_TIMESTAMP_MS, MAX_TIMESTAMP_MS, 2**63
 
     ts: list[int] = []
@@ -207,10 +224,10 @@ def parse_csv_lines(lines: Iterator[bytes], source_id: int, name: str = "csv") -
                 t, v = int(fields[i_ts]), int(fields[i_vid])
                 it = int(fields[i_item]) if i_item is not None and fields[i_item].strip() else -1
                 tr = int(fields[i_tx]) if i_tx is not None and fields[i_tx].strip() else -1
-            except ValueError as exc:
-                reason = f"not an integer: {exc}"
+            except ValueError:
+                reason = _integer_problem(fields, columns)
             else:
-                code = codes.get(fields[i_ev].strip())
+                code = byte_codes.get(fields[i_ev].strip())
                 if code is None:
                     reason = f"unknown event {fields[i_ev][:40].decode('utf-8', 'replace')!r}"
                 elif not lo <= t < hi:
@@ -232,11 +249,25 @@ def parse_csv_lines(lines: Iterator[bytes], source_id: int, name: str = "csv") -
     return ParsedCsv(events, rejections, rows)
 
 
-def read_csv(path: Path | str, source_id: int) -> ParsedCsv:
+def _integer_problem(fields: list[bytes], columns: dict[str, int]) -> str:
+    """Why the integer columns of a row could not be read (the slow path of a bad row)."""
+    for column in ("timestamp", "visitorid", "itemid", "transactionid"):
+        i = columns.get(column)
+        if i is None or (column in OPTIONAL_COLUMNS and not fields[i].strip()):
+            continue
+        text = fields[i].strip()
+        if len(text) > 20 or not text.lstrip(b"-").isdigit():
+            return f"{column} is not an integer: {text[:20].decode('utf-8', 'replace')!r}" + (
+                f" ({len(text)} characters)" if len(text) > 20 else ""
+            )
+    return "not an integer"
+
+
+def read_csv(path: Path | str, source_id: int, codes: Mapping[str, int] = EVENT_CODES) -> ParsedCsv:
     """Parse a whole CSV file (see :func:`parse_csv_lines`)."""
     path = Path(path)
     with path.open("rb") as f:
-        return parse_csv_lines(iter(f), source_id, name=path.name)
+        return parse_csv_lines(iter(f), source_id, path.name, codes)
 
 
 def write_csv(events: EventBatch, out: BinaryIO) -> None:
@@ -291,11 +322,13 @@ def _int_column(obj: dict[str, Any], key: str, n: int, *, optional: bool) -> np.
         raise InvalidMessage(f"{key!r} holds an integer beyond 64 bits") from None
 
 
-def decode_events(value: bytes, position: str) -> tuple[int, EventBatch, list[Rejection]]:
+def decode_events(
+    value: bytes, position: str, codes: Mapping[str, int] = EVENT_CODES
+) -> tuple[int, EventBatch, list[Rejection]]:
     """Decode one Kafka message (see the module docstring) into its source, its good
     events and the rejections of its bad rows (positioned ``position#i`` when the message
     holds several). Raises :class:`InvalidMessage` when the message as a whole cannot be
-    read."""
+    read. Event names are read with ``codes`` (see :func:`event_codes`)."""
     try:
         obj = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
@@ -314,7 +347,7 @@ def decode_events(value: bytes, position: str) -> tuple[int, EventBatch, list[Re
         key: _int_column(obj, key, n, optional=key in OPTIONAL_COLUMNS)
         for key in ("timestamp", "visitorid", *OPTIONAL_COLUMNS)
     }
-    code = np.fromiter((EVENT_CODES.get(e, 255) if isinstance(e, str) else 255 for e in names), np.uint8, n)
+    code = np.fromiter((codes.get(e, 255) if isinstance(e, str) else 255 for e in names), np.uint8, n)
     batch = EventBatch(source_id=np.full(n, source, dtype=np.int64), event=code, **columns)
     good, reasons = valid_rows(batch)
     if good.all():

@@ -30,10 +30,14 @@ from ampelios.services.processes import stop_process
 log = logging.getLogger(__name__)
 
 
-def http_json(method: str, url: str, body: Any = None, timeout: float = 30.0) -> tuple[int, Any]:
-    """A small JSON HTTP client (status, decoded body); errors are answers, not raises."""
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+def http_json(
+    method: str, url: str, body: Any = None, timeout: float = 30.0, headers: dict[str, str] | None = None
+) -> tuple[int, Any]:
+    """A small JSON HTTP client (status, decoded body); errors are answers, not raises.
+    ``body`` is sent as JSON, or as is when it is ``bytes``."""
+    data = body if isinstance(body, bytes) else json.dumps(body).encode() if body is not None else None
+    headers = {"Content-Type": "application/json", **(headers or {})}
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, json.loads(response.read() or b"null")

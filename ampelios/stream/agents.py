@@ -245,7 +245,7 @@ def register(p: Pipeline) -> None:
         where = f"{message.topic}:{partition}:{offset}"
         writes: dict[bytes, bytes | None] = dict([positions.position(offset)])
         try:
-            source, events, rejections = decode_events(message.value, where)
+            source, events, rejections = decode_events(message.value, where, p.event_codes)
         except InvalidMessage as exc:
             source, events, rejections = UNKNOWN_SOURCE, EventBatch.empty(), []
             raw = (message.value or b"")[:200].decode("utf-8", "replace")

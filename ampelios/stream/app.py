@@ -39,6 +39,7 @@ from aiokafka.structs import TopicPartition
 
 import ampelios.services.broker  # noqa: F401  (registers the tansu:// transport)
 from ampelios.config import Settings
+from ampelios.core.events import event_codes
 from ampelios.core.model import SegmentModel
 from ampelios.services.broker import check_broker_epoch, committed_offsets, end_offsets, ensure_topics
 from ampelios.sinks.history import History
@@ -157,6 +158,7 @@ class Pipeline:
     history: History | None
     sink: PostgresSink | None
     jobs: dict[str, Any] = field(default_factory=dict)
+    event_codes: dict[str, int] = field(default_factory=dict)  # names read, see event_codes
     positions: list[Positions] = field(default_factory=list)  # one per agent, see agents
 
     def ready(self) -> bool:
@@ -261,6 +263,7 @@ def create_pipeline(settings: Settings) -> Pipeline:
         segments=app.tables.add(BatchTable(app, name="segment-state", key_type=bytes, value_type=bytes, partitions=1)),
         published=app.GlobalTable("segment-published", key_type=bytes, value_type=bytes, partitions=1),
         history=history,
+        event_codes=event_codes(settings.event_map),
         sink=PostgresSink(settings.broker_url, topology, history) if history is not None else None,
     )
     app.pipeline = pipeline

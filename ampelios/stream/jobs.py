@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -27,24 +27,33 @@ class PathMissing(FileNotFoundError):
 
 
 def resolve_data_path(data_dir: Path, requested: str) -> Path:
-    """The file ``requested`` names under ``data_dir``; nothing outside it, ever.
+    """The regular file ``requested`` names under ``data_dir``; nothing outside it, ever.
 
-    Refused (without touching the file): empty or absolute paths, any ``..`` part, and
-    paths that leave the data directory through a symlink.
+    Refused (without opening anything): empty or absolute paths, any ``..`` part, paths
+    that leave the data directory through a symlink, and anything that is not a regular
+    file (directories, devices, pipes, sockets).
     """
     if not requested or not requested.strip():
         raise PathRefused("events_path is empty")
+    if "\x00" in requested:
+        raise PathRefused("events_path must not contain NUL")
     relative = PurePosixPath(requested)
     if relative.is_absolute() or Path(requested).is_absolute():
         raise PathRefused("events_path must be relative to the data directory")
     if ".." in relative.parts:
         raise PathRefused("events_path must not contain '..'")
-    root = data_dir.resolve()
-    target = (root / relative).resolve()
-    if not target.is_relative_to(root):
+    try:
+        root = data_dir.resolve()
+        target = (root / relative).resolve()
+        inside, exists, regular = target.is_relative_to(root), target.exists(), target.is_file()
+    except OSError as exc:  # e.g. a name too long for the file system
+        raise PathRefused(f"events_path cannot be used: {exc.strerror}") from None
+    if not inside:
         raise PathRefused("events_path leaves the data directory")
-    if not target.is_file():
+    if not exists:
         raise PathMissing(f"no file {requested!r} in the data directory")
+    if not regular:
+        raise PathRefused(f"{requested!r} is not a regular file")
     return target
 
 
@@ -90,6 +99,7 @@ def start_job(
     name: str,
     source_id: int,
     batch_events: int,
+    codes: Mapping[str, int],
     finish: Callable[[ReplayJob], Awaitable[None]],
 ) -> ReplayJob:
     """Start replaying ``path`` in the background, then await ``finish(job)``; the job
@@ -102,7 +112,9 @@ def start_job(
 
     async def run() -> None:
         try:
-            await replay_file(url, topology, path, source_id, batch_events=batch_events, on_progress=on_progress)
+            await replay_file(
+                url, topology, path, source_id, batch_events=batch_events, codes=codes, on_progress=on_progress
+            )
             await finish(job)
             job.state = "done"
         except (CsvError, OSError) as exc:

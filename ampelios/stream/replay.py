@@ -10,7 +10,7 @@ millions of events costs thousands of messages, not millions.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +18,7 @@ import aiokafka
 import numpy as np
 import orjson
 
-from ampelios.core.events import EventBatch, ParsedCsv, Rejection, encode_events, read_csv
+from ampelios.core.events import EVENT_CODES, EventBatch, ParsedCsv, Rejection, encode_events, read_csv
 from ampelios.core.partitioning import partitions_for
 from ampelios.services.broker import bootstrap_servers, ensure_topics
 from ampelios.stream.topology import Topology
@@ -135,11 +135,13 @@ async def replay_file(
     source_id: int,
     *,
     batch_events: int,
+    codes: Mapping[str, int] = EVENT_CODES,
     in_time_order: bool = True,
     on_progress: Callable[[ReplayProgress], None] = lambda p: None,
 ) -> ReplayProgress:
-    """Parse ``path`` (in a thread: parsing is CPU work) and replay it."""
-    parsed = await asyncio.to_thread(read_csv, path, source_id)
+    """Parse ``path`` (in a thread: parsing is CPU work; event names read with ``codes``)
+    and replay it."""
+    parsed = await asyncio.to_thread(read_csv, path, source_id, codes)
     return await replay_parsed(
         url,
         topology,

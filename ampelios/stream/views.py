@@ -11,21 +11,26 @@ GET  /history              snapshots of the segments over event or wall time
 GET  /stats                events, visitors, rejected, lag (records not yet reflected),
                            sink_lag (records not yet in Postgres)
 GET  /health               ``{"status": "ok"}``
+GET  /openapi.json         the OpenAPI document of all of these (:mod:`.openapi`)
 =========================  ============================================================
 
-Errors are ``{"error": "..."}`` with status 400 (bad request), 404 (unknown) or 503
-(the worker is still recovering its tables after a start or rebalance: retry).
+Errors are ``{"error": "..."}`` with status 400 (bad request), 401 (``/trigger`` without
+the bearer token ``AMPELIOS_API_TOKEN``, when that is set), 404 (unknown), 405, 413 (a
+body over 64 KiB) or 503 (the worker is still recovering its tables after a start or
+rebalance, or Postgres is unavailable: retry); never a traceback.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 import orjson
+from aiohttp import web
 from faust.web import Request, Response, View
 
 from ampelios.core.events import MAX_SOURCE_ID
@@ -36,6 +41,7 @@ from ampelios.sinks.history import HistoryUnavailable
 from ampelios.stream.agents import UNKNOWN_SOURCE, snapshot_request
 from ampelios.stream.app import Pipeline
 from ampelios.stream.jobs import PathMissing, PathRefused, ReplayJob, resolve_data_path, start_job
+from ampelios.stream.openapi import MAX_BODY_BYTES, MAX_USER_LIMIT, openapi_document
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +65,13 @@ def _moment(request: Request, name: str) -> datetime | None:
     raw = request.query.get(name)
     if raw is None:
         return None
-    if raw.lstrip("-").isdigit():
-        return datetime.fromtimestamp(int(raw) / 1000, tz=UTC)
     try:
-        moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
+        if raw.lstrip("-").isdigit():
+            return datetime.fromtimestamp(int(raw) / 1000, tz=UTC)
+        moment = datetime.fromisoformat(raw.upper().replace("Z", "+00:00"))
+        return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+    except (ValueError, OverflowError, OSError):
         raise HttpError(400, f"{name} must be an ISO 8601 time or Unix milliseconds, got {raw!r:.40}") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _int(raw: Any, name: str, lo: int = 0, hi: int = 2**63 - 1) -> int:
@@ -91,13 +97,53 @@ def _flag(request: Request, name: str) -> bool:
     return raw in ("true", "1")
 
 
-def _endpoint(p: Pipeline, *, needs_state: bool = True) -> Any:
+def _authorize(request: Request, token: str | None) -> None:
+    if token is None:
+        return
+    given = request.headers.get("Authorization", "")
+    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        raise HttpError(401, "this endpoint needs the header Authorization: Bearer $AMPELIOS_API_TOKEN")
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    """The request's JSON object body, at most MAX_BODY_BYTES."""
+    if (request.content_length or 0) > MAX_BODY_BYTES:
+        raise HttpError(413, f"the body must be at most {MAX_BODY_BYTES} bytes")
+    raw = await request.content.read(MAX_BODY_BYTES + 1)
+    if len(raw) > MAX_BODY_BYTES:
+        raise HttpError(413, f"the body must be at most {MAX_BODY_BYTES} bytes")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise HttpError(400, "the body must be JSON") from None
+    if not isinstance(body, dict):
+        raise HttpError(400, "the body must be a JSON object")
+    return body
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Errors outside the views (unknown path, wrong method) answer JSON too."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        body = orjson.dumps({"error": exc.reason})
+        return web.Response(body=body, status=exc.status, content_type="application/json", headers=headers)
+
+
+def _endpoint(p: Pipeline, *, needs_state: bool = True, writes: bool = False) -> Any:
     """Turn ``async (view, request, ...) -> (status, body)`` into a JSON view; answer 503
-    while the worker is still recovering the tables the view reads."""
+    while the worker is still recovering the tables the view reads; with ``writes``,
+    require the API token when one is configured."""
 
     def decorate(method: Any) -> Any:
         async def handler(self: View, request: Request, **kwargs: Any) -> Response:
             try:
+                if writes:
+                    _authorize(request, p.settings.api_token)
                 if needs_state and not p.ready():
                     raise HttpError(503, "the worker is recovering its state; retry shortly")
                 status, body = await method(self, request, **kwargs)
@@ -117,6 +163,7 @@ def _endpoint(p: Pipeline, *, needs_state: bool = True) -> Any:
 
 def register(p: Pipeline) -> None:
     app = p.app
+    app.web.web_app.middlewares.append(_json_errors)
 
     def no_segments(source_id: int) -> HttpError:
         return HttpError(404, f"source {source_id} has no segments yet: no event of that source has been processed")
@@ -135,7 +182,7 @@ def register(p: Pipeline) -> None:
             """Segments of a source: id, users (count, or ids with verbose=true), centroid."""
             source_id = _source_id(request)
             verbose = _flag(request, "verbose")
-            limit = _int(request.query.get("limit", DEFAULT_USER_LIMIT), "limit", 1, 10**7)
+            limit = _int(request.query.get("limit", DEFAULT_USER_LIMIT), "limit", 1, MAX_USER_LIMIT)
             model = p.published_model(source_id)
             if model is None:
                 raise no_segments(source_id)
@@ -245,17 +292,19 @@ def register(p: Pipeline) -> None:
         request = snapshot_request(job.source_id, f"replay {job.path} ({job.id}) done")
         await p.segment_updates.send(key=b"%d" % job.source_id, value=request)
 
+    @app.page("/openapi.json")
+    class OpenApi(View):
+        @_endpoint(p, needs_state=False)
+        async def get(self, request: Request) -> tuple[int, Any]:
+            """The OpenAPI document of this API."""
+            return 200, openapi_document(token_required=p.settings.api_token is not None)
+
     @app.page("/trigger")
     class Trigger(View):
-        @_endpoint(p, needs_state=False)
+        @_endpoint(p, needs_state=False, writes=True)
         async def post(self, request: Request) -> tuple[int, Any]:
             """Replay a CSV under the data directory into the events topic."""
-            try:
-                body = orjson.loads(await request.read())
-            except orjson.JSONDecodeError:
-                raise HttpError(400, "the body must be JSON") from None
-            if not isinstance(body, dict):
-                raise HttpError(400, "the body must be a JSON object")
+            body = await _json_body(request)
             source_id = _int(body.get("source_id"), "source_id", 0, MAX_SOURCE_ID)
             name = body.get("events_path")
             if not isinstance(name, str):
@@ -274,6 +323,7 @@ def register(p: Pipeline) -> None:
                 name,
                 source_id,
                 p.settings.replay_batch_events,
+                p.event_codes,
                 finish=snapshot_when_reflected,
             )
             return 202, {"job": job.id, "status_url": f"/trigger/{job.id}"}

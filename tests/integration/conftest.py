@@ -5,6 +5,8 @@ stopped by its own PID at teardown."""
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,12 +26,24 @@ from ampelios.services.stack import WorkerProcess, http_json, wait_for_job, wait
 pytestmark = pytest.mark.integration
 
 
+@contextlib.contextmanager
+def postgres_server() -> Iterator[EmbeddedPostgres]:
+    """An embedded Postgres in its own temporary directory, stopped and removed at exit.
+
+    Not under pytest's temporary directory: any other pytest session resets that to mode
+    0700, which the server's own user can then no longer traverse."""
+    with tempfile.TemporaryDirectory(prefix="ampelios-test-postgres-") as root:
+        server = EmbeddedPostgres(Path(root) / "data", Path(root) / "postgres.log").start()
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
 @pytest.fixture(scope="session")
-def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
-    root = tmp_path_factory.mktemp("postgres")
-    server = EmbeddedPostgres(root / "data", root / "postgres.log").start()
-    yield server
-    server.stop()
+def postgres() -> Iterator[EmbeddedPostgres]:
+    with postgres_server() as server:
+        yield server
 
 
 def _admin(url: str, sql: str) -> None:

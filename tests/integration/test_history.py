@@ -18,9 +18,8 @@ from ampelios.config import Settings
 from ampelios.core.events import EventBatch
 from ampelios.core.generate import WINDOW_END_MS, WINDOW_START_MS, generate_events
 from ampelios.services.broker import end_offsets, read_range
-from ampelios.services.database import EmbeddedPostgres
 from ampelios.services.stack import http_json, wait_for_job, wait_until_reflected
-from tests.integration.conftest import Workers, _admin, replay, write_events
+from tests.integration.conftest import Workers, _admin, postgres_server, replay, write_events
 
 pytestmark = pytest.mark.integration
 
@@ -189,8 +188,7 @@ def test_two_sources_replayed_at_once_stay_apart(settings: Settings, workers: Wo
 
 
 def test_a_postgres_outage_loses_nothing(settings: Settings, workers: Workers, tmp_path: Path):
-    server = EmbeddedPostgres(tmp_path / "pg", tmp_path / "pg.log").start()
-    try:
+    with postgres_server() as server:
         _admin(server.url, "CREATE DATABASE outage")
         url = server.url.rsplit("/", 1)[0] + "/outage"
         events = generate_events(40_000, seed=8)
@@ -222,7 +220,5 @@ def test_a_postgres_outage_loses_nothing(settings: Settings, workers: Workers, t
             cur.execute("SELECT count(*) FROM visitors")
             assert cur.fetchone() == (len(np.unique(events.visitorid)),)
         assert "Postgres is back" in workers.log_text()
-    finally:
-        server.stop()
     assert WINDOW_START_MS < WINDOW_END_MS  # the generated window the days come from
     assert timedelta(days=len(days)) <= timedelta(milliseconds=WINDOW_END_MS - WINDOW_START_MS)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import psycopg2
 import pytest
@@ -95,6 +97,8 @@ def test_http_answers_bad_requests_clearly(settings: Settings, worker: WorkerPro
     outside.write_text("timestamp,visitorid,event\n")
     (settings.data_dir / "escape.csv").symlink_to(outside)
     (settings.data_dir / "sub").mkdir()
+    os.mkfifo(settings.data_dir / "pipe")  # opening it would block the worker forever
+    (settings.data_dir / "null").symlink_to("/dev/null")
 
     for body, status, words in [
         ({"source_id": 1, "events_path": str(outside)}, 400, "relative"),
@@ -102,7 +106,11 @@ def test_http_answers_bad_requests_clearly(settings: Settings, worker: WorkerPro
         ({"source_id": 1, "events_path": "sub/../../secret.csv"}, 400, ".."),
         ({"source_id": 1, "events_path": "escape.csv"}, 400, "leaves the data directory"),
         ({"source_id": 1, "events_path": "missing.csv"}, 404, "no file"),
-        ({"source_id": 1, "events_path": "sub"}, 404, "no file"),
+        ({"source_id": 1, "events_path": "sub"}, 400, "not a regular file"),
+        ({"source_id": 1, "events_path": "pipe"}, 400, "not a regular file"),
+        ({"source_id": 1, "events_path": "null"}, 400, "leaves the data directory"),
+        ({"source_id": 1, "events_path": "a\x00b"}, 400, "NUL"),
+        ({"source_id": 1, "events_path": "x" * 5000}, 400, "cannot be used"),
         ({"source_id": -1, "events_path": "x.csv"}, 400, "source_id"),
         ({"events_path": "x.csv"}, 400, "source_id"),
         ({"source_id": 1}, 400, "events_path"),
@@ -119,6 +127,9 @@ def test_http_answers_bad_requests_clearly(settings: Settings, worker: WorkerPro
         ("/visitors/123?source_id=1", 404, "unknown"),
         ("/stats", 400, "source_id"),
         ("/trigger/nope", 404, "no replay job"),
+        ("/view?source_id=1&verbose=true&limit=10001", 400, "limit"),
+        ("/history?source_id=1&since=99999999999999999999", 400, "since"),
+        ("/nowhere", 404, "Not Found"),
     ]:
         code, answer = http_json("GET", f"{base}{path}")
         assert (code, words in answer["error"]) == (status, True), (path, answer)

@@ -18,9 +18,11 @@ def test_defaults_and_round_trip_through_the_environment():
             "AMPELIOS_STATE_DIR": "/tmp/x",
             "AMPELIOS_BROKER": "kafka://h:9092",
             "AMPELIOS_PARTITIONS": "3",
+            "AMPELIOS_EVENT_MAP": "product_view=view, purchase=transaction",
         }
     )
     assert (custom.k_for(1), custom.k_for(2), custom.state_dir, custom.partitions) == (6, 8, Path("/tmp/x"), 3)
+    assert custom.event_map == {"product_view": "view", "purchase": "transaction"}
     assert Settings.from_env(custom.to_env()) == custom
 
 
@@ -34,6 +36,9 @@ def test_defaults_and_round_trip_through_the_environment():
         ({"AMPELIOS_BROKER": "localhost:9092"}, "kafka://host:port"),
         ({"AMPELIOS_SESSION_GAP_MINUTES": "-1"}, "must be positive"),
         ({"AMPELIOS_PARTITON": "8"}, "unknown setting(s) AMPELIOS_PARTITON"),
+        ({"AMPELIOS_EVENT_MAP": "purchase=buy"}, "name=transaction"),
+        ({"AMPELIOS_EVENT_MAP": "purchase"}, "must look like name=view"),
+        ({"AMPELIOS_EVENT_MAP": "a=view,a=addtocart"}, "maps 'a' twice"),
     ],
 )
 def test_bad_values_name_the_variable(env, words):

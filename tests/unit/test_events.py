@@ -17,6 +17,7 @@ from ampelios.core.events import (
     InvalidMessage,
     decode_events,
     encode_events,
+    event_codes,
     parse_csv_lines,
     write_csv,
 )
@@ -55,7 +56,7 @@ def test_bom_and_crlf_are_accepted():
         (b"\n", "empty line"),
         (b"%d,1,view,2\n" % T, "expected 5 fields, got 4"),
         (b"%d,1,view,2,,9\n" % T, "expected 5 fields, got 6"),
-        (b"%d,abc,view,2,\n" % T, "not an integer"),
+        (b"%d,abc,view,2,\n" % T, "visitorid is not an integer: 'abc'"),
         (b"%d,-5,view,2,\n" % T, "visitorid"),
         (b"%d,1,click,2,\n" % T, "unknown event 'click'"),
         (b"433221332117,1,view,2,\n", "timestamp outside"),
@@ -175,3 +176,32 @@ def test_bad_rows_of_a_column_message_are_rejected_alone():
     assert batch.visitorid.tolist() == [1]
     assert [r.position for r in rejections] == ["events:0:9#1", "events:0:9#2"]
     assert "timestamp" in rejections[0].reason and "unknown event" in rejections[1].reason
+
+
+SITE_NAMES = event_codes({"product_view": "view", "add_to_cart": "addtocart", "purchase": "transaction"})
+
+
+def test_a_sites_event_names_are_mapped_and_unmapped_names_rejected():
+    body = b"%d,1,product_view,2,\n%d,1,purchase,2,9\n%d,1,click,2,\n%d,1,view,2,\n" % (T, T, T, T)
+    parsed = parse_csv_lines(iter((HEADER + body).splitlines(keepends=True)), 1, "f.csv", SITE_NAMES)
+    assert parsed.events.event.tolist() == [VIEW, TRANSACTION, VIEW]  # Ampelios's own names still read
+    assert [(r.position, r.reason) for r in parsed.rejections] == [("f.csv:4", "unknown event 'click'")]
+    assert parse(body).events.event.tolist() == [VIEW]  # without the map only 'view' is known
+    message = orjson.dumps({"source_id": 1, "timestamp": [T, T], "visitorid": [1, 2], "event": ["add_to_cart", "x"]})
+    _, batch, rejections = decode_events(message, "events:0:3", SITE_NAMES)
+    assert batch.event.tolist() == [ADDTOCART] and [r.position for r in rejections] == ["events:0:3#1"]
+
+
+def test_events_map_only_onto_ampelios_names():
+    with pytest.raises(ValueError, match="not buy"):
+        event_codes({"purchase": "buy"})
+
+
+def test_a_10_mb_line_is_one_rejected_row():
+    huge = b"%d,1,view,2," % T + b"7" * 10_000_000 + b"\n"
+    parsed = parse(b"%d,1,view,2,\n" % T + huge + b"%d,2,view,3,\n" % T)
+    assert parsed.events.visitorid.tolist() == [1, 2]
+    (rejection,) = parsed.rejections
+    assert rejection.position == "f.csv:3"
+    assert rejection.reason == "transactionid is not an integer: '77777777777777777777' (10000000 characters)"
+    assert len(rejection.raw) <= 200  # the dead letter keeps a preview, not the line

@@ -1,0 +1,280 @@
+"""The OpenAPI 3.1 document of the HTTP API, served at ``/openapi.json``.
+
+It is the contract :mod:`ampelios.stream.views` keeps (the test suite runs schemathesis
+against a live worker with it): every documented status, every field of every answer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ampelios import __version__
+from ampelios.core.events import MAX_SOURCE_ID
+
+MAX_USER_LIMIT = 10_000  # visitor ids per segment that /view?verbose=true may list
+MAX_BODY_BYTES = 64 * 1024  # request bodies (POST /trigger)
+
+_INT64 = {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}
+_NUMBER_OR_NULL = {"type": ["number", "null"]}
+_FEATURES = {
+    "type": "array",
+    "items": {"type": "number"},
+    "minItems": 6,
+    "maxItems": 6,
+    "description": "sessions, views, carts, transactions, mean session length (ms), session recency (ms)",
+}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _answer(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    meaning = {
+        400: "a parameter or the body is not valid",
+        401: "AMPELIOS_API_TOKEN is set and the request does not carry it as a bearer token",
+        404: "unknown source, visitor, job or file",
+        413: f"the body is larger than {MAX_BODY_BYTES} bytes",
+        503: "the worker is recovering its state, or Postgres is unavailable: retry",
+    }
+    return {str(s): _answer(meaning[s], _ref("Error")) for s in statuses}
+
+
+def _query(name: str, schema: dict[str, Any], description: str, required: bool = False) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": required, "schema": schema, "description": description}
+
+
+_SOURCE = _query("source_id", {"type": "integer", "minimum": 0, "maximum": MAX_SOURCE_ID}, "the site", True)
+
+_SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {"error": {"type": "string"}},
+    },
+    "Segment": {
+        "type": "object",
+        "required": ["id", "label", "users", "share", "centroid"],
+        "properties": {
+            "id": {"type": "integer", "minimum": 0},
+            "label": {"type": "string"},
+            "users": {
+                "oneOf": [
+                    {"type": "integer", "minimum": 0},
+                    {"type": "array", "items": _INT64},
+                ],
+                "description": "visitors in the segment, or their ids with verbose=true",
+            },
+            "share": {"type": "number", "minimum": 0, "maximum": 1},
+            "centroid": _FEATURES,
+        },
+    },
+    "Session": {
+        "type": "object",
+        "required": ["start", "end", "state"],
+        "properties": {
+            "start": {"type": "integer", "description": "Unix milliseconds"},
+            "end": {"type": "integer", "description": "Unix milliseconds"},
+            "state": {
+                "type": "array",
+                "items": {"type": "integer", "minimum": 0},
+                "minItems": 3,
+                "maxItems": 3,
+                "description": "views, add-to-carts, transactions",
+            },
+        },
+    },
+    "Visitor": {
+        "type": "object",
+        "required": ["visitorid", "source_id", "sessions", "state", "features", "segment", "active", "label"],
+        "properties": {
+            "visitorid": _INT64,
+            "source_id": {"type": "integer"},
+            "sessions": {"type": "array", "items": _ref("Session")},
+            "state": {"type": "array", "items": {"type": "integer"}, "minItems": 3, "maxItems": 3},
+            "features": _FEATURES,
+            "segment": {"type": ["integer", "null"]},
+            "active": {"type": "boolean"},
+            "label": {"type": ["string", "null"]},
+            "transitions": {"type": ["array", "null"], "items": {"type": "object"}},
+            "transitions_error": {"type": "string"},
+        },
+    },
+    "History": {
+        "type": "object",
+        "required": ["source_id", "clock", "snapshots"],
+        "properties": {
+            "source_id": {"type": "integer"},
+            "clock": {"enum": ["event", "wall"]},
+            "snapshots": {"type": "array", "items": {"type": "object"}},
+        },
+    },
+    "Stats": {
+        "type": "object",
+        "required": ["events", "visitors", "rejected", "model_version", "lag", "sink_lag", "sink_error"],
+        "properties": {
+            "events": {"type": "integer", "minimum": 0},
+            "visitors": {"type": "integer", "minimum": 0},
+            "rejected": {"type": "integer", "minimum": 0},
+            "model_version": {"type": ["integer", "null"]},
+            "lag": {"type": "integer", "minimum": 0},
+            "sink_lag": {"type": "integer", "minimum": 0},
+            "sink_error": {"type": ["string", "null"]},
+        },
+    },
+    "Job": {
+        "type": "object",
+        "required": ["job", "source_id", "events_path", "state", "rows", "rows_sent", "rows_rejected", "error"],
+        "properties": {
+            "job": {"type": "string"},
+            "source_id": {"type": "integer"},
+            "events_path": {"type": "string"},
+            "state": {"enum": ["running", "done", "failed"]},
+            "rows": {"type": "integer"},
+            "rows_sent": {"type": "integer"},
+            "rows_rejected": {"type": "integer"},
+            "events": {"type": "integer"},
+            "error": {"type": ["string", "null"]},
+            "started_at": {"type": "number"},
+            "finished_at": _NUMBER_OR_NULL,
+        },
+    },
+}
+
+
+def openapi_document(token_required: bool) -> dict[str, Any]:
+    """The API's OpenAPI 3.1 document; ``token_required`` when AMPELIOS_API_TOKEN is set."""
+    moment = {"type": "string", "format": "date-time", "description": "an RFC 3339 time (or Unix milliseconds)"}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Ampelios",
+            "version": __version__,
+            "description": "Behaviour-based customer segments from browser events.",
+        },
+        "components": {
+            "schemas": _SCHEMAS,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "paths": {
+            "/health": {
+                "get": {
+                    "summary": "Whether the worker serves (its tables are recovered)",
+                    "responses": {
+                        "200": _answer("serving", {"type": "object", "required": ["status"]}),
+                        "503": _answer("recovering", {"type": "object", "required": ["status"]}),
+                    },
+                }
+            },
+            "/view": {
+                "get": {
+                    "summary": "The segments of a source",
+                    "parameters": [
+                        _SOURCE,
+                        _query("verbose", {"type": "boolean"}, "list visitor ids instead of counts"),
+                        _query(
+                            "limit",
+                            {"type": "integer", "minimum": 1, "maximum": MAX_USER_LIMIT},
+                            "visitor ids per segment with verbose=true (default 100)",
+                        ),
+                    ],
+                    "responses": {
+                        "200": _answer("one entry per segment", {"type": "array", "items": _ref("Segment")}),
+                        **_errors(400, 404, 503),
+                    },
+                }
+            },
+            "/visitors/{visitorid}": {
+                "get": {
+                    "summary": "One visitor's journey, features, segment and transitions",
+                    "parameters": [
+                        {"name": "visitorid", "in": "path", "required": True, "schema": _INT64},
+                        _SOURCE,
+                    ],
+                    "responses": {"200": _answer("the visitor", _ref("Visitor")), **_errors(400, 404, 503)},
+                }
+            },
+            "/history": {
+                "get": {
+                    "summary": "Snapshots of a source's segments over event or wall time",
+                    "parameters": [
+                        _SOURCE,
+                        _query("clock", {"enum": ["event", "wall"]}, "event time (default) or wall time"),
+                        _query("since", moment, "first snapshot time"),
+                        _query("until", moment, "last snapshot time"),
+                    ],
+                    "responses": {"200": _answer("oldest first", _ref("History")), **_errors(400, 404, 503)},
+                }
+            },
+            "/stats": {
+                "get": {
+                    "summary": "Events and visitors reflected, rows rejected, records still to process",
+                    "parameters": [
+                        _query(
+                            "source_id",
+                            {"type": "integer", "minimum": -1, "maximum": MAX_SOURCE_ID},
+                            "the site (-1: messages whose source could not be read)",
+                            True,
+                        )
+                    ],
+                    "responses": {"200": _answer("the counts", _ref("Stats")), **_errors(400, 503)},
+                }
+            },
+            "/trigger": {
+                "post": {
+                    "summary": "Replay a CSV file of the data directory into the events topic",
+                    "security": [{"bearer": []}] if token_required else [],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["source_id", "events_path"],
+                                    "properties": {
+                                        "source_id": {"type": "integer", "minimum": 0, "maximum": MAX_SOURCE_ID},
+                                        "events_path": {
+                                            "type": "string",
+                                            "minLength": 1,
+                                            "maxLength": 255,
+                                            "pattern": "^[^/\\s\\x00][^\\x00]*$",
+                                            "description": "a regular file under AMPELIOS_DATA_DIR, relative "
+                                            "to it, with no '..' part",
+                                        },
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "202": _answer(
+                            "the replay started",
+                            {
+                                "type": "object",
+                                "required": ["job", "status_url"],
+                                "properties": {"job": {"type": "string"}, "status_url": {"type": "string"}},
+                            },
+                        ),
+                        **_errors(*((400, 401, 404, 413) if token_required else (400, 404, 413))),
+                    },
+                }
+            },
+            "/trigger/{job}": {
+                "get": {
+                    "summary": "State and counts of one replay job",
+                    "parameters": [{"name": "job", "in": "path", "required": True, "schema": {"type": "string"}}],
+                    "responses": {"200": _answer("the job", _ref("Job")), **_errors(404)},
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "summary": "This document",
+                    "responses": {"200": _answer("OpenAPI 3.1", {"type": "object"})},
+                }
+            },
+        },
+    }
