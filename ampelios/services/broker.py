@@ -232,6 +232,19 @@ async def check_broker_epoch(url: str, topic: str, state_dir: Path, worker_dir: 
     return stale
 
 
+async def broker_epoch(url: str, topic: str) -> bytes | None:
+    """The broker's life as :func:`check_broker_epoch` recorded it; ``None`` when the
+    broker has no such record (it came back empty). Raises when the broker is unreachable."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers(url), request_timeout_ms=5000)
+    await admin.start()
+    try:
+        if topic not in set(await admin.list_topics()):
+            return None
+    finally:
+        await admin.close()
+    return await _first_record(url, TopicPartition(topic, 0))
+
+
 async def _first_record(url: str, tp: TopicPartition) -> bytes | None:
     (end,) = (await end_offsets(url, [tp])).values()
     if end == 0:

@@ -41,7 +41,14 @@ import ampelios.services.broker  # noqa: F401  (registers the tansu:// transport
 from ampelios.config import Settings
 from ampelios.core.events import event_codes
 from ampelios.core.model import SegmentModel
-from ampelios.services.broker import check_broker_epoch, committed_offsets, end_offsets, ensure_topics
+from ampelios.services.broker import (
+    EPOCH_FILE,
+    broker_epoch,
+    check_broker_epoch,
+    committed_offsets,
+    end_offsets,
+    ensure_topics,
+)
 from ampelios.sinks.history import History
 from ampelios.sinks.postgres import PostgresSink
 from ampelios.stream.batch_table import BatchTable
@@ -52,6 +59,8 @@ log = logging.getLogger(__name__)
 
 
 CLEAN_STOP_FILE = "worker-stopped-cleanly"
+EXIT_RECOVERY_STUCK = 70  # table recovery did not finish in AMPELIOS_RECOVERY_TIMEOUT_SECONDS
+EXIT_BROKER_EMPTIED = 75  # the broker lost the data the local state was built on
 
 
 class AmpeliosApp(faust.App):
@@ -62,7 +71,8 @@ class AmpeliosApp(faust.App):
     RocksDB files may hold writes whose changelog records never reached the broker, so
     they are removed and every table is recovered from its changelog. A recovery that
     does not finish within ``AMPELIOS_RECOVERY_TIMEOUT_SECONDS`` ends the process with
-    exit code 70 and says which changelogs it was still reading.
+    exit code 70 and says which changelogs it was still reading. While it runs, a broker
+    that comes back empty ends it with exit code 75 (see :meth:`_watch_broker_epoch`).
     """
 
     pipeline: Pipeline
@@ -82,6 +92,9 @@ class AmpeliosApp(faust.App):
             shutil.rmtree(settings.worker_dir)
         marker.unlink(missing_ok=True)
         self._watchdog = asyncio.ensure_future(self._watch_recovery(settings.recovery_timeout_seconds))
+        self._epoch_watch = asyncio.ensure_future(
+            self._watch_broker_epoch((settings.state_dir / EPOCH_FILE).read_bytes())
+        )
         await super().on_first_start()
 
     def _new_consumer(self) -> Any:
@@ -118,7 +131,29 @@ class AmpeliosApp(faust.App):
         """Everything is flushed and closed: the local tables match their changelogs."""
         await super().on_shutdown()
         self._watchdog.cancel()
+        self._epoch_watch.cancel()
         (self.pipeline.settings.state_dir / CLEAN_STOP_FILE).touch()
+
+    async def _watch_broker_epoch(self, epoch: bytes, every: float = 5.0) -> None:
+        """Exit (code 75) when the broker comes back without the life the local state was
+        built in: an embedded broker restarted empty. Starting again then starts clean;
+        going on would mix the old tables with a new log."""
+        url, topic = self.pipeline.settings.broker_url, self.pipeline.topology.epoch
+        while True:
+            await asyncio.sleep(every)
+            try:
+                current = await broker_epoch(url, topic)
+            except Exception:  # unreachable for now: Faust's clients retry; check again later
+                continue
+            if current != epoch:
+                log.error(
+                    "The broker at %s came back without the data this worker's state was built on "
+                    "(an embedded broker keeps nothing across its restarts). Stopping now; start the "
+                    "worker again to start clean. History kept in Postgres is not affected.",
+                    url,
+                )
+                logging.shutdown()
+                os._exit(EXIT_BROKER_EMPTIED)
 
     async def _watch_recovery(self, timeout: float) -> None:
         recovery, waited = None, 0.0
@@ -136,7 +171,7 @@ class AmpeliosApp(faust.App):
                     {f"{tp.topic}[{tp.partition}]": n for tp, n in remaining.items()} or "unknown",
                 )
                 logging.shutdown()
-                os._exit(70)
+                os._exit(EXIT_RECOVERY_STUCK)
 
 
 @dataclass

@@ -10,7 +10,7 @@ import pytest
 
 from ampelios.config import Settings
 from ampelios.services.broker import bootstrap_servers
-from ampelios.services.stack import WorkerProcess, http_json, wait_until_reflected
+from ampelios.services.stack import WorkerProcess, http_json, wait_for_job, wait_until_reflected
 from tests.integration.conftest import replay
 
 pytestmark = pytest.mark.integration
@@ -80,3 +80,19 @@ def test_bad_rows_and_messages_are_dead_lettered_counted_and_skipped(settings: S
     assert {r["source_id"] for r in worker_rejections} == {-1, 1}  # unreadable -> unknown source
     assert stats["rejected"] == 5 + 1  # five file rows and the message whose row had a 1970 timestamp
     assert http_json("GET", f"{worker.base_url}/stats?source_id=-1")[1]["rejected"] == 2  # source unreadable
+
+
+def test_files_without_rows_fail_or_finish_empty_with_the_reason(settings: Settings, worker: WorkerProcess):
+    (settings.data_dir / "empty.csv").write_bytes(b"")
+    (settings.data_dir / "header-only.csv").write_bytes(b"\xef\xbb\xbftimestamp,visitorid,event\r\n")
+    (settings.data_dir / "no-header.csv").write_bytes(b"%d,1,view,5,\n" % T)
+    states = {}
+    for name in ("empty.csv", "header-only.csv", "no-header.csv"):
+        code, answer = http_json("POST", f"{worker.base_url}/trigger", {"source_id": 1, "events_path": name})
+        assert code == 202
+        status = wait_for_job(worker.base_url, answer["job"], timeout=120)
+        states[name] = (status["state"], status["rows"], status["error"])
+    assert states["empty.csv"] == ("failed", 0, "empty.csv is empty: expected a header line")
+    assert states["header-only.csv"] == ("done", 0, None)
+    assert states["no-header.csv"][0] == "failed" and "the header must name the columns" in states["no-header.csv"][2]
+    assert http_json("GET", f"{worker.base_url}/health") == (200, {"status": "ok"})

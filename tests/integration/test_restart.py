@@ -80,3 +80,27 @@ def test_a_worker_notices_an_emptied_broker_and_starts_clean(settings: Settings,
         assert worker.stop() == 0
     finally:
         reborn.stop()
+
+
+def test_a_running_worker_stops_when_the_broker_comes_back_empty(settings: Settings, workers: Workers, tmp_path):
+    events = generate_events(3_000, seed=6)
+    write_events(settings.data_dir / "events.csv", events)
+    broker = EmbeddedBroker(tmp_path / "own-broker.log").start()
+    try:
+        settings = settings.with_(broker=broker.url)
+        worker = workers.start(settings)
+        replay(worker.base_url, "events.csv")
+        broker.stop()  # the embedded broker restarts empty, on the same address
+        broker = EmbeddedBroker(tmp_path / "own-broker-2.log", port=broker.port).start()
+        assert worker.process is not None
+        assert worker.process.wait(timeout=300) == 75  # it says so and stops, rather than go on
+        assert "came back without the data this worker's state was built on" in workers.log_text()
+
+        worker = workers.start(settings)
+        assert "Starting clean" in workers.log_text()
+        assert http_json("GET", f"{worker.base_url}/stats?source_id=1")[1]["events"] == 0
+        replay(worker.base_url, "events.csv")
+        assert http_json("GET", f"{worker.base_url}/stats?source_id=1")[1]["events"] == len(events)
+    finally:
+        workers.stop_all()
+        broker.stop()
