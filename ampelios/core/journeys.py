@@ -59,6 +59,9 @@ JOURNEY_EVENT = np.dtype([("timestamp", "<i8"), ("event", "u1"), ("itemid", "<i8
 _FORMAT = 2
 _HEADER = struct.Struct("<BB")  # format version, flags
 _ACTIVE = 1  # flag: the journey counts in the population
+CHUNKED = 2  # flag (second byte of a value): the head of a journey stored in chunks
+_CHUNK_HEAD = struct.Struct("<BBI")  # format version, flags, number of chunks
+CHUNK_EVENTS = 65_536  # events per stored chunk of a long journey (1.6 MB)
 
 
 @dataclass(frozen=True)
@@ -166,9 +169,10 @@ class JourneyState:
 
     @classmethod
     def from_bytes(cls, value: bytes) -> JourneyState:
+        """A whole journey's value (a chunked one joined by :func:`join_journey`)."""
         version, flags = _HEADER.unpack_from(value)
-        if version != _FORMAT:
-            raise ValueError(f"unknown journey format {version}")
+        if version != _FORMAT or flags & CHUNKED:
+            raise ValueError(f"not a whole journey (format {version}, flags {flags})")
         return cls(np.frombuffer(value, dtype=JOURNEY_EVENT, offset=_HEADER.size), bool(flags & _ACTIVE))
 
     def to_bytes(self) -> bytes:
@@ -285,3 +289,52 @@ def merge_journeys(
         added=counts - old_counts,
         old_last_event=old_last_event,
     )
+
+
+# Long journeys in chunks. A journey's value grows with its events (25 bytes each); one
+# visitor with a million events would be a 25 MB value, more than a changelog record
+# may hold, rewritten whole by every batch. Past CHUNK_EVENTS events a journey is stored
+# as a head under the visitor's key (flags, number of chunks) and chunks of CHUNK_EVENTS
+# events under ``chunk_key(key, i)``; a batch rewrites only the chunks it changed (events
+# arriving in time order change the last one). Everything else sees whole values.
+
+
+def chunk_key(key: bytes, i: int) -> bytes:
+    """The key of chunk ``i`` of the journey stored under ``key``."""
+    return b"%s#%d" % (key, i)
+
+
+def chunk_count(value: bytes) -> int:
+    """The number of chunks a stored value is the head of (0: a whole journey)."""
+    return _CHUNK_HEAD.unpack_from(value)[2] if value[1] & CHUNKED else 0
+
+
+def join_journey(head: bytes, chunks: Sequence[bytes]) -> bytes:
+    """The whole journey from its head and its chunks, in order."""
+    return _HEADER.pack(head[0], head[1] & ~CHUNKED) + b"".join(chunks)
+
+
+def store_journey(old: bytes | None, new: bytes, chunk_events: int = CHUNK_EVENTS) -> list[tuple[int, bytes]]:
+    """What to store when a journey's whole value goes from ``old`` to ``new``:
+    ``(-1, value)`` for the visitor's key and ``(i, chunk)`` for each chunk that is not
+    already stored as it is (journeys only grow, so there are never fewer chunks).
+
+    >>> whole = bytes([2, 1]) + bytes(3 * JOURNEY_EVENT.itemsize)  # three events
+    >>> [i for i, _ in store_journey(None, whole, chunk_events=2)]
+    [-1, 0, 1]
+    >>> [i for i, _ in store_journey(whole, whole, chunk_events=2)]  # nothing changed
+    [-1]
+    """
+    size = JOURNEY_EVENT.itemsize * chunk_events
+    body = memoryview(new)[_HEADER.size :]
+    if len(body) <= size:
+        return [(-1, new)]
+    n = -(-len(body) // size)
+    chunked_before = old is not None and len(old) - _HEADER.size > size
+    before = memoryview(old)[_HEADER.size :] if chunked_before else memoryview(b"")
+    stored = [(-1, _CHUNK_HEAD.pack(new[0], new[1] | CHUNKED, n))]
+    for i in range(n):
+        piece = body[i * size : (i + 1) * size]
+        if before[i * size : (i + 1) * size] != piece:
+            stored.append((i, bytes(piece)))
+    return stored

@@ -56,6 +56,7 @@ from ampelios.core.model import SegmentModel, update
 from ampelios.core.partitioning import visitor_key
 from ampelios.core.population import Population, PopulationDelta, Shape
 from ampelios.stream.app import Pipeline, counts_key, rejected_key
+from ampelios.stream.journey_store import read_journeys, store
 from ampelios.stream.positions import Positions
 from ampelios.stream.replay import rejection_record
 
@@ -137,13 +138,13 @@ def register(p: Pipeline) -> None:
                 writes[key] = None
                 visitors.append(visitor)
         keys = [visitor_key(source_id, v) for v in visitors]
-        old = p.journeys.get_many(partition, keys)
+        old = read_journeys(p.journeys, partition, keys)
         known = [i for i, value in enumerate(old) if value is not None]
         if not known:
             return None
         none = np.empty(0, dtype=np.int64)
         batch = merge_journeys([old[i] for i in known], EventBatch.empty(), none, gap_ms, window_ms, cutoff)
-        writes.update(zip((keys[i] for i in known), batch.encode(np.arange(len(known)))))
+        store(writes, [keys[i] for i in known], [old[i] for i in known], batch, np.arange(len(known)))
         return [visitors[i] for i in known], batch
 
     def segment_moves(
@@ -192,9 +193,10 @@ def register(p: Pipeline) -> None:
             watermark = max(watermark, int(stored or 0))
             writes[clock] = b"%d" % watermark
             cutoff = watermark - window_ms
-        batch = merge_journeys(p.journeys.get_many(partition, keys), events, owner, gap_ms, window_ms, cutoff)
+        old = read_journeys(p.journeys, partition, keys)
+        batch = merge_journeys(old, events, owner, gap_ms, window_ms, cutoff)
         changed = np.flatnonzero(batch.changed)
-        writes.update(zip((keys[i] for i in changed.tolist()), batch.encode(changed)))
+        store(writes, keys, old, batch, changed)
         left = [batch.old_shapes[changed[batch.was_active[changed]]]]
         update = {
             "visitorid": [ids[i] for i in changed.tolist()],

@@ -21,7 +21,7 @@ _FEATURES = {
     "items": {"type": "number"},
     "minItems": 6,
     "maxItems": 6,
-    "description": "sessions, views, carts, transactions, mean session length (ms), session recency (ms)",
+    "description": "views, add-to-carts, transactions, sessions, views per session, purchase ratio",
 }
 
 

@@ -41,6 +41,7 @@ from ampelios.sinks.history import HistoryUnavailable
 from ampelios.stream.agents import UNKNOWN_SOURCE, snapshot_request
 from ampelios.stream.app import Pipeline
 from ampelios.stream.jobs import PathMissing, PathRefused, ReplayJob, resolve_data_path, start_job
+from ampelios.stream.journey_store import local_journeys, read_journey
 from ampelios.stream.openapi import MAX_BODY_BYTES, MAX_USER_LIMIT, openapi_document
 
 log = logging.getLogger(__name__)
@@ -205,16 +206,15 @@ def register(p: Pipeline) -> None:
         found: list[list[int]] = [[] for _ in range(model.k)]
         prefix = b"%d:" % source_id
         gap_ms, window_ms = p.settings.session_gap_ms, p.settings.active_window_ms
-        for key, value in p.journeys.items():
-            if key.startswith(prefix):
-                journey = JourneyState.from_bytes(value)
-                if not journey.active:
-                    continue
-                segment = int(model.assign(journey.features(gap_ms, window_ms)[None, :])[0])
-                if len(found[segment]) < limit:
-                    found[segment].append(int(key[len(prefix) :]))
-                    if all(len(f) >= min(limit, n) for f, n in zip(found, model.sizes.tolist())):
-                        break
+        for key, value in local_journeys(p.journeys, prefix):
+            journey = JourneyState.from_bytes(value)
+            if not journey.active:
+                continue
+            segment = int(model.assign(journey.features(gap_ms, window_ms)[None, :])[0])
+            if len(found[segment]) < limit:
+                found[segment].append(int(key[len(prefix) :]))
+                if all(len(f) >= min(limit, n) for f, n in zip(found, model.sizes.tolist())):
+                    break
         return [sorted(ids) for ids in found]
 
     @app.page("/visitors/{visitorid}")
@@ -224,7 +224,7 @@ def register(p: Pipeline) -> None:
             """One visitor's sessions, state vector, six features and segment."""
             source_id = _source_id(request)
             vid = _int(visitorid, "visitorid")
-            value = p.journeys.get(visitor_key(source_id, vid))
+            value = read_journey(p.journeys, visitor_key(source_id, vid))
             if value is None:
                 raise HttpError(404, f"visitor {vid} of source {source_id} is unknown")
             journey = JourneyState.from_bytes(value)

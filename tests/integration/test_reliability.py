@@ -22,6 +22,8 @@ from tests.integration.conftest import Workers, _admin, batch_definition, replay
 
 pytestmark = pytest.mark.integration
 
+T0 = 1_433_221_332_117  # 2015-06-02, in the generated data's months
+
 
 def replay_with_cli(settings: Settings, path: Path) -> subprocess.Popen:
     """``ampelios replay`` in its own process: it goes on while workers crash."""
@@ -128,3 +130,40 @@ def test_the_same_events_twice_count_once(settings: Settings, worker: WorkerProc
     visitor = int(events.visitorid[np.argmax(np.bincount(events.visitorid))])
     answer = http_json("GET", f"{base}/visitors/{visitor}?source_id=1")[1]
     np.testing.assert_allclose(answer["features"], batch_definition(events, visitor, 20 * 60_000)[1])
+
+
+def test_a_visitor_with_a_million_events_is_counted_exactly(settings: Settings, workers: Workers):
+    """A bot among ordinary visitors: its journey outgrows one table value (chunks), and
+    every count still equals the plain definition."""
+    rng = np.random.default_rng(9)
+    n, bot = 1_000_000, 10**12  # an id no generated visitor has
+    gaps = rng.choice([1_000, 30_000, 45 * 60_000], size=n, p=[0.7, 0.2999, 0.0001])
+    kind = rng.choice([0, 1, 2], size=n, p=[0.9, 0.07, 0.03])  # view, add to cart, buy
+    flood = EventBatch.from_columns(
+        np.ones(n),
+        T0 + np.cumsum(gaps),
+        np.full(n, bot),
+        kind,
+        rng.integers(0, 50_000, n),
+        np.where(kind == 2, np.arange(n), -1),
+    )
+    others = generate_events(20_000, seed=12)
+    write_events(settings.data_dir / "flood.csv", EventBatch.concat([flood, others]))
+    worker = workers.start(settings.with_(replay_batch_events=100_000))
+    job = replay(worker.base_url, "flood.csv")
+    assert job["rows_sent"] == n + len(others)
+
+    sessions, features = batch_definition(flood, bot, settings.session_gap_ms)
+    stats = http_json("GET", f"{worker.base_url}/stats?source_id=1")[1]
+    assert stats["events"] == n + len(others) and stats["visitors"] == len(np.unique(others.visitorid)) + 1
+    answer = http_json("GET", f"{worker.base_url}/visitors/{bot}?source_id=1")[1]
+    assert answer["features"][:4] == features[:4].tolist()  # counts: exact
+    np.testing.assert_allclose(answer["features"][4:], features[4:], rtol=1e-12)  # means: to rounding
+    assert answer["state"] == [int(np.sum(kind == k)) for k in (0, 1, 2)]
+    assert len(answer["sessions"]) == len(sessions) > 1
+    with psycopg2.connect(settings.database_url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT views, addtocarts, transactions, sessions FROM visitors WHERE visitorid = %s", (bot,))
+        assert cur.fetchone() == (*answer["state"], len(sessions))
+    replay(worker.base_url, "flood.csv")  # all of it again: nothing changes
+    assert http_json("GET", f"{worker.base_url}/visitors/{bot}?source_id=1")[1]["features"] == answer["features"]
+    assert http_json("GET", f"{worker.base_url}/stats?source_id=1")[1]["events"] == n + len(others)

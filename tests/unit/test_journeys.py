@@ -11,10 +11,13 @@ from ampelios.core.journeys import (
     JOURNEY_EVENT,
     JourneyState,
     batch_shapes,
+    chunk_count,
     features_from_shapes,
     features_of,
+    join_journey,
     merge_journeys,
     sessionize,
+    store_journey,
 )
 
 GAP = 20 * 60_000
@@ -187,3 +190,32 @@ def test_windowed_features_count_the_events_of_the_window_before_the_last(by_vis
         ev = np.array([d[1] for d in distinct])
         expected = features_of(sessionize(ts, ev, GAP))
         np.testing.assert_allclose(features_from_shapes(batch.new_shapes[i : i + 1])[0], expected)
+
+
+def _journey(n: int, active: bool = True) -> bytes:
+    events = np.zeros(n, dtype=JOURNEY_EVENT)
+    events["timestamp"] = T0 + np.arange(n) * 1000
+    events["itemid"] = np.arange(n) % 7
+    return JourneyState(events, active).to_bytes()
+
+
+def _joined(stored: list[tuple[int, bytes]], previous: dict[int, bytes]) -> bytes:
+    kept = dict(previous) | {i: v for i, v in stored}
+    head = kept[-1]
+    n = chunk_count(head)
+    return join_journey(head, [kept[c] for c in range(n)]) if n else head
+
+
+@given(st.integers(0, 40), st.integers(0, 40), st.integers(1, 9), st.booleans())
+def test_long_journeys_are_stored_in_chunks_and_only_changed_chunks_are_rewritten(n, more, chunk, active):
+    before, after = _journey(n), _journey(n + more, active)
+    first = store_journey(None, before, chunk)
+    assert _joined(first, {}) == before
+    assert all(len(v) <= chunk * JOURNEY_EVENT.itemsize for i, v in first if i >= 0)
+    second = store_journey(before, after, chunk)  # events appended in time order
+    assert _joined(second, dict(first)) == after
+    assert JourneyState.from_bytes(_joined(second, dict(first))).active is active
+    rewritten = sorted(i for i, _ in second if i >= 0)
+    if n + more > chunk:  # stored in chunks now
+        first_changed = 0 if n <= chunk else n // chunk if more else -(-n // chunk)
+        assert rewritten == list(range(first_changed, -(-(n + more) // chunk)))

@@ -1,0 +1,74 @@
+"""Journeys in the ``journeys`` table, whole or in chunks (see :func:`store_journey`).
+
+Readers get whole journey values; writers give whole values and get the pairs to store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from ampelios.core.journeys import (
+    CHUNK_EVENTS,
+    CHUNKED,
+    JourneyBatch,
+    chunk_count,
+    chunk_key,
+    join_journey,
+    store_journey,
+)
+from ampelios.stream.batch_table import BatchTable
+
+
+def read_journeys(table: BatchTable, partition: int, keys: Sequence[bytes]) -> list[bytes | None]:
+    """The whole journeys stored under ``keys`` in ``partition`` (``None``: no journey)."""
+    values = table.get_many(partition, keys)
+    for i in [i for i, v in enumerate(values) if v is not None and v[1] & CHUNKED]:  # rare: long journeys
+        head = values[i]
+        assert head is not None
+        chunks = table.get_many(partition, [chunk_key(keys[i], c) for c in range(chunk_count(head))])
+        values[i] = join_journey(head, chunks)
+    return values
+
+
+def read_journey(table: BatchTable, key: bytes) -> bytes | None:
+    """The whole journey stored under ``key``, whichever local partition holds it."""
+    value = table.get(key)
+    if value is None or not (n := chunk_count(value)):
+        return value
+    return join_journey(value, [table.get(chunk_key(key, c)) for c in range(n)])
+
+
+def local_journeys(table: BatchTable, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """(key, whole journey) of every local journey whose key starts with ``prefix``."""
+    for key, value in table.items():
+        if key.startswith(prefix) and b"#" not in key:
+            yield (
+                key,
+                (
+                    join_journey(value, [table.get(chunk_key(key, c)) for c in range(n)])
+                    if (n := chunk_count(value))
+                    else value
+                ),
+            )
+
+
+def store(
+    writes: dict[bytes, bytes | None],
+    keys: Sequence[bytes],
+    old: Sequence[bytes | None],
+    batch: JourneyBatch,
+    indices: np.ndarray,
+) -> None:
+    """Add to ``writes`` what to store for journeys ``indices`` of ``batch`` (whole
+    values ``old`` before it), under ``keys``."""
+    values = batch.encode(indices)
+    positions = indices.tolist()
+    long = np.diff(batch.starts)[indices] > CHUNK_EVENTS
+    if not long.any():  # the usual case: every value whole, no per-journey work
+        writes.update(zip((keys[i] for i in positions), values))
+        return
+    for i, value, chunked in zip(positions, values, long.tolist()):
+        for c, stored in store_journey(old[i], value) if chunked else [(-1, value)]:
+            writes[keys[i] if c < 0 else chunk_key(keys[i], c)] = stored
