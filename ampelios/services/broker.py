@@ -42,6 +42,8 @@ from ampelios.services.processes import free_port, stop_process, wait_for_port
 log = logging.getLogger(__name__)
 
 EPOCH_FILE = "broker-epoch"
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # records Ampelios writes and reads, on every topic it creates
+TOPIC_CONFIG = {"max.message.bytes": str(MAX_MESSAGE_BYTES)}  # Apache Kafka's default is 1 MB
 
 
 def bootstrap_servers(url: str) -> str:
@@ -112,7 +114,7 @@ async def read_range(url: str, tp: TopicPartition, start: int, end: int, timeout
         bootstrap_servers=bootstrap_servers(url),
         enable_auto_commit=False,
         auto_offset_reset="earliest",
-        max_partition_fetch_bytes=16 * 1024 * 1024,
+        max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
     )
     await consumer.start()
     records: list[ConsumerRecord] = []
@@ -189,7 +191,8 @@ async def ensure_topics(url: str, topics: list[TopicSpec]) -> None:
                 )
         if missing:
             with contextlib.suppress(TopicAlreadyExistsError):  # another worker was first
-                await admin.create_topics([NewTopic(t.name, t.partitions, 1) for t in missing])
+                new = [NewTopic(t.name, t.partitions, 1, topic_configs=TOPIC_CONFIG) for t in missing]
+                await admin.create_topics(new)
     finally:
         await admin.close()
 

@@ -17,7 +17,7 @@ import aiokafka
 import orjson
 from mode import Service
 
-from ampelios.services.broker import bootstrap_servers
+from ampelios.services.broker import MAX_MESSAGE_BYTES, bootstrap_servers
 from ampelios.sinks.history import History, HistoryUnavailable
 from ampelios.stream.topology import Topology
 
@@ -48,7 +48,7 @@ class PostgresSink(Service):
             group_id=t.sink_group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            max_partition_fetch_bytes=16 * 1024 * 1024,
+            max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
             fetch_max_bytes=64 * 1024 * 1024,
             session_timeout_ms=10_000,
             heartbeat_interval_ms=1_000,

@@ -43,6 +43,8 @@ from ampelios.core.events import event_codes
 from ampelios.core.model import SegmentModel
 from ampelios.services.broker import (
     EPOCH_FILE,
+    MAX_MESSAGE_BYTES,
+    TOPIC_CONFIG,
     broker_epoch,
     check_broker_epoch,
     committed_offsets,
@@ -273,8 +275,8 @@ def create_pipeline(settings: Settings) -> Pipeline:
         broker_session_timeout=10,
         broker_heartbeat_interval=1,
         broker_commit_interval=1.0,
-        producer_max_request_size=16 * 1024 * 1024,
-        consumer_max_fetch_size=16 * 1024 * 1024,
+        producer_max_request_size=MAX_MESSAGE_BYTES,
+        consumer_max_fetch_size=MAX_MESSAGE_BYTES,
         # Tansu has no transactions (DESIGN.md section 3): at-least-once, made idempotent
         # by journeys that hold distinct events.
         processing_guarantee="at_least_once",
@@ -282,6 +284,7 @@ def create_pipeline(settings: Settings) -> Pipeline:
         logging_config=None,
     )
     raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+    table = {"key_type": bytes, "value_type": bytes, "extra_topic_configs": TOPIC_CONFIG}
     n = settings.partitions
     history = History(settings.database_url) if settings.database_url else None
     pipeline = Pipeline(
@@ -294,9 +297,9 @@ def create_pipeline(settings: Settings) -> Pipeline:
         segment_changes=app.topic(topology.segment_changes, partitions=n, internal=True, **raw),
         visitor_updates=app.topic(topology.visitor_updates, partitions=n, internal=True, **raw),
         snapshots=app.topic(topology.snapshots, partitions=1, internal=True, **raw),
-        journeys=app.tables.add(BatchTable(app, name="journeys", key_type=bytes, value_type=bytes, partitions=n)),
-        segments=app.tables.add(BatchTable(app, name="segment-state", key_type=bytes, value_type=bytes, partitions=1)),
-        published=app.GlobalTable("segment-published", key_type=bytes, value_type=bytes, partitions=1),
+        journeys=app.tables.add(BatchTable(app, name="journeys", partitions=n, **table)),
+        segments=app.tables.add(BatchTable(app, name="segment-state", partitions=1, **table)),
+        published=app.GlobalTable("segment-published", partitions=1, **table),
         history=history,
         event_codes=event_codes(settings.event_map),
         sink=PostgresSink(settings.broker_url, topology, history) if history is not None else None,

@@ -20,10 +20,8 @@ import orjson
 
 from ampelios.core.events import EVENT_CODES, EventBatch, ParsedCsv, Rejection, encode_events, read_csv
 from ampelios.core.partitioning import partitions_for
-from ampelios.services.broker import bootstrap_servers, ensure_topics
+from ampelios.services.broker import MAX_MESSAGE_BYTES, bootstrap_servers, ensure_topics
 from ampelios.stream.topology import Topology
-
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
 @dataclass

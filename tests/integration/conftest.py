@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,7 @@ from ampelios.core.events import EventBatch, write_csv
 from ampelios.core.journeys import features_of, sessionize
 from ampelios.services.broker import EmbeddedBroker
 from ampelios.services.database import EmbeddedPostgres
+from ampelios.services.kafka import ApacheKafka
 from ampelios.services.processes import free_port
 from ampelios.services.stack import WorkerProcess, http_json, wait_for_job, wait_until_reflected
 
@@ -63,15 +64,49 @@ def database_url(postgres: EmbeddedPostgres) -> Iterator[str]:
     _admin(postgres.url, f"DROP DATABASE {name} WITH (FORCE)")
 
 
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
-    server = EmbeddedBroker(tmp_path / "broker.log").start()
-    yield server
-    server.stop()
+Broker = EmbeddedBroker | ApacheKafka
 
 
 @pytest.fixture
-def settings(tmp_path: Path, broker: EmbeddedBroker, database_url: str) -> Settings:
+def new_broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[str], Broker]]:
+    """Start a broker of the kind chosen with ``--broker`` (named ``name`` in tmp_path);
+    every one is stopped at teardown."""
+    started: list[Broker] = []
+
+    def start(name: str) -> Broker:
+        if request.config.getoption("--broker") == "apache":
+            server: Broker = ApacheKafka(tmp_path / f"{name}.log", tmp_path / name)
+        else:
+            server = EmbeddedBroker(tmp_path / f"{name}.log")
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def broker(new_broker: Callable[[str], Broker]) -> Broker:
+    return new_broker("broker")
+
+
+@pytest.fixture
+def apache_only(request: pytest.FixtureRequest) -> None:
+    """For what needs a broker that keeps its data across restarts."""
+    if request.config.getoption("--broker") != "apache":
+        pytest.skip("needs Apache Kafka (--broker=apache)")
+
+
+@pytest.fixture
+def embedded_only(request: pytest.FixtureRequest) -> None:
+    """For what only the embedded broker does (it comes back empty after a restart)."""
+    if request.config.getoption("--broker") != "embedded":
+        pytest.skip("about the embedded broker")
+
+
+@pytest.fixture
+def settings(tmp_path: Path, broker: Broker, database_url: str) -> Settings:
     (tmp_path / "data").mkdir()
     return Settings(
         broker=broker.url,

@@ -11,7 +11,7 @@ from ampelios.config import Settings
 from ampelios.core.events import EventBatch
 from ampelios.core.generate import generate_events
 from ampelios.services.broker import EmbeddedBroker
-from ampelios.services.stack import http_json
+from ampelios.services.stack import http_json, wait_until_reflected
 from tests.integration.conftest import Workers, batch_definition, replay, write_events
 
 pytestmark = pytest.mark.integration
@@ -38,6 +38,7 @@ def test_state_survives_a_worker_restart_and_keeps_learning(settings: Settings, 
     if not keep_local_state:  # a new machine: everything comes back from the changelogs
         shutil.rmtree(settings.worker_dir)
     worker = workers.start(settings)
+    wait_until_reflected(worker.base_url, 1, timeout=300, stored=True)  # e.g. its first snapshot
     assert snapshot(worker.base_url, sample) == before
 
     # The restarted worker goes on from the recovered state: visitors of both files,
@@ -60,7 +61,9 @@ def test_state_survives_a_worker_restart_and_keeps_learning(settings: Settings, 
         np.testing.assert_allclose(answer["features"], batch_definition(both, visitor, settings.session_gap_ms)[1])
 
 
-def test_a_worker_notices_an_emptied_broker_and_starts_clean(settings: Settings, workers: Workers, tmp_path):
+def test_a_worker_notices_an_emptied_broker_and_starts_clean(
+    settings: Settings, workers: Workers, tmp_path, embedded_only
+):
     events = generate_events(3_000, seed=5)
     write_events(settings.data_dir / "events.csv", events)
     worker = workers.start(settings)
@@ -82,7 +85,9 @@ def test_a_worker_notices_an_emptied_broker_and_starts_clean(settings: Settings,
         reborn.stop()
 
 
-def test_a_running_worker_stops_when_the_broker_comes_back_empty(settings: Settings, workers: Workers, tmp_path):
+def test_a_running_worker_stops_when_the_broker_comes_back_empty(
+    settings: Settings, workers: Workers, tmp_path, embedded_only
+):
     events = generate_events(3_000, seed=6)
     write_events(settings.data_dir / "events.csv", events)
     broker = EmbeddedBroker(tmp_path / "own-broker.log").start()

@@ -1,0 +1,393 @@
+"""Run a real single-node Apache Kafka broker (KRaft, broker+controller) for tests.
+
+The broker's jars come from Maven Central through ``mvn`` (no tarball download) and
+are cached per version. Needs a JDK 17+ and Maven; readiness is probed with aiokafka.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import base64
+import contextlib
+import fcntl
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO
+
+# 4.3.x/4.4.0 skip the COMMIT/ABORT markers of a partition whose leader is momentarily offline
+# (KAFKA-20734); after a SIGKILL that corrupts pending transactions. 4.2.x is the newest without it.
+KAFKA_VERSION = "4.2.2"
+LOG4J_VERSION = "2.25.5"  # the log4j2 that kafka-server 4.2.2 itself depends on
+
+_POM = """<?xml version="1.0" encoding="UTF-8"?>
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>local.ampelios</groupId>
+  <artifactId>kafka-runtime</artifactId>
+  <version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency>
+      <groupId>org.apache.kafka</groupId>
+      <artifactId>kafka_2.13</artifactId>
+      <version>{kafka}</version>
+    </dependency>
+    <!-- as in Kafka's distribution: slf4j 1.7 API bound to log4j2 -->
+    <dependency>
+      <groupId>org.apache.logging.log4j</groupId>
+      <artifactId>log4j-slf4j-impl</artifactId>
+      <version>{log4j}</version>
+    </dependency>
+    <dependency>
+      <groupId>org.apache.logging.log4j</groupId>
+      <artifactId>log4j-core</artifactId>
+      <version>{log4j}</version>
+    </dependency>
+    <dependency>
+      <groupId>org.apache.logging.log4j</groupId>
+      <artifactId>log4j-api</artifactId>
+      <version>{log4j}</version>
+    </dependency>
+  </dependencies>
+</project>
+"""
+
+_LOG4J2_PROPERTIES = """\
+status = warn
+# Kafka logs its own shutdown from a JVM hook; keep log4j alive until the very end.
+shutdownHook = disable
+appender.out.type = Console
+appender.out.name = STDOUT
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.out.ref = STDOUT
+logger.request.name = kafka.request.logger
+logger.request.level = WARN
+logger.statechange.name = state.change.logger
+logger.statechange.level = WARN
+logger.cleaner.name = kafka.log.LogCleaner
+logger.cleaner.level = WARN
+logger.config.name = org.apache.kafka.common.config.AbstractConfig
+logger.config.level = WARN
+logger.appinfo.name = org.apache.kafka.common.utils.AppInfoParser
+logger.appinfo.level = WARN
+"""
+
+
+def _default_cache_dir(version: str) -> Path:
+    return Path.home() / ".cache" / "ampelios" / f"kafka-{version}"
+
+
+def _has_jars(lib: Path, version: str) -> bool:
+    return (lib / f"kafka_2.13-{version}.jar").is_file() and (lib / ".complete").is_file()
+
+
+def fetch_kafka(
+    version: str = KAFKA_VERSION,
+    cache_dir: Path | None = None,
+    *,
+    maven_repo: Path | None = None,
+    timeout: float = 900.0,
+) -> Path:
+    """Return ``cache_dir/lib`` holding the broker's runtime jars, resolving them with Maven once.
+
+    ``cache_dir`` defaults to ``~/.cache/ampelios/kafka-<version>``; ``maven_repo`` overrides
+    Maven's local repository. Safe to call concurrently (file lock) and instant when cached.
+    """
+    cache_dir = (Path(cache_dir) if cache_dir is not None else _default_cache_dir(version)).resolve()
+    lib = cache_dir / "lib"
+    if _has_jars(lib, version):
+        return lib
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with open(cache_dir / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _has_jars(lib, version):
+            return lib
+        staging = cache_dir / f"lib.tmp-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        with tempfile.TemporaryDirectory(prefix="kafka-pom-") as tmp:
+            Path(tmp, "pom.xml").write_text(_POM.format(kafka=version, log4j=LOG4J_VERSION))
+            cmd = [
+                "mvn",
+                "-q",
+                "-B",
+                "-Dstyle.color=never",
+                "dependency:copy-dependencies",
+                "-DincludeScope=runtime",
+                f"-DoutputDirectory={staging}",
+            ]
+            if maven_repo is not None:
+                cmd.append(f"-Dmaven.repo.local={Path(maven_repo).resolve()}")
+            proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=timeout, check=False)
+        if proc.returncode != 0 or not (staging / f"kafka_2.13-{version}.jar").is_file():
+            shutil.rmtree(staging, ignore_errors=True)
+            output = (proc.stdout + proc.stderr)[-4000:]
+            raise RuntimeError(f"mvn could not fetch kafka {version} (rc={proc.returncode}):\n{output}")
+        (staging / ".complete").write_text(version + "\n")
+        shutil.rmtree(lib, ignore_errors=True)
+        staging.rename(lib)
+    return lib
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(1.0)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+async def _probe(bootstrap: str, cluster_id: str) -> bool:
+    """True once *our* cluster answers with a registered broker and a leader for every partition."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+    try:
+        await admin.start()
+        cluster = await admin.describe_cluster()
+        if cluster.get("cluster_id") != cluster_id or not cluster.get("brokers"):
+            return False
+        return all(
+            topic["error_code"] == 0 and all(p["leader"] >= 0 for p in topic["partitions"])
+            for topic in await admin.describe_topics()
+        )
+    except Exception:
+        return False
+    finally:
+        with contextlib.suppress(Exception):
+            await admin.close()
+
+
+def _run_probe(bootstrap: str, cluster_id: str) -> bool:
+    """Run the probe on a private loop in a thread, so start() also works inside a running loop."""
+    if not _port_open(int(bootstrap.rsplit(":", 1)[1])):
+        return False  # spares aiokafka's connection-error logs while the JVM boots
+    result = [False]
+
+    def target() -> None:
+        result[0] = asyncio.run(_probe(bootstrap, cluster_id))
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(30.0)
+    return result[0]
+
+
+class ApacheKafka:
+    """A single-node KRaft Kafka broker run as a child process (``java kafka.Kafka``)."""
+
+    def __init__(
+        self,
+        log_path: Path,
+        data_dir: Path,
+        port: int | None = None,
+        *,
+        version: str = KAFKA_VERSION,
+        lib_dir: Path | None = None,
+        heap: str = "512m",
+        java: str = "java",
+        overrides: Mapping[str, str] | None = None,
+    ) -> None:
+        self.log_path = Path(log_path)
+        self.data_dir = Path(data_dir)
+        self.port: int = port if port is not None else _free_port()
+        self.controller_port: int | None = None
+        self.version = version
+        self.lib_dir = Path(lib_dir) if lib_dir is not None else None
+        self.heap = heap
+        self.java = java
+        self.overrides = dict(overrides or {})
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"kafka://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    @property
+    def _meta_properties(self) -> Path:
+        return self.data_dir / "logs" / "meta.properties"
+
+    def _write_config(self) -> Path:
+        """Write server.properties and log4j2.properties into data_dir."""
+        self.controller_port = _free_port()
+        while self.controller_port == self.port:
+            self.controller_port = _free_port()
+        cport = self.controller_port
+        props = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            # Static voter set: the controller port may differ between restarts.
+            "controller.quorum.voters": f"1@127.0.0.1:{cport}",
+            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{cport}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "log.dirs": str(self.data_dir / "logs"),
+            "num.partitions": "1",
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "4",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.num.partitions": "4",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            "min.insync.replicas": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            # After a SIGKILL the restarted broker must wait out its old registration's session.
+            "broker.session.timeout.ms": "5000",
+            "broker.heartbeat.interval.ms": "500",
+            "auto.create.topics.enable": "true",
+            **self.overrides,
+        }
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        path = self.data_dir / "server.properties"
+        path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        (self.data_dir / "log4j2.properties").write_text(_LOG4J2_PROPERTIES)
+        return path
+
+    def _java_cmd(self, main: str, *args: str) -> list[str]:
+        if self.lib_dir is None:
+            self.lib_dir = fetch_kafka(self.version)
+        return [
+            self.java,
+            f"-Xmx{self.heap}",
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",
+            "-cp",
+            str(self.lib_dir / "*"),
+            main,
+            *args,
+        ]
+
+    def _cluster_id(self, config: Path) -> str:
+        """Format the storage on first use (random cluster id); return the stored cluster id."""
+        if not self._meta_properties.is_file():
+            new_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            subprocess.run(
+                self._java_cmd("kafka.tools.StorageTool", "format", "-t", new_id, "-c", str(config)),
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                check=True,
+                timeout=120,
+            )
+        for line in self._meta_properties.read_text().splitlines():
+            key, _, value = line.partition("=")
+            if key.strip() == "cluster.id":
+                return value.strip()
+        raise RuntimeError(f"no cluster.id in {self._meta_properties}")
+
+    def start(self, timeout: float = 60.0) -> ApacheKafka:
+        """Format data_dir if new, launch the broker and wait until a client can use it."""
+        if self.proc is not None and self.proc.poll() is None:
+            return self
+        deadline = time.monotonic() + timeout
+        config = self._write_config()
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed by stop()/kill()
+        try:
+            cluster_id = self._cluster_id(config)
+            self.proc = subprocess.Popen(
+                self._java_cmd("kafka.Kafka", str(config)),
+                stdin=subprocess.DEVNULL,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except BaseException:
+            self._cleanup()
+            raise
+        _LIVE.add(self)
+        while not _run_probe(self.bootstrap, cluster_id):
+            if self.proc.poll() is not None:
+                rc = self.proc.returncode
+                self._cleanup()
+                raise RuntimeError(f"kafka exited with {rc} on start; see {self.log_path}:\n{self._tail()}")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise TimeoutError(f"kafka not ready after {timeout}s; see {self.log_path}:\n{self._tail()}")
+            time.sleep(0.25)
+        return self
+
+    def stop(self, grace: float = 20.0) -> None:
+        """SIGTERM (clean shutdown), then SIGKILL after ``grace`` seconds. Idempotent."""
+        proc = self.proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            self._signal(signal.SIGTERM)
+            try:
+                proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                self._signal(signal.SIGKILL)
+                proc.wait()
+        self._cleanup()
+
+    def kill(self) -> None:
+        """SIGKILL the broker at once (simulates a crash). Idempotent."""
+        proc = self.proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            self._signal(signal.SIGKILL)
+            proc.wait()
+        self._cleanup()
+
+    def _signal(self, sig: signal.Signals) -> None:
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, sig)  # own session, so pgid == pid
+
+    def _cleanup(self) -> None:
+        self.proc = None
+        _LIVE.discard(self)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def _tail(self, n: int = 4000) -> str:
+        try:
+            return self.log_path.read_bytes()[-n:].decode(errors="replace")
+        except OSError:
+            return ""
+
+    def __enter__(self) -> ApacheKafka:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+_LIVE: set[ApacheKafka] = set()
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    for broker in list(_LIVE):
+        broker.kill()
