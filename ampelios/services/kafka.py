@@ -24,6 +24,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO
 
+from ampelios.services.processes import free_port
+
 # 4.3.1 and 4.4.0 skipped the COMMIT/ABORT markers of a partition whose leader was still
 # offline after a broker SIGKILL ("Couldn't find leader endpoint ... skipped"), corrupting
 # transactions in 4 of 6 such runs here; 4.2.2 in none of 5. See docs/reliability.md.
@@ -141,12 +143,6 @@ def fetch_kafka(
     return lib
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _port_open(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.settimeout(1.0)
@@ -206,7 +202,7 @@ class ApacheKafka:
     ) -> None:
         self.log_path = Path(log_path)
         self.data_dir = Path(data_dir)
-        self.port: int = port if port is not None else _free_port()
+        self.port: int = port if port is not None else free_port()
         self.controller_port: int | None = None
         self.version = version
         self.lib_dir = Path(lib_dir) if lib_dir is not None else None
@@ -234,9 +230,9 @@ class ApacheKafka:
 
     def _write_config(self) -> Path:
         """Write server.properties and log4j2.properties into data_dir."""
-        self.controller_port = _free_port()
+        self.controller_port = free_port()
         while self.controller_port == self.port:
-            self.controller_port = _free_port()
+            self.controller_port = free_port()
         cport = self.controller_port
         props = {
             "process.roles": "broker,controller",
@@ -290,7 +286,9 @@ class ApacheKafka:
     def _cluster_id(self, config: Path) -> str:
         """Format the storage on first use (random cluster id); return the stored cluster id."""
         if not self._meta_properties.is_file():
-            new_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            new_id = "-"
+            while new_id.startswith("-"):  # the storage tool would read it as an option
+                new_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
             subprocess.run(
                 self._java_cmd("kafka.tools.StorageTool", "format", "-t", new_id, "-c", str(config)),
                 stdout=self._log,

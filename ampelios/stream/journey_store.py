@@ -44,14 +44,9 @@ def local_journeys(table: BatchTable, prefix: bytes) -> Iterator[tuple[bytes, by
     """(key, whole journey) of every local journey whose key starts with ``prefix``."""
     for key, value in table.items():
         if key.startswith(prefix) and b"#" not in key:
-            yield (
-                key,
-                (
-                    join_journey(value, [table.get(chunk_key(key, c)) for c in range(n)])
-                    if (n := chunk_count(value))
-                    else value
-                ),
-            )
+            whole = read_journey(table, key) if chunk_count(value) else value
+            assert whole is not None
+            yield key, whole
 
 
 def store(

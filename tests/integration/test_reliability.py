@@ -169,7 +169,7 @@ def test_a_visitor_with_a_million_events_is_counted_exactly(settings: Settings, 
 
 
 def test_the_broker_stopped_and_started_again_midway_loses_nothing(
-    settings: Settings, workers: Workers, broker, apache_only, tmp_path: Path
+    apache_only, settings: Settings, workers: Workers, broker, tmp_path: Path
 ):
     events = generate_events(40_000, seed=23)
     path = write_events(tmp_path / "events.csv", events)

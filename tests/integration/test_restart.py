@@ -62,7 +62,7 @@ def test_state_survives_a_worker_restart_and_keeps_learning(settings: Settings, 
 
 
 def test_a_worker_notices_an_emptied_broker_and_starts_clean(
-    settings: Settings, workers: Workers, tmp_path, embedded_only
+    embedded_only, settings: Settings, workers: Workers, tmp_path
 ):
     events = generate_events(3_000, seed=5)
     write_events(settings.data_dir / "events.csv", events)
@@ -86,7 +86,7 @@ def test_a_worker_notices_an_emptied_broker_and_starts_clean(
 
 
 def test_a_running_worker_stops_when_the_broker_comes_back_empty(
-    settings: Settings, workers: Workers, tmp_path, embedded_only
+    embedded_only, settings: Settings, workers: Workers, tmp_path
 ):
     events = generate_events(3_000, seed=6)
     write_events(settings.data_dir / "events.csv", events)
