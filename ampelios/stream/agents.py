@@ -177,6 +177,10 @@ def register(p: Pipeline) -> None:
             if old != new
         ]
 
+    async def store_writes(partition: int, offset: int, writes: dict[bytes, bytes | None]) -> None:
+        """One events message's state, position included: one changelog record, one RocksDB write."""
+        await p.journeys.write(partition, b"%d:%d" % (partition, offset), list(writes), list(writes.values()))
+
     async def apply_batch(
         source_id: int, partition: int, offset: int, events: EventBatch, writes: dict[bytes, bytes | None]
     ) -> None:
@@ -239,7 +243,7 @@ def register(p: Pipeline) -> None:
             sent.append(await p.visitor_updates.send(value=value, partition=partition))
         await asyncio.gather(*sent)
         # 2. ... before the state that says they were produced
-        await p.journeys.write(partition, b"%d:%d" % (partition, offset), list(writes), list(writes.values()))
+        await store_writes(partition, offset, writes)
 
     async def apply_events(message: Any) -> None:
         """Apply one message of the events topic; store its position with its effects."""
@@ -263,9 +267,9 @@ def register(p: Pipeline) -> None:
             except Exception as exc:  # a message that breaks the code must not stop the stream
                 log.exception("could not apply %s (source %d)", where, source)
                 await dead_letter(source, [Rejection(where, f"internal error: {exc!r}")])
-        await p.journeys.write(partition, b"%d:%d" % (partition, offset), list(writes), list(writes.values()))
+        await store_writes(partition, offset, writes)
 
-    positions = Positions(p.app, p.settings.broker_url, p.topology.events, p.journeys, b"~position")
+    positions = Positions(p.settings.broker_url, p.topology.events, p.journeys, b"~position")
     p.positions.append(positions)
 
     @p.app.agent(p.events, name="journeys")
@@ -290,7 +294,7 @@ def register(p: Pipeline) -> None:
         return populations[source_id]
 
     period_ms = round(p.settings.snapshot_event_hours * 3_600_000)
-    updates_positions = Positions(p.app, p.settings.broker_url, p.topology.segment_updates, p.segments, b"position")
+    updates_positions = Positions(p.settings.broker_url, p.topology.segment_updates, p.segments, b"position")
     p.positions.append(updates_positions)
 
     async def event_time_snapshots(source_id: int, model: SegmentModel | None, watermark: int) -> bytes:
@@ -415,7 +419,7 @@ def register(p: Pipeline) -> None:
         batch = b"dlq:%d:%d" % (message.partition, message.offset)
         await p.journeys.write(message.partition, batch, [key, position_key], [b"%d" % (count + 1), position])
 
-    dlq_positions = Positions(p.app, p.settings.broker_url, p.topology.dead_letters, p.journeys, b"~dlq-position")
+    dlq_positions = Positions(p.settings.broker_url, p.topology.dead_letters, p.journeys, b"~dlq-position")
     p.positions.append(dlq_positions)
 
     @p.app.agent(p.dead_letters, name="rejections")

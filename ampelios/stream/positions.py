@@ -43,8 +43,7 @@ class Positions:
     topic and the table are co-partitioned; a one-partition topic keeps it in partition 0).
     """
 
-    def __init__(self, app: Any, url: str, topic: str, table: BatchTable, key: bytes) -> None:
-        self.app = app
+    def __init__(self, url: str, topic: str, table: BatchTable, key: bytes) -> None:
         self.url = url
         self.topic = topic
         self.table = table
