@@ -1,17 +1,22 @@
 """The agents: events -> journeys -> population deltas -> the segment model -> outputs.
 
-``journeys`` (one stream over the N partitions of ``events``): each message -- one event
-or thousands -- is one batch. Its events are merged into the journeys of their visitors,
-and it produces one :class:`PopulationDelta` (which journey shapes lost and gained
-visitors) for ``segment-updates``, one record of the changed visitors' shapes for
-``visitor-updates`` (SQL), and one ``segment-changes`` record per visitor whose own events
-moved it to another segment under the current model.
+Every agent works on *runs*: the messages of one partition that arrived together (up to
+RUN_MESSAGES within RUN_SECONDS). A run of hundreds of one-event messages costs about what
+one message of hundreds of events costs: one read of the state, one batch of numpy work,
+one write.
+
+``journeys`` (one stream over the N partitions of ``events``): the events of a run (at
+most RUN_EVENTS at a time) are merged into the journeys of their visitors, producing one
+:class:`PopulationDelta` (which journey shapes lost and gained visitors) for
+``segment-updates``, one record of the changed visitors' shapes for ``visitor-updates``
+(SQL), and one ``segment-changes`` record per visitor whose own events moved it to
+another segment under the current model.
 
 ``segments`` (the single partition of ``segment-updates``): the model's one owner applies
-deltas in order to the population of their source, updates the segment model
-(:func:`ampelios.core.model.update`), stores both in one atomic write of
-``segment-state`` and publishes the model in the global table every worker reads. It also
-takes the snapshots: on event time, when a batch's events pass a period boundary
+the deltas of a run in order to the population of their source, updates the segment
+model once per run (:func:`ampelios.core.model.update`), stores both in one atomic write
+of ``segment-state`` and publishes the model in the global table every worker reads. It
+also takes the snapshots: on event time, when a delta's events pass a period boundary
 (``AMPELIOS_SNAPSHOT_EVENT_HOURS``), and on wall time when asked (every
 ``AMPELIOS_SNAPSHOT_SECONDS`` by a timer on the owner, and at the end of each replay job),
 settling the model first.
@@ -24,14 +29,14 @@ settling the model first.
    changed, in one changelog record and one RocksDB write (:class:`BatchTable`), and
    applies each message of a partition exactly once, in order, whatever Faust commits
    (:mod:`ampelios.stream.positions`).
-2. A message's outputs (delta, visitor updates, segment changes, dead letters) are sent
-   and acknowledged by the broker *before* that write. A crash before it loses nothing:
-   the message is applied again and gives the same outputs, since the state is as it was
-   (a worker that crashed rebuilds its tables from the changelogs). A crash after it
-   leaves a state that says the message was applied.
-3. A delta names the events message it came from (partition, offset); the owner keeps the
-   newest offset applied per source and partition, in the same atomic write as the model
-   and population, and skips a delta sent again by a replayed message.
+2. The journeys agent stores a run's outputs (delta, visitor updates, segment changes)
+   in that same write, then sends them (:mod:`ampelios.stream.outbox`): a crash before
+   the write leaves nothing behind, a crash after it sends the stored outputs again.
+   Dead letters and the snapshots of the owner are sent and acknowledged *before* the
+   write; a crash before it applies the messages again.
+3. A delta names the last events message of its run (partition, offset); the owner keeps
+   the newest offset applied per source and partition, in the same atomic write as the
+   model and population, and skips a delta sent again.
 
 A message that cannot be used never stops an agent: it is dead-lettered with its position
 and reason, and counted.
@@ -42,7 +47,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
@@ -57,6 +62,7 @@ from ampelios.core.partitioning import visitor_key
 from ampelios.core.population import Population, PopulationDelta, Shape
 from ampelios.stream.app import Pipeline, counts_key, rejected_key
 from ampelios.stream.journey_store import read_journeys, store
+from ampelios.stream.outbox import OUTBOX_KEY, Outbox
 from ampelios.stream.positions import Positions
 from ampelios.stream.replay import rejection_record
 
@@ -64,6 +70,9 @@ log = logging.getLogger(__name__)
 
 UNKNOWN_SOURCE = -1
 MAX_SNAPSHOTS_PER_BATCH = 1000  # event-time snapshots one batch may take (a jump in time)
+RUN_MESSAGES = 256  # messages an agent takes at most at once (over all its partitions)
+RUN_SECONDS = 0.05  # longest wait for more messages before applying those taken
+RUN_EVENTS = 50_000  # events applied as one batch at most (bounds a changelog record)
 
 
 def model_key(source_id: int) -> bytes:
@@ -112,9 +121,22 @@ def snapshot_record(
     )
 
 
+async def runs(stream: Any) -> AsyncIterator[list[Any]]:
+    """Runs of delivered messages: each of one partition, in offset order. A run is what
+    arrived within RUN_SECONDS (at most RUN_MESSAGES messages over all partitions): one
+    message of thousands of events, or hundreds of one-event messages."""
+    async for taken in stream.take_events(RUN_MESSAGES, RUN_SECONDS):
+        by_partition: dict[int, list[Any]] = {}
+        for event in taken:
+            by_partition.setdefault(event.message.partition, []).append(event.message)
+        for messages in by_partition.values():
+            yield sorted(messages, key=lambda m: m.offset)
+
+
 def register(p: Pipeline) -> None:
     gap_ms = p.settings.session_gap_ms
     window_ms = p.settings.active_window_ms
+    topology = p.topology
 
     async def dead_letter(source_id: int, rejections: list[Rejection]) -> None:
         """Dead-letter rejections, acknowledged (before the position that says so is stored)."""
@@ -147,45 +169,36 @@ def register(p: Pipeline) -> None:
         store(writes, [keys[i] for i in known], [old[i] for i in known], batch, np.arange(len(known)))
         return [visitors[i] for i in known], batch
 
-    def segment_moves(
-        source_id: int, ids: list[int], batch: JourneyBatch, moved: np.ndarray
-    ) -> list[tuple[int, bytes]]:
-        """(visitor, segment-changes record) of visitors (``moved``: active before and
-        after) whose own events moved them to another segment under the current model."""
+    def segment_moves(source_id: int, ids: list[int], batch: JourneyBatch, moved: np.ndarray, outbox: Outbox) -> None:
+        """Add to ``outbox`` a segment-changes record per visitor (``moved``: active
+        before and after) whose own events moved it to another segment under the current
+        model."""
         model = p.published_model(source_id)
         if model is None or not len(moved):
-            return []
+            return
         before = model.assign(features_from_shapes(batch.old_shapes[moved]))
         after = model.assign(features_from_shapes(batch.new_shapes[moved]))
-        return [
-            (
-                ids[i],
-                orjson.dumps(
-                    {
-                        "source_id": source_id,
-                        "visitorid": ids[i],
-                        "from": old,
-                        "to": new,
-                        "from_label": model.labels[old],
-                        "to_label": model.labels[new],
-                        "at": int(batch.last_event[i]),
-                        "model_version": model.version,
-                    }
-                ),
-            )
-            for i, old, new in zip(moved.tolist(), before.tolist(), after.tolist())
-            if old != new
-        ]
+        last_event = batch.last_event
+        for i, old, new in zip(moved.tolist(), before.tolist(), after.tolist()):
+            if old != new:
+                record = {
+                    "source_id": source_id,
+                    "visitorid": ids[i],
+                    "from": old,
+                    "to": new,
+                    "from_label": model.labels[old],
+                    "to_label": model.labels[new],
+                    "at": int(last_event[i]),
+                    "model_version": model.version,
+                }
+                outbox.add(topology.segment_changes, visitor_key(source_id, ids[i]), orjson.dumps(record))
 
-    async def store_writes(partition: int, offset: int, writes: dict[bytes, bytes | None]) -> None:
-        """One events message's state, position included: one changelog record, one RocksDB write."""
-        await p.journeys.write(partition, b"%d:%d" % (partition, offset), list(writes), list(writes.values()))
-
-    async def apply_batch(
-        source_id: int, partition: int, offset: int, events: EventBatch, writes: dict[bytes, bytes | None]
-    ) -> None:
-        """Merge ``events`` into journeys; send the outputs, then store everything in
-        ``writes`` (one changelog record, one RocksDB write)."""
+    def apply_batch(
+        source_id: int, partition: int, offset: int, events: EventBatch, outbox: Outbox
+    ) -> dict[bytes, bytes | None]:
+        """Merge ``events`` into journeys; return what to store and add the outputs to
+        ``outbox``. Reads the table, writes nothing."""
+        writes: dict[bytes, bytes | None] = {}
         visitors, owner = np.unique(events.visitorid, return_inverse=True)
         ids = visitors.tolist()
         keys = [visitor_key(source_id, v) for v in ids]
@@ -228,55 +241,105 @@ def register(p: Pipeline) -> None:
         visitors_seen += int((~batch.existed & batch.changed).sum())
         writes[counts_key(source_id)] = b"%d,%d" % (events_seen, visitors_seen)
 
-        # 1. outputs, acknowledged ...
-        sent: list[Awaitable[Any]] = []
         delta = PopulationDelta.of(np.concatenate(left), batch.new_shapes[changed[batch.active[changed]]])
         if len(delta):
             value = {"source_id": source_id, "partition": partition, "offset": offset, "watermark": watermark}
             value.update(delta.to_json())
-            sent.append(await p.segment_updates.send(key=b"%d" % source_id, value=orjson.dumps(value)))
-        moved = changed[batch.was_active[changed] & batch.active[changed]]
-        for visitor, record in segment_moves(source_id, ids, batch, moved):
-            sent.append(await p.segment_changes.send(key=visitor_key(source_id, visitor), value=record))
+            outbox.add(topology.segment_updates, b"%d" % source_id, orjson.dumps(value), 0)
+        segment_moves(source_id, ids, batch, changed[batch.was_active[changed] & batch.active[changed]], outbox)
         if update["visitorid"]:
             value = orjson.dumps({"source_id": source_id, **update}, option=orjson.OPT_SERIALIZE_NUMPY)
-            sent.append(await p.visitor_updates.send(value=value, partition=partition))
-        await asyncio.gather(*sent)
-        # 2. ... before the state that says they were produced
-        await store_writes(partition, offset, writes)
+            outbox.add(topology.visitor_updates, None, value, partition)
+        return writes
 
-    async def apply_events(message: Any) -> None:
-        """Apply one message of the events topic; store its position with its effects."""
-        partition, offset = message.partition, message.offset
-        where = f"{message.topic}:{partition}:{offset}"
+    unsent: set[int] = set()  # events partitions whose stored outbox may not have been sent
+
+    async def send_outbox(partition: int, outbox: Outbox | None = None) -> None:
+        """Send ``outbox`` (default: the one stored for ``partition``), acknowledged."""
+        unsent.add(partition)
+        if outbox is None:
+            (stored,) = p.journeys.get_many(partition, [OUTBOX_KEY])
+            outbox = Outbox.from_bytes(stored) if stored is not None else Outbox()
+        await outbox.send(p.app.producer)
+        unsent.discard(partition)
+
+    async def resend_outboxes(assigned: set[TopicPartition]) -> None:
+        """After an assignment: send the stored outbox of every events partition again
+        (its last send may not have finished before a crash or a move)."""
+        partitions = sorted(tp.partition for tp in assigned if tp.topic == topology.events)
+        unsent.update(partitions)
+        for partition in partitions:
+            await send_outbox(partition)
+
+    p.on_assigned.append(resend_outboxes)
+
+    async def apply_group(partition: int, messages: list[Any], decoded: list[tuple[int, EventBatch]]) -> None:
+        """Apply consecutive messages of a partition as one batch per source: state,
+        position and outbox in one write, then the outbox sent."""
+        offset = messages[-1].offset
+        by_source: dict[int, list[EventBatch]] = {}
+        for source, events in decoded:
+            if len(events):
+                by_source.setdefault(source, []).append(events)
         writes: dict[bytes, bytes | None] = dict([positions.position(offset)])
-        try:
-            source, events, rejections = decode_events(message.value, where, p.event_codes)
-        except InvalidMessage as exc:
-            source, events, rejections = UNKNOWN_SOURCE, EventBatch.empty(), []
-            raw = (message.value or b"")[:200].decode("utf-8", "replace")
-            await dead_letter(UNKNOWN_SOURCE, [Rejection(where, str(exc), raw)])
-        if rejections:
-            await dead_letter(source, rejections)
-        if len(events):
+        outbox = Outbox()
+        for source, parts in by_source.items():
             try:
-                await apply_batch(source, partition, offset, events, writes)
-                return
-            except (KafkaError, TimeoutError):
-                raise  # the broker: Faust restarts the agent; the next message shows the gap
+                writes.update(apply_batch(source, partition, offset, EventBatch.concat(parts), outbox))
             except Exception as exc:  # a message that breaks the code must not stop the stream
+                where = f"{topology.events}:{partition}:{messages[0].offset}..{offset}"
                 log.exception("could not apply %s (source %d)", where, source)
                 await dead_letter(source, [Rejection(where, f"internal error: {exc!r}")])
+        writes[OUTBOX_KEY] = outbox.to_bytes()
+        unsent.add(partition)
         await store_writes(partition, offset, writes)
+        await send_outbox(partition, outbox)
 
-    positions = Positions(p.settings.broker_url, p.topology.events, p.journeys, b"~position")
+    async def store_writes(partition: int, offset: int, writes: dict[bytes, bytes | None]) -> None:
+        """One run's state, position included: one changelog record, one RocksDB write."""
+        await p.journeys.write(partition, b"%d:%d" % (partition, offset), list(writes), list(writes.values()))
+
+    period_ms = round(p.settings.snapshot_event_hours * 3_600_000)
+
+    async def apply_events(partition: int, messages: list[Any]) -> None:
+        """Apply messages of the events topic (one partition, in order): dead-letter what
+        cannot be used, then apply the rest in groups of at most RUN_EVENTS events that
+        stay within one event-time snapshot period (so that a replay's daily snapshots
+        see the model as it was at the end of each day, to within a message)."""
+        group: list[Any] = []
+        decoded: list[tuple[int, EventBatch]] = []
+        size, group_period = 0, None
+        for message in messages:
+            where = f"{message.topic}:{partition}:{message.offset}"
+            try:
+                source, events, rejections = decode_events(message.value, where, p.event_codes)
+            except InvalidMessage as exc:
+                source, events, rejections = UNKNOWN_SOURCE, EventBatch.empty(), []
+                raw = (message.value or b"")[:200].decode("utf-8", "replace")
+                await dead_letter(UNKNOWN_SOURCE, [Rejection(where, str(exc), raw)])
+            if rejections:
+                await dead_letter(source, rejections)
+            period = int(events.timestamp.max()) // period_ms if period_ms and len(events) else group_period
+            if group and (size + len(events) > RUN_EVENTS or period != group_period):
+                await apply_group(partition, group, decoded)
+                group, decoded, size = [], [], 0
+            group.append(message)
+            decoded.append((source, events))
+            size += len(events)
+            group_period = period
+        if group:
+            await apply_group(partition, group, decoded)
+
+    positions = Positions(p.settings.broker_url, topology.events, p.journeys, b"~position")
     p.positions.append(positions)
 
     @p.app.agent(p.events, name="journeys")
     async def journeys(stream: Any) -> None:
-        async for event in stream.events():
-            for message in await positions.admit(event.message):
-                await apply_events(message)
+        async for messages in runs(stream):
+            partition = messages[0].partition
+            if partition in unsent:
+                await send_outbox(partition)
+            await apply_events(partition, await positions.admit(messages))
 
     populations: dict[int, Population] = {}  # the owner's copy of segment-state's shapes
     changed_sources: set[int] = set()  # sources updated since their last wall snapshot
@@ -293,17 +356,48 @@ def register(p: Pipeline) -> None:
             populations[source_id] = Population(counts)
         return populations[source_id]
 
-    period_ms = round(p.settings.snapshot_event_hours * 3_600_000)
-    updates_positions = Positions(p.settings.broker_url, p.topology.segment_updates, p.segments, b"position")
+    updates_positions = Positions(p.settings.broker_url, topology.segment_updates, p.segments, b"position")
     p.positions.append(updates_positions)
 
-    async def event_time_snapshots(source_id: int, model: SegmentModel | None, watermark: int) -> bytes:
-        """Snapshot the model at every period boundary the batch's events passed; return
-        the next boundary to store."""
-        stored = p.segments.get_many(0, [clock_key(source_id)])[0]
+    class SegmentRun:
+        """What a run of segment-updates messages changes, written at its end at once:
+        staged ``writes`` of segment-state, the current ``models`` (``None``: none yet)
+        and the sources whose population changed since their model was updated."""
+
+        def __init__(self) -> None:
+            self.writes: dict[bytes, bytes] = {}
+            self.models: dict[int, SegmentModel | None] = {}
+            self.stale: set[int] = set()
+
+        def get(self, key: bytes) -> bytes | None:
+            return self.writes[key] if key in self.writes else p.segments.get_many(0, [key])[0]
+
+        def model(self, source_id: int) -> SegmentModel | None:
+            """The model of a source, updated with every delta applied so far."""
+            if source_id not in self.models:
+                stored = self.get(model_key(source_id))
+                self.models[source_id] = SegmentModel.from_bytes(stored) if stored is not None else None
+            if source_id in self.stale:
+                self.stale.discard(source_id)
+                try:
+                    model = update(self.models[source_id], population_of(source_id), p.settings.k_for(source_id))
+                except Exception:  # the model stays as it was; the population is kept
+                    log.exception("could not update the model of source %d", source_id)
+                else:
+                    self.set_model(source_id, model)
+            return self.models[source_id]
+
+        def set_model(self, source_id: int, model: SegmentModel) -> None:
+            self.models[source_id] = model
+            self.writes[model_key(source_id)] = model.to_bytes()
+
+    async def event_time_snapshots(run: SegmentRun, source_id: int, watermark: int) -> None:
+        """Snapshot the model at every period boundary the events passed; stage the next
+        boundary."""
+        stored = run.get(clock_key(source_id))
         boundary = int(stored) if stored is not None else (watermark // period_ms + 1) * period_ms
         taken = 0
-        while model is not None and watermark >= boundary:
+        while watermark >= boundary and (model := run.model(source_id)) is not None:
             if taken < MAX_SNAPSHOTS_PER_BATCH:
                 record = snapshot_record(source_id, model, "event", boundary, "event time")
                 await p.snapshots.send(key=b"%d" % source_id, value=record)
@@ -311,30 +405,12 @@ def register(p: Pipeline) -> None:
             boundary += period_ms
         if taken > MAX_SNAPSHOTS_PER_BATCH:
             log.warning("event time of source %d jumped %d periods; kept %d", source_id, taken, MAX_SNAPSHOTS_PER_BATCH)
-        return b"%d" % boundary
+        run.writes[clock_key(source_id)] = b"%d" % boundary
 
-    def stored_model(source_id: int) -> SegmentModel | None:
-        stored = p.segments.get_many(0, [model_key(source_id)])[0]
-        return SegmentModel.from_bytes(stored) if stored is not None else None
-
-    async def save_model(
-        source_id: int, offset: int, model: SegmentModel | None, keys: list[bytes], values: list[bytes]
-    ) -> None:
-        """Store the model (if any) with ``keys``, the owner's position, atomically; publish it."""
-        key, position = updates_positions.position(offset)
-        keys, values = [*keys, key], [*values, position]
-        if model is not None:
-            value = model.to_bytes()
-            keys, values = [*keys, model_key(source_id)], [*values, value]
-        await p.segments.write(0, b"%d" % offset, keys, values)
-        if model is not None:
-            p.published[b"%d" % source_id] = value
-
-    async def wall_snapshot(source_id: int, offset: int, reason: str) -> None:
+    async def wall_snapshot(run: SegmentRun, source_id: int, reason: str) -> None:
         """Settle the model on the population, then snapshot it with the shape mapping."""
-        model = stored_model(source_id)
+        model = run.model(source_id)
         if model is None:
-            await save_model(source_id, offset, None, [], [])
             return
         population = population_of(source_id)
         model = update(model, population, p.settings.k_for(source_id), settle=True)
@@ -342,53 +418,53 @@ def register(p: Pipeline) -> None:
         mapping = np.column_stack([shapes, model.assign(features_from_shapes(shapes))]).tolist()
         record = snapshot_record(source_id, model, "wall", round(time.time() * 1000), reason, mapping)
         await (await p.snapshots.send(key=b"%d" % source_id, value=record))
-        await save_model(source_id, offset, model, [], [])
+        run.set_model(source_id, model)
 
-    async def apply_delta(offset: int, message: dict[str, Any]) -> None:
+    async def apply_delta(run: SegmentRun, message: dict[str, Any]) -> None:
         source_id, partition = int(message["source_id"]), int(message["partition"])
-        applied = p.segments.get_many(0, [applied_key(source_id, partition)])[0]
+        applied = run.get(applied_key(source_id, partition))
         if applied is not None and message["offset"] <= int(applied):
-            await save_model(source_id, offset, None, [], [])  # a batch sent again after a crash
-            return
-        model = stored_model(source_id)
-        keys, values = [applied_key(source_id, partition)], [b"%d" % message["offset"]]
+            return  # a delta sent again (after a crash or a rebalance)
         if period_ms:
-            keys.append(clock_key(source_id))
-            values.append(await event_time_snapshots(source_id, model, int(message["watermark"])))
-        population = population_of(source_id)
-        try:
-            changed = population.apply(PopulationDelta.from_json(message))
-            model = update(model, population, p.settings.k_for(source_id))
-        except Exception:
-            populations.pop(source_id, None)  # reload from segment-state: nothing was written
-            raise
-        keys += [shape_key(source_id, shape) for shape, _ in changed]
-        values += [b"%d" % count for _, count in changed]
-        await save_model(source_id, offset, model, keys, values)
+            await event_time_snapshots(run, source_id, int(message["watermark"]))
+        changed = population_of(source_id).apply(PopulationDelta.from_json(message))  # all or nothing
+        run.writes.update((shape_key(source_id, shape), b"%d" % count) for shape, count in changed)
+        run.writes[applied_key(source_id, partition)] = b"%d" % message["offset"]
+        run.stale.add(source_id)
         changed_sources.add(source_id)
 
-    async def apply_segment_update(record: Any) -> None:
-        """Apply one message of the segment-updates topic (a delta or a snapshot request)."""
-        offset, message = record.offset, {}
-        try:
-            message = orjson.loads(record.value)
-            if "snapshot" in message:
-                await wall_snapshot(int(message["source_id"]), offset, str(message["snapshot"]))
-            else:
-                await apply_delta(offset, message)
+    async def apply_segment_updates(records: list[Any]) -> None:
+        """Apply messages of the segment-updates topic (deltas and snapshot requests) in
+        order; update each changed source's model once; store all of it in one write."""
+        if not records:
             return
-        except (KafkaError, TimeoutError):
-            raise  # the broker: Faust restarts the agent; the next message shows the gap
-        except Exception:
-            origin = f" (events {message.get('partition')}:{message.get('offset')})" if "partition" in message else ""
-            log.exception("could not apply segment update at offset %d%s", offset, origin)
-        await save_model(int(message.get("source_id", -1)), offset, None, [], [])
+        run = SegmentRun()
+        for record in records:
+            message: dict[str, Any] = {}
+            try:
+                message = orjson.loads(record.value)
+                if "snapshot" in message:
+                    await wall_snapshot(run, int(message["source_id"]), str(message["snapshot"]))
+                else:
+                    await apply_delta(run, message)
+            except (KafkaError, TimeoutError):
+                raise  # the broker: Faust restarts the agent; the next message shows the gap
+            except Exception:
+                origin = f"events {message.get('partition')}:{message.get('offset')}" if "partition" in message else "-"
+                log.exception("could not apply segment update at offset %d (%s)", record.offset, origin)
+        for source_id in sorted(run.stale):
+            run.model(source_id)
+        offset = records[-1].offset
+        run.writes.update([updates_positions.position(offset)])
+        await p.segments.write(0, b"%d" % offset, list(run.writes), list(run.writes.values()))
+        for source_id, model in run.models.items():
+            if model is not None and model_key(source_id) in run.writes:
+                await p.published.publish(b"%d" % source_id, run.writes[model_key(source_id)])
 
     @p.app.agent(p.segment_updates, name="segments")
     async def segments(stream: Any) -> None:
-        async for event in stream.events():
-            for message in await updates_positions.admit(event.message):
-                await apply_segment_update(message)
+        async for records in runs(stream):
+            await apply_segment_updates(await updates_positions.admit(records))
 
     @p.app.timer(p.settings.snapshot_seconds)
     async def request_wall_snapshots() -> None:
@@ -396,7 +472,7 @@ def register(p: Pipeline) -> None:
         (and of every source once, when it becomes the owner: updates applied before a
         crash may not have been settled)."""
         nonlocal owned
-        owner = TopicPartition(p.topology.segment_updates, 0) in p.app.assignor.assigned_actives()
+        owner = TopicPartition(topology.segment_updates, 0) in p.app.assignor.assigned_actives()
         if owner and not owned:
             changed_sources.update(int(k.split(b":")[1]) for k, _ in p.segments.items_with_prefix(0, b"model:"))
         owned = owner
@@ -406,24 +482,29 @@ def register(p: Pipeline) -> None:
             changed_sources.discard(source_id)
             await p.segment_updates.send(key=b"%d" % source_id, value=snapshot_request(source_id, "periodic"))
 
-    async def count_rejection(message: Any) -> None:
-        """Count one dead letter for its source, with the dead-letter position."""
-        try:
-            source_id = int(orjson.loads(message.value)["source_id"])
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-            source_id = UNKNOWN_SOURCE
-        key = rejected_key(source_id)
-        (stored,) = p.journeys.get_many(message.partition, [key])
-        count = int(stored) if stored is not None else 0
-        position_key, position = dlq_positions.position(message.offset)
-        batch = b"dlq:%d:%d" % (message.partition, message.offset)
-        await p.journeys.write(message.partition, batch, [key, position_key], [b"%d" % (count + 1), position])
+    async def count_rejections(partition: int, messages: list[Any]) -> None:
+        """Count dead letters per source, with the dead-letter position: one write."""
+        counts: dict[int, int] = {}
+        for message in messages:
+            try:
+                source_id = int(orjson.loads(message.value)["source_id"])
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                source_id = UNKNOWN_SOURCE
+            counts[source_id] = counts.get(source_id, 0) + 1
+        keys = [rejected_key(s) for s in counts]
+        stored = p.journeys.get_many(partition, keys)
+        values = [b"%d" % (int(old or 0) + n) for old, n in zip(stored, counts.values())]
+        offset = messages[-1].offset
+        position_key, position = dlq_positions.position(offset)
+        batch = b"dlq:%d:%d" % (partition, offset)
+        await p.journeys.write(partition, batch, [*keys, position_key], [*values, position])
 
-    dlq_positions = Positions(p.settings.broker_url, p.topology.dead_letters, p.journeys, b"~dlq-position")
+    dlq_positions = Positions(p.settings.broker_url, topology.dead_letters, p.journeys, b"~dlq-position")
     p.positions.append(dlq_positions)
 
     @p.app.agent(p.dead_letters, name="rejections")
     async def rejections(stream: Any) -> None:
-        async for event in stream.events():
-            for message in await dlq_positions.admit(event.message):
-                await count_rejection(message)
+        async for messages in runs(stream):
+            admitted = await dlq_positions.admit(messages)
+            if admitted:
+                await count_rejections(admitted[0].partition, admitted)

@@ -21,7 +21,8 @@ segment-state       1           ``model:source`` -> the authoritative :class:`Se
                                 newest events offset applied, ``clock:source`` -> next
                                 event-time snapshot. A :class:`BatchTable` written only by
                                 the model's owner, one record per update
-segment-published   1 (global)  ``source`` -> a copy of the model every worker reads
+segment-published   1 (global)  ``source`` -> a copy of the model every worker reads;
+                                a :class:`PublishedTable`
 ==================  ==========  =======================================================
 """
 
@@ -31,6 +32,7 @@ import asyncio
 import logging
 import os
 import shutil
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,7 +55,7 @@ from ampelios.services.broker import (
 )
 from ampelios.sinks.history import History
 from ampelios.sinks.postgres import PostgresSink
-from ampelios.stream.batch_table import BatchTable
+from ampelios.stream.batch_table import BatchTable, PublishedTable
 from ampelios.stream.positions import Positions
 from ampelios.stream.topology import Topology
 
@@ -114,6 +116,12 @@ class AmpeliosApp(faust.App):
             await seek_to_committed()
             committed.clear()  # others may have committed while we did not own a partition
             await consumer.seek_wait(positions())
+            assigned = consumer.assignment()
+            for hook in self.pipeline.on_assigned:
+                try:
+                    await hook(assigned)
+                except Exception:  # the agents retry before their next message
+                    log.exception("after the assignment of %s", sorted(assigned))
 
         async def commit_positions(tps: Any, start_new_transaction: bool = True) -> bool:
             consumer._filter_committable_offsets(tps)  # trims Faust's ack lists; not committed
@@ -191,12 +199,13 @@ class Pipeline:
     snapshots: Any
     journeys: BatchTable
     segments: BatchTable
-    published: Any
+    published: PublishedTable
     history: History | None
     sink: PostgresSink | None
     jobs: dict[str, Any] = field(default_factory=dict)
     event_codes: dict[str, int] = field(default_factory=dict)  # names read, see event_codes
     positions: list[Positions] = field(default_factory=list)  # one per agent, see agents
+    on_assigned: list[Callable[[set[TopicPartition]], Awaitable[None]]] = field(default_factory=list)
 
     def ready(self) -> bool:
         """Table recovery has completed and no rebalance is under way."""
@@ -299,7 +308,7 @@ def create_pipeline(settings: Settings) -> Pipeline:
         snapshots=app.topic(topology.snapshots, partitions=1, internal=True, **raw),
         journeys=app.tables.add(BatchTable(app, name="journeys", partitions=n, **table)),
         segments=app.tables.add(BatchTable(app, name="segment-state", partitions=1, **table)),
-        published=app.GlobalTable("segment-published", partitions=1, **table),
+        published=app.tables.add(PublishedTable(app, name="segment-published", partitions=1, **table)),
         history=history,
         event_codes=event_codes(settings.event_map),
         sink=PostgresSink(settings.broker_url, topology, history) if history is not None else None,

@@ -126,3 +126,25 @@ class BatchTable(faust.Table):  # type: ignore[misc]
             self._db(partition).write(write)
         for tp, offset in offsets.items():
             self.data.set_persisted_offset(tp, offset)
+
+
+class PublishedTable(faust.GlobalTable):  # type: ignore[misc]
+    """A one-partition global bytes -> bytes table (every worker holds all of it), set
+    with :meth:`publish` from anywhere, not only while a stream event is being handled
+    (Faust's ``table[key] = value`` needs one)."""
+
+    def __init__(self, app: Any, **kwargs: Any) -> None:  # what app.GlobalTable passes
+        super().__init__(app, is_global=True, standby_buffer_size=1, beacon=app.tables.beacon, **kwargs)
+
+    async def publish(self, key: bytes, value: bytes) -> None:
+        """Set ``key`` for every worker: a changelog record (sent, not awaited), then the
+        local store."""
+        await self.changelog_topic.send(
+            key=key,
+            value=value,
+            partition=0,
+            key_serializer="raw",
+            value_serializer="raw",
+            callback=self._on_changelog_sent,
+        )
+        self.data._db_for_partition(0).put(key, value)

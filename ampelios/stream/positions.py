@@ -8,8 +8,8 @@ such a commit loses those messages. Ampelios therefore does not trust
 committed offsets for correctness. Every agent stores the offset of the last message it
 applied in the same atomic write as the state it changed (a
 :class:`~ampelios.stream.batch_table.BatchTable` key), and :meth:`Positions.admit` turns
-each delivered message into the messages to apply, so that each partition's messages are
-applied exactly once, in order:
+each run of delivered messages into the messages to apply, so that each partition's
+messages are applied exactly once, in order:
 
 - an offset at or below the stored one was applied already: nothing;
 - the next offset: that message;
@@ -26,6 +26,7 @@ the end of a partition do not wait for a later message to show the gap.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from aiokafka.structs import TopicPartition
@@ -62,21 +63,29 @@ class Positions:
         """The next offset to apply of every assigned partition of the topic."""
         return {tp: self.expected(tp.partition) for tp in assigned if tp.topic == self.topic}
 
-    async def admit(self, message: Any) -> list[Any]:
-        """The messages to apply now, given a delivered ``message`` (each has ``topic``,
-        ``partition``, ``offset`` and ``value``); store :meth:`position` with each one's
-        effects."""
-        expected = self.expected(message.partition)
-        if message.offset <= expected:
-            return [message] if message.offset == expected else []
-        tp = TopicPartition(message.topic, message.partition)
-        skipped = await read_range(self.url, tp, expected, message.offset)
-        log.warning(
-            "%s[%d]: offset %d delivered, %d is next: applying the %d messages in between first",
-            message.topic,
-            message.partition,
-            message.offset,
-            expected,
-            len(skipped),
-        )
-        return [*skipped, message]
+    async def admit(self, messages: Sequence[Any]) -> list[Any]:
+        """The messages to apply now, in order, given delivered ``messages`` of one
+        partition in offset order (each has ``topic``, ``partition``, ``offset`` and
+        ``value``); store :meth:`position` of the last one with their effects."""
+        if not messages:
+            return []
+        first = messages[0]
+        expected = self.expected(first.partition)
+        admitted: list[Any] = []
+        for message in messages:
+            if message.offset > expected:
+                tp = TopicPartition(message.topic, message.partition)
+                skipped = await read_range(self.url, tp, expected, message.offset)
+                log.warning(
+                    "%s[%d]: offset %d delivered, %d is next: applying the %d messages in between first",
+                    message.topic,
+                    message.partition,
+                    message.offset,
+                    expected,
+                    len(skipped),
+                )
+                admitted += skipped
+            if message.offset >= expected:
+                admitted.append(message)
+                expected = message.offset + 1
+        return admitted
