@@ -15,7 +15,8 @@ from ampelios.core.events import CsvError, write_csv
 from ampelios.core.generate import generate_events
 
 
-def _settings() -> Settings:
+def load_settings() -> Settings:
+    """``Settings.from_env()``; a bad setting is a usage error that names the variable."""
     try:
         return Settings.from_env()
     except ConfigError as exc:
@@ -34,9 +35,11 @@ def worker() -> None:
     database (AMPELIOS_DATABASE_URL). The same as ``faust -A ampelios.app worker``."""
     from faust.worker import Worker
 
+    from ampelios.stream import event_loop
     from ampelios.stream.app import create_pipeline
 
-    settings = _settings()
+    event_loop.install()
+    settings = load_settings()
     pipeline = create_pipeline(settings)
     Worker(pipeline.app, loglevel=settings.log_level, quiet=True).execute_from_commandline()
 
@@ -48,7 +51,7 @@ def up() -> None:
     web server on AMPELIOS_WEB_PORT. Ctrl-C stops all of it."""
     from ampelios.services.stack import Stack, StopRequested, stop_on_signals
 
-    settings = _settings()
+    settings = load_settings()
     try:
         with stop_on_signals(), Stack(settings) as stack:
             assert stack.worker is not None and stack.worker.process is not None
@@ -72,7 +75,7 @@ def replay(file: Path, source_id: int, file_order: bool) -> None:
     from ampelios.stream.replay import ReplayProgress, replay_parsed
     from ampelios.stream.topology import Topology
 
-    settings = _settings()
+    settings = load_settings()
     click.echo(f"Reading {file} ...")
     try:
         parsed = read_csv(file, source_id, event_codes(settings.event_map))
@@ -142,7 +145,17 @@ def demo(n_events: int, keep_running: bool) -> None:
     segments and the HTTP URLs, and shut everything down."""
     from ampelios.services.demo import run_demo
 
-    sys.exit(run_demo(_settings(), n_events, keep_running))
+    sys.exit(run_demo(load_settings(), n_events, keep_running))
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True}, add_help_option=False)
+@click.pass_context
+def bench(ctx: click.Context) -> None:
+    """Measure each layer's throughput and the steady-state latency, side by side (see
+    ``ampelios bench --help``)."""
+    from ampelios.services.bench import main as bench_main
+
+    bench_main.main(ctx.args, prog_name=ctx.command_path)
 
 
 def _print_urls(settings: Settings, base: str) -> None:

@@ -41,10 +41,13 @@ class PopulationDelta:
         if len(rows) == 0:
             return cls(np.empty((0, 4), dtype=np.int64), np.empty(0, dtype=np.int64))
         signs = np.concatenate([-np.ones(len(left), dtype=np.int64), np.ones(len(joined), dtype=np.int64)])
-        shapes, index = np.unique(rows, axis=0, return_inverse=True)
-        changes = np.bincount(index.ravel(), weights=signs, minlength=len(shapes)).astype(np.int64)
+        order = np.lexsort(rows.T[::-1])  # rows sorted (np.unique(axis=0) is ten times slower)
+        rows, signs = rows[order], signs[order]
+        first = np.ones(len(rows), dtype=bool)
+        first[1:] = (rows[1:] != rows[:-1]).any(axis=1)
+        changes = np.add.reduceat(signs, np.flatnonzero(first))
         keep = changes != 0
-        return cls(shapes[keep].astype(np.int64), changes[keep])
+        return cls(rows[first][keep].astype(np.int64), changes[keep])
 
     def __len__(self) -> int:
         return len(self.changes)

@@ -184,13 +184,16 @@ class Stack:
         return self.settings.state_dir / "logs"
 
     def start(self) -> None:
+        # Each service is kept before it starts, so that stop() ends it even when its start
+        # is interrupted (Ctrl-C while waiting for it to be ready).
         if self.settings.broker is None:
-            self.broker = EmbeddedBroker(self.logs / "broker.log").start()
-            self.settings = self.settings.with_(broker=self.broker.url)
+            self.broker = EmbeddedBroker(self.logs / "broker.log")
+            self.settings = self.settings.with_(broker=self.broker.start().url)
         if self.settings.database_url is None:
-            self.database = EmbeddedPostgres(self.settings.state_dir / "postgres", self.logs / "postgres.log").start()
-            self.settings = self.settings.with_(database_url=self.database.url)
-        self.worker = WorkerProcess(self.settings, self.worker_output).start()
+            self.database = EmbeddedPostgres(self.settings.state_dir / "postgres", self.logs / "postgres.log")
+            self.settings = self.settings.with_(database_url=self.database.start().url)
+        self.worker = WorkerProcess(self.settings, self.worker_output)
+        self.worker.start()
 
     def stop(self) -> None:
         for service in (self.worker, self.broker, self.database):

@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import aiopg
+import orjson
 import psycopg2
 
 log = logging.getLogger(__name__)
@@ -115,8 +116,9 @@ def _ms(ms: int) -> datetime:
 
 def _array(values: Sequence[Any]) -> str:
     """A Postgres array literal of numbers or booleans. Passing one string per column
-    costs a fraction of psycopg2 adapting every element of a list."""
-    return "{" + ",".join(map(str, values)) + "}"
+    costs a fraction of psycopg2 adapting every element of a list (JSON's ``1,2`` and
+    ``true,false`` are Postgres's too)."""
+    return "{" + orjson.dumps(values)[1:-1].decode() + "}"
 
 
 def _text_array(values: Sequence[str]) -> str:
@@ -281,8 +283,11 @@ async def _write_snapshot(cur: Any, snapshot: dict[str, Any]) -> None:
             )
 
 
+VISITOR_COLUMNS = ("visitorid", "views", "addtocarts", "transactions", "sessions", "last_event", "active")
+
+
 async def _write_visitors(cur: Any, update: dict[str, Any]) -> None:
-    views, carts, buys, sessions = (_array(c) for c in zip(*update["shapes"]))
+    """Upsert the visitors of one visitor-updates record (one array per column)."""
     await cur.execute(
         "INSERT INTO visitors (source_id, visitorid, views, addtocarts, transactions, sessions, "
         "views_per_session, purchase_ratio, last_event_at, active) "
@@ -296,16 +301,7 @@ async def _write_visitors(cur: Any, update: dict[str, Any]) -> None:
         "views_per_session = EXCLUDED.views_per_session, purchase_ratio = EXCLUDED.purchase_ratio, "
         "last_event_at = EXCLUDED.last_event_at, active = EXCLUDED.active, updated_at = now() "
         "WHERE visitors.last_event_at <= EXCLUDED.last_event_at",
-        (
-            update["source_id"],
-            _array(update["visitorid"]),
-            views,
-            carts,
-            buys,
-            sessions,
-            _array(update["last_event"]),
-            _array(update["active"]),
-        ),
+        (update["source_id"], *(_array(update[column]) for column in VISITOR_COLUMNS)),
     )
 
 

@@ -47,7 +47,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import numpy as np
@@ -55,7 +55,7 @@ import orjson
 from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 
-from ampelios.core.events import EventBatch, InvalidMessage, Rejection, decode_events
+from ampelios.core.events import UNKNOWN_SOURCE, EventBatch, Rejection, decode_run
 from ampelios.core.journeys import JourneyBatch, features_from_shapes, merge_journeys
 from ampelios.core.model import SegmentModel, update
 from ampelios.core.partitioning import visitor_key
@@ -68,9 +68,8 @@ from ampelios.stream.replay import rejection_record
 
 log = logging.getLogger(__name__)
 
-UNKNOWN_SOURCE = -1
 MAX_SNAPSHOTS_PER_BATCH = 1000  # event-time snapshots one batch may take (a jump in time)
-RUN_MESSAGES = 256  # messages an agent takes at most at once (over all its partitions)
+RUN_MESSAGES = 1024  # messages an agent takes at most at once (over all its partitions)
 RUN_SECONDS = 0.05  # longest wait for more messages before applying those taken
 RUN_EVENTS = 50_000  # events applied as one batch at most (bounds a changelog record)
 
@@ -121,16 +120,24 @@ def snapshot_record(
     )
 
 
-async def runs(stream: Any) -> AsyncIterator[list[Any]]:
-    """Runs of delivered messages: each of one partition, in offset order. A run is what
-    arrived within RUN_SECONDS (at most RUN_MESSAGES messages over all partitions): one
-    message of thousands of events, or hundreds of one-event messages."""
+async def runs(stream: Any) -> AsyncIterator[list[list[Any]]]:
+    """What arrived within RUN_SECONDS (at most RUN_MESSAGES messages over all partitions),
+    as one run per partition, in offset order: one message of thousands of events, or
+    hundreds of one-event messages."""
     async for taken in stream.take_events(RUN_MESSAGES, RUN_SECONDS):
         by_partition: dict[int, list[Any]] = {}
         for event in taken:
             by_partition.setdefault(event.message.partition, []).append(event.message)
-        for messages in by_partition.values():
-            yield sorted(messages, key=lambda m: m.offset)
+        yield [sorted(messages, key=lambda m: m.offset) for messages in by_partition.values()]
+
+
+async def each_partition(runs: list[list[Any]], apply: Callable[[list[Any]], Awaitable[None]]) -> None:
+    """Apply the runs of different partitions concurrently (their state is apart), so
+    that their waits for the broker's acknowledgements overlap; the first failure
+    cancels the others."""
+    async with asyncio.TaskGroup() as group:
+        for run in runs:
+            group.create_task(apply(run))
 
 
 def register(p: Pipeline) -> None:
@@ -215,12 +222,7 @@ def register(p: Pipeline) -> None:
         changed = np.flatnonzero(batch.changed)
         store(writes, keys, old, batch, changed)
         left = [batch.old_shapes[changed[batch.was_active[changed]]]]
-        update = {
-            "visitorid": [ids[i] for i in changed.tolist()],
-            "shapes": batch.new_shapes[changed],
-            "last_event": batch.last_event[changed],
-            "active": batch.active[changed],
-        }
+        updated = [visitors[changed], batch.new_shapes[changed], batch.last_event[changed], batch.active[changed]]
         if cutoff is not None:
             for i in changed.tolist():  # the activity index follows each changed journey
                 if batch.was_active[i]:
@@ -229,12 +231,10 @@ def register(p: Pipeline) -> None:
                     writes[activity_key(source_id, int(batch.last_event[i]), ids[i])] = b""
             expiry = expire(source_id, partition, cutoff, set(ids), writes)
             if expiry is not None:
-                gone, expired = expiry
+                expired_ids, expired = expiry
                 left.append(expired.old_shapes)
-                update["visitorid"] = [*update["visitorid"], *gone]
-                update["shapes"] = np.concatenate([update["shapes"], expired.old_shapes])
-                update["last_event"] = np.concatenate([update["last_event"], expired.last_event])
-                update["active"] = np.concatenate([update["active"], expired.active])
+                extra = [np.array(expired_ids, dtype=np.int64), expired.old_shapes, expired.last_event, expired.active]
+                updated = [np.concatenate([a, b]) for a, b in zip(updated, extra)]
         (stored,) = p.journeys.get_many(partition, [counts_key(source_id)])
         events_seen, visitors_seen = (int(x) for x in stored.split(b",")) if stored is not None else (0, 0)
         events_seen += int(batch.added.sum())
@@ -247,8 +247,20 @@ def register(p: Pipeline) -> None:
             value.update(delta.to_json())
             outbox.add(topology.segment_updates, b"%d" % source_id, orjson.dumps(value), 0)
         segment_moves(source_id, ids, batch, changed[batch.was_active[changed] & batch.active[changed]], outbox)
-        if update["visitorid"]:
-            value = orjson.dumps({"source_id": source_id, **update}, option=orjson.OPT_SERIALIZE_NUMPY)
+        visitor_ids, shapes, last_event, active = updated
+        if len(visitor_ids):
+            views, carts, buys, sessions = np.ascontiguousarray(shapes.T)
+            update = {
+                "source_id": source_id,
+                "visitorid": visitor_ids,
+                "views": views,
+                "addtocarts": carts,
+                "transactions": buys,
+                "sessions": sessions,
+                "last_event": last_event,
+                "active": active,
+            }
+            value = orjson.dumps(update, option=orjson.OPT_SERIALIZE_NUMPY)
             outbox.add(topology.visitor_updates, None, value, partition)
         return writes
 
@@ -273,19 +285,15 @@ def register(p: Pipeline) -> None:
 
     p.on_assigned.append(resend_outboxes)
 
-    async def apply_group(partition: int, messages: list[Any], decoded: list[tuple[int, EventBatch]]) -> None:
-        """Apply consecutive messages of a partition as one batch per source: state,
-        position and outbox in one write, then the outbox sent."""
+    async def apply_group(partition: int, messages: list[Any], events: EventBatch) -> None:
+        """Apply the events of consecutive messages of a partition as one batch per
+        source: state, position and outbox in one write, then the outbox sent."""
         offset = messages[-1].offset
-        by_source: dict[int, list[EventBatch]] = {}
-        for source, events in decoded:
-            if len(events):
-                by_source.setdefault(source, []).append(events)
         writes: dict[bytes, bytes | None] = dict([positions.position(offset)])
         outbox = Outbox()
-        for source, parts in by_source.items():
+        for source in np.unique(events.source_id).tolist():
             try:
-                writes.update(apply_batch(source, partition, offset, EventBatch.concat(parts), outbox))
+                writes.update(apply_batch(source, partition, offset, events.take(events.source_id == source), outbox))
             except Exception as exc:  # a message that breaks the code must not stop the stream
                 where = f"{topology.events}:{partition}:{messages[0].offset}..{offset}"
                 log.exception("could not apply %s (source %d)", where, source)
@@ -296,50 +304,41 @@ def register(p: Pipeline) -> None:
         await send_outbox(partition, outbox)
 
     async def store_writes(partition: int, offset: int, writes: dict[bytes, bytes | None]) -> None:
-        """One run's state, position included: one changelog record, one RocksDB write."""
+        """One group's state, position included: one changelog record, one RocksDB write."""
         await p.journeys.write(partition, b"%d:%d" % (partition, offset), list(writes), list(writes.values()))
 
     period_ms = round(p.settings.snapshot_event_hours * 3_600_000)
 
     async def apply_events(partition: int, messages: list[Any]) -> None:
         """Apply messages of the events topic (one partition, in order): dead-letter what
-        cannot be used, then apply the rest in groups of at most RUN_EVENTS events that
-        stay within one event-time snapshot period (so that a replay's daily snapshots
-        see the model as it was at the end of each day, to within a message)."""
-        group: list[Any] = []
-        decoded: list[tuple[int, EventBatch]] = []
-        size, group_period = 0, None
-        for message in messages:
-            where = f"{message.topic}:{partition}:{message.offset}"
-            try:
-                source, events, rejections = decode_events(message.value, where, p.event_codes)
-            except InvalidMessage as exc:
-                source, events, rejections = UNKNOWN_SOURCE, EventBatch.empty(), []
-                raw = (message.value or b"")[:200].decode("utf-8", "replace")
-                await dead_letter(UNKNOWN_SOURCE, [Rejection(where, str(exc), raw)])
-            if rejections:
-                await dead_letter(source, rejections)
-            period = int(events.timestamp.max()) // period_ms if period_ms and len(events) else group_period
-            if group and (size + len(events) > RUN_EVENTS or period != group_period):
-                await apply_group(partition, group, decoded)
-                group, decoded, size = [], [], 0
-            group.append(message)
-            decoded.append((source, events))
-            size += len(events)
-            group_period = period
-        if group:
-            await apply_group(partition, group, decoded)
+        cannot be used, then apply the rest in groups of at most RUN_EVENTS events; a
+        message whose events pass into a later event-time snapshot period starts a new
+        group (so that a replay's daily snapshots see the model as it was at the end of
+        each day, to within a message)."""
+        wheres = [f"{m.topic}:{partition}:{m.offset}" for m in messages]
+        run = decode_run([m.value for m in messages], wheres, p.event_codes)
+        by_source: dict[int, list[Rejection]] = {}
+        for source, rejection in run.rejections:
+            by_source.setdefault(source, []).append(rejection)
+        for source, rejections in by_source.items():
+            await dead_letter(source, rejections)
+        for start, end in run.groups(len(messages), RUN_EVENTS, period_ms):
+            rows = slice(*np.searchsorted(run.message, [start, end]))
+            await apply_group(partition, messages[start:end], run.events.take(rows))
 
     positions = Positions(p.settings.broker_url, topology.events, p.journeys, b"~position")
     p.positions.append(positions)
 
     @p.app.agent(p.events, name="journeys")
     async def journeys(stream: Any) -> None:
-        async for messages in runs(stream):
-            partition = messages[0].partition
-            if partition in unsent:
-                await send_outbox(partition)
-            await apply_events(partition, await positions.admit(messages))
+        async for taken in runs(stream):
+            await each_partition(taken, apply_run)
+
+    async def apply_run(messages: list[Any]) -> None:
+        partition = messages[0].partition
+        if partition in unsent:
+            await send_outbox(partition)
+        await apply_events(partition, await positions.admit(messages))
 
     populations: dict[int, Population] = {}  # the owner's copy of segment-state's shapes
     changed_sources: set[int] = set()  # sources updated since their last wall snapshot
@@ -463,8 +462,9 @@ def register(p: Pipeline) -> None:
 
     @p.app.agent(p.segment_updates, name="segments")
     async def segments(stream: Any) -> None:
-        async for records in runs(stream):
-            await apply_segment_updates(await updates_positions.admit(records))
+        async for taken in runs(stream):
+            for records in taken:  # one partition
+                await apply_segment_updates(await updates_positions.admit(records))
 
     @p.app.timer(p.settings.snapshot_seconds)
     async def request_wall_snapshots() -> None:
@@ -504,7 +504,10 @@ def register(p: Pipeline) -> None:
 
     @p.app.agent(p.dead_letters, name="rejections")
     async def rejections(stream: Any) -> None:
-        async for messages in runs(stream):
-            admitted = await dlq_positions.admit(messages)
-            if admitted:
-                await count_rejections(admitted[0].partition, admitted)
+        async for taken in runs(stream):
+            await each_partition(taken, count_run)
+
+    async def count_run(messages: list[Any]) -> None:
+        admitted = await dlq_positions.admit(messages)
+        if admitted:
+            await count_rejections(admitted[0].partition, admitted)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import orjson
 import pytest
@@ -13,9 +15,11 @@ from ampelios.core.events import (
     TRANSACTION,
     VIEW,
     CsvError,
+    DecodedRun,
     EventBatch,
     InvalidMessage,
     decode_events,
+    decode_run,
     encode_events,
     event_codes,
     parse_csv_lines,
@@ -205,3 +209,61 @@ def test_a_10_mb_line_is_one_rejected_row():
     assert rejection.position == "f.csv:3"
     assert rejection.reason == "transactionid is not an integer: '77777777777777777777' (10000000 characters)"
     assert len(rejection.raw) <= 200  # the dead letter keeps a preview, not the line
+
+
+single_values = st.one_of(st.integers(-(2**64), 2**64), st.none(), st.text(max_size=3), st.floats(allow_nan=False))
+one_event_messages = st.fixed_dictionaries(
+    {
+        "source_id": st.one_of(st.integers(-1, 3), st.none()),
+        "timestamp": st.one_of(st.integers(T - 10, T + 10), single_values),
+        "visitorid": st.one_of(st.integers(0, 5), single_values),
+        "event": st.one_of(st.sampled_from(["view", "addtocart", "transaction", "click"]), single_values),
+    },
+    optional={"itemid": single_values, "transactionid": single_values},
+).map(lambda message: json.dumps(message).encode())  # json: integers beyond 64 bits too
+run_messages = st.lists(
+    st.one_of(
+        one_event_messages,
+        events_strategy.map(lambda rows: encode_events(batch_of(rows))),
+        st.sampled_from([b"not json", b"[1, 2]", b"{}", b""]),
+    ),
+    max_size=12,
+)
+
+
+@given(run_messages)
+def test_a_run_decodes_as_its_messages_one_by_one(values):
+    positions = [f"events:0:{i}" for i in range(len(values))]
+    run = decode_run(values, positions)
+    expected_events, expected_rejections, expected_message = [], [], []
+    for i, value in enumerate(values):
+        try:
+            source, batch, rejections = decode_events(value, positions[i])
+        except InvalidMessage as exc:
+            expected_rejections.append((-1, positions[i], str(exc)))
+            continue
+        expected_events.append(batch)
+        expected_message += [i] * len(batch)
+        expected_rejections += [(source, r.position, r.reason) for r in rejections]
+    assert same(run.events, EventBatch.concat(expected_events))
+    assert run.message.tolist() == expected_message
+    assert sorted((s, r.position, r.reason) for s, r in run.rejections) == sorted(expected_rejections)
+
+
+@given(st.lists(st.lists(st.integers(0, 5), max_size=4), max_size=15), st.integers(1, 6), st.sampled_from([0, 2]))
+def test_groups_cover_the_run_in_order_within_limits(days_per_message, max_events, period_days):
+    day = 86_400_000
+    times = [d * day for days in days_per_message for d in days]
+    message = [i for i, days in enumerate(days_per_message) for _ in days]
+    n = len(times)
+    run = DecodedRun(
+        EventBatch.from_columns([1] * n, times, [1] * n, [0] * n, [-1] * n, [-1] * n), np.array(message), []
+    )
+    groups = run.groups(len(days_per_message), max_events, period_days * day)
+    counts = [len(days) for days in days_per_message]
+    assert [i for start, end in groups for i in range(start, end)] == list(range(len(days_per_message)))
+    for start, end in groups:
+        assert end - start == 1 or sum(counts[start:end]) <= max_events
+        if period_days:  # within a group, only the first message with events may open the group's latest period
+            latest = [max(d) // period_days for d in days_per_message[start:end] if d]
+            assert all(later <= max(latest[: i + 1]) for i, later in enumerate(latest[1:])) or len(latest) <= 1

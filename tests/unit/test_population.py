@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -47,3 +49,15 @@ def test_delta_json_round_trip_and_arrays_follow_changes():
     population.apply(again)
     shapes, weights = population.arrays()
     assert shapes.tolist() == [[1, 0, 0, 1], [2, 0, 0, 1]] and weights.tolist() == [3, 1]
+
+
+@given(st.lists(shapes, max_size=40), st.lists(shapes, max_size=40))
+def test_a_delta_is_the_net_change_of_each_shape(left, joined):
+    left_rows, joined_rows = (np.array(rows, dtype=np.int64).reshape(-1, 4) for rows in (left, joined))
+    delta = PopulationDelta.of(left_rows, joined_rows)
+    expected = Counter(map(tuple, joined))
+    expected.subtract(Counter(map(tuple, left)))
+    assert {tuple(s): c for s, c in zip(delta.shapes.tolist(), delta.changes.tolist())} == {
+        s: c for s, c in expected.items() if c
+    }
+    assert delta.shapes.tolist() == sorted(delta.shapes.tolist())

@@ -1,0 +1,100 @@
+"""``ampelios bench`` at a tiny size: every figure is there and adds up (no timing is judged)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+LABELS = [
+    "limit: aiokafka, replay msgs",
+    "limit: aiokafka, 1 event/msg",
+    "ceiling: bare Faust, replay msgs",
+    "ceiling: bare Faust, 1 event/msg",
+    "Ampelios: replay end to end",
+    "Ampelios: 1 event/msg",
+    "Ampelios: steady 200 ev/s, 1 event/msg",
+]
+
+
+@pytest.fixture
+def scratch() -> Iterator[Path]:
+    """The bench's TMPDIR. Not under pytest's temporary directory, which another pytest
+    session may make untraversable for the embedded Postgres's own user."""
+    with tempfile.TemporaryDirectory(prefix="ampelios-test-bench-") as root:
+        yield Path(root)
+
+
+def bench(*args: str, tmpdir: Path | None = None, script: bool = False) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AMPELIOS_")}
+    if tmpdir is not None:
+        env["TMPDIR"] = str(tmpdir)
+    command = [str(ROOT / "scripts" / "bench.py")] if script else ["-m", "ampelios", "bench"]
+    return subprocess.run(
+        [sys.executable, *command, *args], env=env, capture_output=True, text=True, timeout=600, cwd=ROOT
+    )
+
+
+def test_the_script_takes_the_commands_options_and_phases_are_checked():
+    command, script = bench("--help"), bench("--help", script=True)
+    assert command.returncode == script.returncode == 0, command.stderr + script.stderr
+    assert command.stdout.split("Options:")[1] == script.stdout.split("Options:")[1]
+    for option in ("--events", "--single-events", "--rate", "--steady-seconds", "--json", "--phases", "--seed"):
+        assert option in command.stdout
+    wrong = bench("--phases", "limit,warp")
+    assert wrong.returncode == 2 and "choose among" in wrong.stderr
+
+
+def test_a_tiny_bench_reports_every_figure_consistently(tmp_path: Path, scratch: Path):
+    out = tmp_path / "bench.json"
+    args = ("--events", "3000", "--single-events", "500", "--rate", "200", "--steady-seconds", "3")
+    result = bench(*args, "--json", str(out), tmpdir=scratch)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for label in LABELS:
+        assert label in result.stdout
+
+    report = json.loads(out.read_text())
+    assert report["nproc"] >= 1 and report["command"][1:] == ["bench", *args, "--json", str(out)]
+    assert (report["events"], report["single_events"], report["partitions"]) == (3000, 500, 8)
+    assert report["distinct_events"] == 3000 and 0 < report["visitors"] < 3000
+    rows = report["rows"]
+    ids = ["limit.batched", "limit.single", "ceiling.batched", "ceiling.single", "replay", "single", "steady"]
+    assert list(rows) == ids
+    for row in rows.values():
+        assert row["error"] is None and row["seconds"] >= 0 and {"events_per_s", "messages_per_s"} <= set(row), row
+
+    for shape, messages, events in (("batched", report["replay_messages"], 3000), ("single", 500, 500)):
+        assert rows[f"limit.{shape}"]["read"] == rows[f"limit.{shape}"]["messages"] == messages
+        assert rows[f"ceiling.{shape}"]["counted"] == rows[f"ceiling.{shape}"]["messages"] == messages
+        assert rows[f"limit.{shape}"]["events"] == rows[f"ceiling.{shape}"]["events"] == events
+
+    replay = rows["replay"]
+    assert replay["reflected_events"] == replay["expected_events"] == replay["events"] == 3000
+    assert (replay["job_state"], replay["rows_rejected"], replay["visitors"]) == ("done", 0, report["visitors"])
+    single = rows["single"]
+    assert single["reflected_events"] == single["expected_events"] == 500
+    for row in (replay, single):
+        assert row["stats_at_end"]["lag"] == 0 and 0 < row["counted_seconds"] <= row["seconds"]
+    assert single["percent_of_ceiling"] > 0
+
+    steady = rows["steady"]
+    assert 0 < steady["probes"] == steady["probes_visible"] and steady["probes_not_visible"] == 0
+    latency = steady["latency_ms"]
+    assert 0 < latency["p50"] <= latency["p99"] <= latency["max"]
+    assert steady["events"] == steady["messages"] > steady["probes"]
+    assert steady["stats_at_end"]["events"] <= steady["sent_distinct_events"] == steady["events"]
+
+    for row in (replay, single, steady):
+        assert row["peak_rss_mib"] > 0 and row["rocksdb_bytes"] > 0
+    assert list(scratch.iterdir()) == []  # the temporary directory is gone ...
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert str(scratch) not in ps  # ... and nothing started in it still runs
