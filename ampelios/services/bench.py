@@ -703,6 +703,8 @@ def phase_steady(bench: Bench) -> list[Row]:
     with fresh_stack(stack_settings(bench, workdir), workdir, bench.profile("steady")) as stack:
         base = base_url(stack)
         run = asyncio.run(run_steady(stack.settings.broker_url, bench.topic, base, schedule, options))
+        with contextlib.suppress(TimeoutError):  # what was sent, reflected (or what was, at the timeout)
+            wait_until_reflected(base, SOURCE_ID, timeout=options.timeout)
         code, stats = http_json("GET", f"{base}/stats?source_id={SOURCE_ID}")
         figures = worker_figures(stack)
     watch = run.watch

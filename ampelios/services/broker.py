@@ -29,6 +29,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiokafka
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -144,7 +145,19 @@ async def committed_offsets(url: str, group: str, partitions: list[TopicPartitio
     return {tp: max(0, offsets[tp].offset) if tp in offsets else 0 for tp in partitions}
 
 
+TANSU_FETCH_MAX_WAIT_MS = 100
+
+
 class _TansuConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    def _create_worker_consumer(self, transport: Any) -> aiokafka.AIOKafkaConsumer:
+        """Faust's consumer, waiting at most 100 ms for a fetch instead of Faust's fixed 1.5 s:
+        Tansu holds a fetch of several partitions for a third of that wait even when one of
+        them has records (measured: 480 ms, against 12 ms with 100), which every event
+        would otherwise wait before it is processed."""
+        consumer = super()._create_worker_consumer(transport)
+        consumer._fetch_max_wait_ms = TANSU_FETCH_MAX_WAIT_MS  # read when the consumer starts
+        return consumer
+
     async def _highwaters(self, partitions: list[TopicPartition]) -> Mapping[TopicPartition, int]:
         listed = await self._ensure_consumer().end_offsets(partitions)
         bootstrap = ",".join(f"{u.host}:{u.port}" for u in self.app.conf.broker)

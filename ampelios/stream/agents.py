@@ -69,7 +69,7 @@ from ampelios.stream.replay import rejection_record
 log = logging.getLogger(__name__)
 
 MAX_SNAPSHOTS_PER_BATCH = 1000  # event-time snapshots one batch may take (a jump in time)
-RUN_MESSAGES = 1024  # messages an agent takes at most at once (over all its partitions)
+RUN_MESSAGES = 512  # messages an agent takes at most at once (over all its partitions)
 RUN_SECONDS = 0.05  # longest wait for more messages before applying those taken
 RUN_EVENTS = 50_000  # events applied as one batch at most (bounds a changelog record)
 
