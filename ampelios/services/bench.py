@@ -52,7 +52,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import aiokafka
 import click
 import numpy as np
 import orjson
@@ -63,7 +62,12 @@ from ampelios.config import Settings
 from ampelios.core.events import EVENT_NAMES, VIEW, EventBatch, encode_events, write_csv
 from ampelios.core.generate import generate_events
 from ampelios.core.partitioning import partitions_for, visitor_key
-from ampelios.services.broker import MAX_MESSAGE_BYTES, EmbeddedBroker, TopicSpec, bootstrap_servers, ensure_topics
+from ampelios.services.broker import (
+    EmbeddedBroker,
+    TopicSpec,
+    ensure_topics,
+    plain_consumer,
+)
 from ampelios.services.processes import free_port, stop_process
 from ampelios.services.stack import (
     Stack,
@@ -252,12 +256,7 @@ async def consume(url: str, topic: str, partitions: int, expected: int, timeout:
     until ``expected`` records are read or ``timeout`` passes; (records read, seconds from
     the first fetch request to the last record, seconds from the first record to the last:
     the span the bare Faust agent measures of itself)."""
-    consumer = aiokafka.AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers(url),
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
-    )
+    consumer = plain_consumer(url)
     await consumer.start()
     try:
         tps = [TopicPartition(topic, p) for p in range(partitions)]

@@ -108,15 +108,22 @@ async def end_offsets(url: str, partitions: list[TopicPartition], timeout: float
     return await _fetched_end_offsets(bootstrap, listed, timeout)
 
 
-async def read_range(url: str, tp: TopicPartition, start: int, end: int, timeout: float = 30.0) -> list[ConsumerRecord]:
-    """The records of ``tp`` with offsets ``start <= offset < end``, in order, read
-    outside any consumer group (records removed by retention are missing)."""
-    consumer = aiokafka.AIOKafkaConsumer(
+def plain_consumer(url: str) -> aiokafka.AIOKafkaConsumer:
+    """A consumer (not started) outside any consumer group, for partitions it is assigned:
+    it commits nothing, starts from the earliest records and reads records up to
+    ``MAX_MESSAGE_BYTES``."""
+    return aiokafka.AIOKafkaConsumer(
         bootstrap_servers=bootstrap_servers(url),
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
     )
+
+
+async def read_range(url: str, tp: TopicPartition, start: int, end: int, timeout: float = 30.0) -> list[ConsumerRecord]:
+    """The records of ``tp`` with offsets ``start <= offset < end``, in order, read
+    outside any consumer group (records removed by retention are missing)."""
+    consumer = plain_consumer(url)
     await consumer.start()
     records: list[ConsumerRecord] = []
     try:

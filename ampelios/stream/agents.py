@@ -291,9 +291,11 @@ def register(p: Pipeline) -> None:
         offset = messages[-1].offset
         writes: dict[bytes, bytes | None] = dict([positions.position(offset)])
         outbox = Outbox()
-        for source in np.unique(events.source_id).tolist():
+        sources = np.unique(events.source_id).tolist()
+        for source in sources:
+            of_source = events if len(sources) == 1 else events.take(events.source_id == source)
             try:
-                writes.update(apply_batch(source, partition, offset, events.take(events.source_id == source), outbox))
+                writes.update(apply_batch(source, partition, offset, of_source, outbox))
             except Exception as exc:  # a message that breaks the code must not stop the stream
                 where = f"{topology.events}:{partition}:{messages[0].offset}..{offset}"
                 log.exception("could not apply %s (source %d)", where, source)

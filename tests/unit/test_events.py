@@ -89,14 +89,15 @@ def test_header_without_required_columns_is_an_error():
         parse(b"", header=b"timestamp,event\n")
 
 
+event_rows = st.tuples(
+    st.integers(946_684_800_000, 4_102_444_799_999),
+    st.integers(0, 2**63 - 1),
+    st.sampled_from([VIEW, ADDTOCART, TRANSACTION]),
+    st.integers(-1, 2**40),
+    st.integers(-1, 2**40),
+)
 events_strategy = st.lists(
-    st.tuples(
-        st.integers(946_684_800_000, 4_102_444_799_999),
-        st.integers(0, 2**63 - 1),
-        st.sampled_from([VIEW, ADDTOCART, TRANSACTION]),
-        st.integers(-1, 2**40),
-        st.integers(-1, 2**40),
-    ),
+    event_rows,
     max_size=50,
 )
 
@@ -224,10 +225,10 @@ one_event_messages = st.fixed_dictionaries(
 run_messages = st.lists(
     st.one_of(
         one_event_messages,
-        events_strategy.map(lambda rows: encode_events(batch_of(rows))),
+        st.lists(event_rows, max_size=5).map(lambda rows: encode_events(batch_of(rows))),
         st.sampled_from([b"not json", b"[1, 2]", b"{}", b""]),
     ),
-    max_size=12,
+    max_size=8,
 )
 
 
