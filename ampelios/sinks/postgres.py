@@ -15,6 +15,7 @@ from typing import Any
 
 import aiokafka
 import orjson
+from aiokafka.errors import CommitFailedError
 from mode import Service
 
 from ampelios.services.broker import MAX_MESSAGE_BYTES, bootstrap_servers
@@ -71,7 +72,13 @@ class PostgresSink(Service):
             for tp, batch in records.items():
                 by_topic.setdefault(tp.topic, []).extend(orjson.loads(r.value) for r in batch)
             await self._write_until_done(by_topic)
-            await self.consumer.commit()
+            try:
+                await self.consumer.commit()
+            except CommitFailedError:
+                # Another worker joined or left meanwhile: the partitions' new holder
+                # writes these records again, which changes nothing (every write is an
+                # idempotent upsert that never moves a visitor back in time).
+                log.info("the sink's partitions moved during a write; their new holder repeats it")
 
     async def _write_until_done(self, by_topic: dict[str, list[dict[str, Any]]]) -> None:
         t = self.topology

@@ -343,8 +343,15 @@ def register(p: Pipeline) -> None:
         await apply_events(partition, await positions.admit(messages))
 
     populations: dict[int, Population] = {}  # the owner's copy of segment-state's shapes
+    assignments = 0  # assignments seen; the copy is read again after each (see segments)
     changed_sources: set[int] = set()  # sources updated since their last wall snapshot
     owned = False  # this worker owns the model (since its last check)
+
+    async def count_assignment(assigned: set[TopicPartition]) -> None:
+        nonlocal assignments
+        assignments += 1
+
+    p.on_assigned.append(count_assignment)
 
     def population_of(source_id: int) -> Population:
         if source_id not in populations:
@@ -464,9 +471,19 @@ def register(p: Pipeline) -> None:
 
     @p.app.agent(p.segment_updates, name="segments")
     async def segments(stream: Any) -> None:
+        """The copy of the populations is dropped when a run fails (its changes were not
+        stored) and after an assignment (another worker may have owned the model since)."""
+        seen = assignments
         async for taken in runs(stream):
+            if seen != assignments:
+                seen = assignments
+                populations.clear()
             for records in taken:  # one partition
-                await apply_segment_updates(await updates_positions.admit(records))
+                try:
+                    await apply_segment_updates(await updates_positions.admit(records))
+                except BaseException:
+                    populations.clear()
+                    raise
 
     @p.app.timer(p.settings.snapshot_seconds)
     async def request_wall_snapshots() -> None:

@@ -134,7 +134,13 @@ class PublishedTable(faust.GlobalTable):  # type: ignore[misc]
     (Faust's ``table[key] = value`` needs one)."""
 
     def __init__(self, app: Any, **kwargs: Any) -> None:  # what app.GlobalTable passes
-        super().__init__(app, is_global=True, standby_buffer_size=1, beacon=app.tables.beacon, **kwargs)
+        # Every worker holds the global table's partition as an *active* one, whose
+        # changelog records Faust applies only in buffers of recovery_buffer_size (1000 by
+        # default) once recovery is over: a worker that does not publish would see a model
+        # only after 1000 publications. One record at a time, as Faust's docs advise.
+        super().__init__(
+            app, is_global=True, recovery_buffer_size=1, standby_buffer_size=1, beacon=app.tables.beacon, **kwargs
+        )
 
     async def publish(self, key: bytes, value: bytes) -> None:
         """Set ``key`` for every worker: a changelog record (sent, not awaited), then the
