@@ -19,12 +19,11 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff check ampelios tests scripts
 	$(BIN)/ruff format --check ampelios tests scripts
 
-# The whole suite on the embedded broker, then the end-to-end, restart and reliability
-# tests again on Apache Kafka (fetched from Maven Central on first use; needs java and mvn).
+# The whole suite on the embedded broker, then the integration suite again on Apache Kafka
+# (fetched from Maven Central on first use; needs java and mvn).
 test: lint
 	$(BIN)/pytest
-	$(BIN)/pytest --broker=apache tests/integration/test_vertical_slice.py \
-		tests/integration/test_restart.py tests/integration/test_reliability.py
+	$(BIN)/pytest --broker=apache tests/integration
 
 clean:
 	rm -rf $(VENV) .ampelios

@@ -99,6 +99,7 @@ class Settings:
     database_url: str | None = None
     web_host: str = "127.0.0.1"
     web_port: int = 6066
+    web_bind: str | None = None
     state_dir: Path = Path(".ampelios")
     data_dir: Path = Path("init-data")
     app_id: str = "ampelios"
@@ -129,6 +130,16 @@ class Settings:
         return self.k_by_source.get(source_id, self.k)
 
     @property
+    def web_bind_address(self) -> str:
+        """The address the web server listens on (``web_host`` unless ``web_bind`` is set)."""
+        return self.web_bind or self.web_host
+
+    @property
+    def web_url(self) -> str:
+        """The URL other workers and clients reach this worker's web server at."""
+        return f"http://{self.web_host}:{self.web_port}"
+
+    @property
     def broker_url(self) -> str:
         """The broker a worker connects to (a local Kafka when none is configured)."""
         return self.broker or "kafka://127.0.0.1:9092"
@@ -147,6 +158,7 @@ class Settings:
             "AMPELIOS_DATABASE_URL": ("database_url", _text),
             "AMPELIOS_WEB_HOST": ("web_host", _text),
             "AMPELIOS_WEB_PORT": ("web_port", _positive_int),
+            "AMPELIOS_WEB_BIND": ("web_bind", _text),
             "AMPELIOS_STATE_DIR": ("state_dir", lambda n, r: Path(_text(n, r))),
             "AMPELIOS_DATA_DIR": ("data_dir", lambda n, r: Path(_text(n, r))),
             "AMPELIOS_APP_ID": ("app_id", _text),

@@ -83,7 +83,7 @@ class WorkerProcess:
 
     @property
     def base_url(self) -> str:
-        return f"http://{self.settings.web_host}:{self.settings.web_port}"
+        return self.settings.web_url
 
     def start(self, timeout: float = 120.0) -> WorkerProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AMPELIOS_")}

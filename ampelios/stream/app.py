@@ -281,7 +281,7 @@ def create_pipeline(settings: Settings) -> Pipeline:
         topic_partitions=settings.partitions,
         topic_replication_factor=1,
         web_host=settings.web_host,
-        web_bind=settings.web_host,
+        web_bind=settings.web_bind_address,
         web_port=settings.web_port,
         # Group joins in seconds, not half a minute (DESIGN.md section 3).
         broker_rebalance_timeout=10,

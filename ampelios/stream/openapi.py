@@ -39,13 +39,23 @@ def _errors(*statuses: int) -> dict[str, Any]:
         401: "AMPELIOS_API_TOKEN is set and the request does not carry it as a bearer token",
         404: "unknown source, visitor, job or file",
         413: f"the body is larger than {MAX_BODY_BYTES} bytes",
-        503: "the worker is recovering its state, or Postgres is unavailable: retry",
+        503: (
+            "the worker is recovering its state, a rebalance is under way, another worker did not answer, "
+            "or Postgres is unavailable: retry"
+        ),
     }
     return {str(s): _answer(meaning[s], _ref("Error")) for s in statuses}
 
 
 def _query(name: str, schema: dict[str, Any], description: str, required: bool = False) -> dict[str, Any]:
     return {"name": name, "in": "query", "required": required, "schema": schema, "description": description}
+
+
+_LOCAL = _query(
+    "local",
+    {"type": "boolean"},
+    "answer from this worker's partitions only (what workers ask each other; default false: every worker's)",
+)
 
 
 _SOURCE = _query("source_id", {"type": "integer", "minimum": 0, "maximum": MAX_SOURCE_ID}, "the site", True)
@@ -126,6 +136,17 @@ _SCHEMAS: dict[str, Any] = {
             "sink_error": {"type": ["string", "null"]},
         },
     },
+    "LocalStats": {
+        "type": "object",
+        "description": "with local=true: the counts of this worker's partitions only",
+        "required": ["events", "visitors", "rejected", "partitions"],
+        "properties": {
+            "events": {"type": "integer", "minimum": 0},
+            "visitors": {"type": "integer", "minimum": 0},
+            "rejected": {"type": "integer", "minimum": 0},
+            "partitions": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+        },
+    },
     "Job": {
         "type": "object",
         "required": ["job", "source_id", "events_path", "state", "rows", "rows_sent", "rows_rejected", "error"],
@@ -181,6 +202,7 @@ def openapi_document(token_required: bool) -> dict[str, Any]:
                             {"type": "integer", "minimum": 1, "maximum": MAX_USER_LIMIT},
                             "visitor ids per segment with verbose=true (default 100)",
                         ),
+                        _LOCAL,
                     ],
                     "responses": {
                         "200": _answer("one entry per segment", {"type": "array", "items": _ref("Segment")}),
@@ -219,9 +241,13 @@ def openapi_document(token_required: bool) -> dict[str, Any]:
                             {"type": "integer", "minimum": -1, "maximum": MAX_SOURCE_ID},
                             "the site (-1: messages whose source could not be read)",
                             True,
-                        )
+                        ),
+                        _LOCAL,
                     ],
-                    "responses": {"200": _answer("the counts", _ref("Stats")), **_errors(400, 503)},
+                    "responses": {
+                        "200": _answer("the counts", {"anyOf": [_ref("Stats"), _ref("LocalStats")]}),
+                        **_errors(400, 503),
+                    },
                 }
             },
             "/trigger": {

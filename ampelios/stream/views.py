@@ -36,10 +36,11 @@ from faust.web import Request, Response, View
 from ampelios.core.events import MAX_SOURCE_ID
 from ampelios.core.journeys import JourneyState
 from ampelios.core.model import SegmentModel
-from ampelios.core.partitioning import visitor_key
+from ampelios.core.partitioning import partition_for, visitor_key
 from ampelios.sinks.history import HistoryUnavailable
 from ampelios.stream.agents import UNKNOWN_SOURCE, snapshot_request
 from ampelios.stream.app import Pipeline
+from ampelios.stream.cluster import FORWARDED, PeerUnavailable, ask, holder_of, own_url, workers_of
 from ampelios.stream.jobs import PathMissing, PathRefused, ReplayJob, resolve_data_path, start_job
 from ampelios.stream.journey_store import local_journeys, read_journey
 from ampelios.stream.openapi import MAX_BODY_BYTES, MAX_USER_LIMIT, openapi_document
@@ -166,6 +167,26 @@ def register(p: Pipeline) -> None:
     app = p.app
     app.web.web_app.middlewares.append(_json_errors)
 
+    journeys_topic = p.journeys.changelog_topic.get_topic_name()
+
+    def _peers() -> list[str]:
+        """URLs of the other workers holding journeys partitions."""
+        me = own_url(app)
+        return [url for url, partitions in workers_of(app, journeys_topic).items() if url != me and partitions]
+
+    async def _from_peer(url: str, path_qs: str) -> tuple[int, Any]:
+        try:
+            return await ask(app, url, path_qs)
+        except PeerUnavailable as exc:
+            raise HttpError(503, f"{exc}; retry") from None
+
+    async def _peer_answer(url: str, path_qs: str) -> Any:
+        """A peer's 200 answer; its error (or silence) is this request's 503."""
+        status, body = await _from_peer(url, path_qs)
+        if status != 200:
+            raise HttpError(503, f"worker {url} answered {status} to {path_qs}: {body.get('error')}; retry")
+        return body
+
     def no_segments(source_id: int) -> HttpError:
         return HttpError(404, f"source {source_id} has no segments yet: no event of that source has been processed")
 
@@ -190,6 +211,11 @@ def register(p: Pipeline) -> None:
             users: list[Any] = model.sizes.tolist()
             if verbose:
                 users = members(source_id, model, limit)
+                if not _flag(request, "local"):
+                    for url in _peers():
+                        path_qs = f"/view?source_id={source_id}&verbose=true&limit={limit}&local=true"
+                        answer = await _peer_answer(url, path_qs)
+                        users = [sorted([*mine, *theirs["users"]])[:limit] for mine, theirs in zip(users, answer)]
             return 200, [
                 {
                     "id": s,
@@ -224,6 +250,12 @@ def register(p: Pipeline) -> None:
             """One visitor's sessions, state vector, six features and segment."""
             source_id = _source_id(request)
             vid = _int(visitorid, "visitorid")
+            partition = partition_for(source_id, vid, p.settings.partitions)
+            holder = holder_of(app, journeys_topic, partition)
+            if holder is not None and holder != own_url(app) and FORWARDED not in request.headers:
+                return await _from_peer(holder, request.path_qs)
+            if partition not in p.local_partitions():
+                raise HttpError(503, f"no worker holds visitor {vid} right now (a rebalance is under way); retry")
             value = read_journey(p.journeys, visitor_key(source_id, vid))
             if value is None:
                 raise HttpError(404, f"visitor {vid} of source {source_id} is unknown")
@@ -281,9 +313,19 @@ def register(p: Pipeline) -> None:
             """Events and visitors reflected, rows rejected, and records not yet reflected.
             ``source_id=-1`` counts messages whose source could not be read."""
             source_id = _source_id(request, lowest=UNKNOWN_SOURCE)
+            if _flag(request, "local"):
+                return 200, {**p.source_stats(source_id), "partitions": p.local_partitions()}
+            totals = p.source_stats(source_id)
+            held = set(p.local_partitions())
+            for url in _peers():
+                answer = await _peer_answer(url, f"/stats?source_id={source_id}&local=true")
+                held.update(answer.pop("partitions"))
+                totals = {k: totals[k] + answer[k] for k in totals}
+            if held != set(range(p.settings.partitions)):
+                raise HttpError(503, "not every partition is held by a worker right now (a rebalance); retry")
             model = p.published_model(source_id)
             version = model.version if model is not None else None
-            return 200, {**p.source_stats(source_id), "model_version": version, **(await p.pending())}
+            return 200, {**totals, "model_version": version, **(await p.pending())}
 
     async def snapshot_when_reflected(job: ReplayJob) -> None:
         """Wait until the job's events are in the segments, then ask for a snapshot."""

@@ -6,7 +6,11 @@ stopped by its own PID at teardown."""
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
+import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -180,3 +184,45 @@ def batch_definition(events: EventBatch, visitor: int, gap_ms: int) -> tuple[lis
     ev = np.array([r[1] for r in rows], dtype=np.uint8)
     sessions = sessionize(ts, ev, gap_ms)
     return sessions, features_of(sessions)
+
+
+def replay_with_cli(settings: Settings, path: Path) -> subprocess.Popen:
+    """``ampelios replay`` in its own process: it goes on while workers crash."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AMPELIOS_")} | settings.to_env()
+    command = [sys.executable, "-m", "ampelios", "replay", str(path), "--source-id", "1"]
+    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def settle(base: str) -> None:
+    """Wait until the newest wall-clock snapshot (taken after the owner settled the model)
+    is of the current model: nothing changed since (the owner settles after any update)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        stats = wait_until_reflected(base, 1, timeout=300, stored=True)
+        snapshots = http_json("GET", f"{base}/history?source_id=1&clock=wall")[1]["snapshots"]
+        if snapshots and snapshots[-1]["model_version"] == stats["model_version"]:
+            return
+        time.sleep(0.2)
+    raise AssertionError("the model did not settle")
+
+
+def outcome(settings: Settings, base: str, sample: list[int]) -> dict:
+    """Everything an uninterrupted run and a crashed one must agree on."""
+    with psycopg2.connect(settings.database_url) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT visitorid, views, addtocarts, transactions, sessions, last_event_at, active "
+            "FROM visitors WHERE source_id = 1 ORDER BY visitorid"
+        )
+        visitors = cur.fetchall()
+    stats = http_json("GET", f"{base}/stats?source_id=1")[1]
+    segments = http_json("GET", f"{base}/view?source_id=1")[1]
+    answers = [http_json("GET", f"{base}/visitors/{v}?source_id=1") for v in sample]
+    return {
+        "stats": {k: stats[k] for k in ("events", "visitors", "rejected")},
+        "segments": sorted((s["label"].rstrip(" 0123456789"), s["users"], tuple(s["centroid"])) for s in segments),
+        "visitors": visitors,
+        "journeys": [  # not transitions and segment ids: they depend on when the model was asked
+            {k: answer[k] for k in ("sessions", "features", "active")} if code == 200 else code
+            for code, answer in answers
+        ],
+    }

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import random
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,52 +14,20 @@ from ampelios.config import Settings
 from ampelios.core.events import EventBatch
 from ampelios.core.generate import generate_events
 from ampelios.services.stack import WorkerProcess, http_json, wait_until_reflected
-from tests.integration.conftest import Workers, _admin, batch_definition, replay, write_events
+from tests.integration.conftest import (
+    Workers,
+    _admin,
+    batch_definition,
+    outcome,
+    replay,
+    replay_with_cli,
+    settle,
+    write_events,
+)
 
 pytestmark = pytest.mark.integration
 
 T0 = 1_433_221_332_117  # 2015-06-02, in the generated data's months
-
-
-def replay_with_cli(settings: Settings, path: Path) -> subprocess.Popen:
-    """``ampelios replay`` in its own process: it goes on while workers crash."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AMPELIOS_")} | settings.to_env()
-    command = [sys.executable, "-m", "ampelios", "replay", str(path), "--source-id", "1"]
-    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
-def settle(base: str) -> None:
-    """Wait until the newest wall-clock snapshot (taken after the owner settled the model)
-    is of the current model: nothing changed since (the owner settles after any update)."""
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        stats = wait_until_reflected(base, 1, timeout=300, stored=True)
-        snapshots = http_json("GET", f"{base}/history?source_id=1&clock=wall")[1]["snapshots"]
-        if snapshots and snapshots[-1]["model_version"] == stats["model_version"]:
-            return
-        time.sleep(0.2)
-    raise AssertionError("the model did not settle")
-
-
-def outcome(settings: Settings, base: str, sample: list[int]) -> dict:
-    """Everything an uninterrupted run and a crashed one must agree on."""
-    with psycopg2.connect(settings.database_url) as conn, conn.cursor() as cur:
-        cur.execute(
-            "SELECT visitorid, views, addtocarts, transactions, sessions, last_event_at, active "
-            "FROM visitors WHERE source_id = 1 ORDER BY visitorid"
-        )
-        visitors = cur.fetchall()
-    stats = http_json("GET", f"{base}/stats?source_id=1")[1]
-    segments = http_json("GET", f"{base}/view?source_id=1")[1]
-    answers = [http_json("GET", f"{base}/visitors/{v}?source_id=1")[1] for v in sample]
-    return {
-        "stats": {k: stats[k] for k in ("events", "visitors", "rejected")},
-        "segments": sorted((s["label"].rstrip(" 0123456789"), s["users"], tuple(s["centroid"])) for s in segments),
-        "visitors": visitors,
-        "journeys": [  # not transitions and segment ids: they depend on when the model was asked
-            {k: answer[k] for k in ("sessions", "features", "active")} for answer in answers
-        ],
-    }
 
 
 def run(settings: Settings, workers: Workers, path: Path, kills: int, sample: list[int]) -> dict:

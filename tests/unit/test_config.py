@@ -26,6 +26,14 @@ def test_defaults_and_round_trip_through_the_environment():
     assert Settings.from_env(custom.to_env()) == custom
 
 
+def test_a_worker_binds_where_asked_and_is_reached_by_its_host_name():
+    alone = Settings.from_env({"AMPELIOS_WEB_PORT": "7000"})
+    assert (alone.web_bind_address, alone.web_url) == ("127.0.0.1", "http://127.0.0.1:7000")
+    in_a_container = Settings.from_env({"AMPELIOS_WEB_HOST": "worker-2", "AMPELIOS_WEB_BIND": "0.0.0.0"})
+    assert (in_a_container.web_bind_address, in_a_container.web_url) == ("0.0.0.0", "http://worker-2:6066")
+    assert Settings.from_env(in_a_container.to_env()) == in_a_container
+
+
 @pytest.mark.parametrize(
     ("env", "words"),
     [

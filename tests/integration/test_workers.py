@@ -1,0 +1,99 @@
+"""Two workers of one app: the partitions split between them, either answers every request
+completely, and when one stops the other takes its partitions over and finishes the work."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ampelios.config import Settings
+from ampelios.core.generate import generate_events
+from ampelios.core.partitioning import partition_for
+from ampelios.services.processes import free_port
+from ampelios.services.stack import WorkerProcess, http_json
+from tests.integration.conftest import Broker, Workers, _admin, outcome, replay_with_cli, settle, write_events
+
+pytestmark = pytest.mark.integration
+
+
+def held_partitions(worker: WorkerProcess) -> list[int] | None:
+    """The events partitions a worker holds now (``None``: it is recovering)."""
+    code, answer = http_json("GET", f"{worker.base_url}/stats?source_id=1&local=true")
+    return answer["partitions"] if code == 200 else None
+
+
+def wait_for_split(workers: list[WorkerProcess], partitions: int, timeout: float = 120) -> list[list[int]]:
+    """Wait until every worker holds some partitions and together they hold each once."""
+    deadline = time.monotonic() + timeout
+    held: list[list[int] | None] = []
+    while time.monotonic() < deadline:
+        held = [held_partitions(w) for w in workers]
+        if all(held) and sorted(p for h in held for p in h or []) == list(range(partitions)):
+            return [h or [] for h in held]
+        time.sleep(0.5)
+    raise AssertionError(f"the partitions were not split between the workers: {held}")
+
+
+def replay_file(settings: Settings, path: Path) -> None:
+    producer = replay_with_cli(settings, path)
+    assert producer.wait(300) == 0, producer.stderr.read() if producer.stderr else ""
+
+
+def test_two_workers_share_the_partitions_answer_alike_and_take_over_from_each_other(
+    settings: Settings, workers: Workers, tmp_path: Path, postgres, new_broker: Callable[[str], Broker]
+):
+    events = generate_events(40_000, seed=8)
+    order = np.argsort(events.timestamp, kind="stable")
+    first = write_events(tmp_path / "first.csv", events.take(order[:20_000]))
+    second = write_events(tmp_path / "second.csv", events.take(order[20_000:]))  # many return
+    visitors = np.unique(events.visitorid).tolist()
+    sample = sorted(random.Random(3).sample(visitors, 60))
+    settings = settings.with_(replay_batch_events=100)
+
+    reference_broker = new_broker("reference-broker")  # one worker: what two must equal
+    try:
+        _admin(postgres.url, "CREATE DATABASE reference")
+        reference = settings.with_(
+            broker=reference_broker.url,
+            database_url=postgres.url.rsplit("/", 1)[0] + "/reference",
+            state_dir=tmp_path / "reference-state",
+        )
+        alone = workers.start(reference)
+        replay_file(reference, first)
+        settle(alone.base_url)
+        expected_first = outcome(reference, alone.base_url, sample)
+        replay_file(reference, second)
+        settle(alone.base_url)
+        expected_second = outcome(reference, alone.base_url, sample)
+        workers.stop_all()
+    finally:
+        reference_broker.stop()
+        _admin(postgres.url, "DROP DATABASE reference WITH (FORCE)")
+
+    a = workers.start(settings.with_(state_dir=tmp_path / "a"))
+    b = workers.start(settings.with_(state_dir=tmp_path / "b", web_port=free_port()))
+    _, held_b = wait_for_split([a, b], settings.partitions)
+    in_b = [v for v in sample if partition_for(1, v, settings.partitions) in held_b]
+    assert in_b and len(in_b) < len(sample)  # some answers need the other worker
+
+    replay_file(settings, first)
+    settle(a.base_url)
+    assert outcome(settings, a.base_url, sample) == outcome(settings, b.base_url, sample) == expected_first
+    verbose = [http_json("GET", f"{w.base_url}/view?source_id=1&verbose=true&limit=5")[1] for w in (a, b)]
+    assert verbose[0] == verbose[1]
+    assert any(partition_for(1, v, settings.partitions) in held_b for s in verbose[0] for v in s["users"])
+
+    producer = replay_with_cli(settings, second)
+    time.sleep(1.0)  # b stops while the second file is being processed
+    assert b.stop() == 0
+    assert producer.wait(300) == 0, producer.stderr.read() if producer.stderr else ""
+    settle(a.base_url)
+    assert held_partitions(a) == list(range(settings.partitions))
+    # b's journeys reached a through their changelogs: the visitors of its partitions too
+    # end exactly as with one worker
+    assert outcome(settings, a.base_url, sample) == expected_second
