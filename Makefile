@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint clean
+.PHONY: demo test lint screenshot clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ lint: $(VENV)/.installed
 test: lint
 	$(BIN)/pytest
 	$(BIN)/pytest --broker=apache tests/integration
+
+# docs/img/dashboard.png, taken by the dashboard's browser test (needs chromium and chromium-driver).
+screenshot: $(VENV)/.installed
+	$(BIN)/pytest tests/integration/test_dashboard.py --screenshot=docs/img/dashboard.png
 
 clean:
 	rm -rf $(VENV) .ampelios

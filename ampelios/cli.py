@@ -7,6 +7,7 @@ import logging
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -146,6 +147,34 @@ def demo(n_events: int, keep_running: bool) -> None:
     from ampelios.services.demo import run_demo
 
     sys.exit(run_demo(load_settings(), n_events, keep_running))
+
+
+@main.command()
+@click.option("--source-id", default=1, show_default=True, type=click.IntRange(0, 2**31 - 1), help="The site.")
+@click.option("--url", help="The worker's web server [default: http://AMPELIOS_WEB_HOST:AMPELIOS_WEB_PORT].")
+def status(source_id: int, url: str | None) -> None:
+    """Print the segments of a running worker: labels, sizes, shares, what their members
+    do and what to do about them."""
+    from ampelios.services.report import segment_report, stats_line
+    from ampelios.services.stack import http_json
+
+    base = (url or load_settings().web_url).rstrip("/")
+
+    def get(path: str) -> Any:
+        try:
+            code, answer = http_json("GET", base + path)
+        except OSError as exc:
+            raise click.ClickException(f"no Ampelios worker answers at {base} ({exc}); is it running?") from None
+        if code == 404 and path.startswith("/view"):
+            raise click.ClickException(f"site {source_id} has no segments yet: no event of it has been processed")
+        if code != 200:
+            raise click.ClickException(f"{base}{path} answered {code}: {answer.get('error')}")
+        return answer
+
+    stats = get(f"/stats?source_id={source_id}")
+    segments = get(f"/view?source_id={source_id}")
+    click.echo(stats_line(source_id, stats) + "\n")
+    click.echo(segment_report(segments))
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True}, add_help_option=False)

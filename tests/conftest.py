@@ -1,6 +1,9 @@
-"""Options of the whole suite."""
+"""Options of the whole suite, and what a test needs from the machine."""
 
 from __future__ import annotations
+
+import os
+import shutil
 
 import pytest
 
@@ -13,3 +16,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="the broker integration tests run on: the embedded Tansu broker, or Apache Kafka "
         "(fetched from Maven Central with mvn, run with java)",
     )
+    parser.addoption(
+        "--screenshot",
+        default=None,
+        help="where the dashboard test also saves its screenshot (make screenshot: docs/img/dashboard.png)",
+    )
+
+
+def require_tool(name: str, install: str) -> str:
+    """The path of a program a test needs. Missing: the test is skipped on a developer's
+    machine, and fails under ``.ci/run`` (which sets CI and installs it)."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed ({install})"
+        if os.environ.get("CI"):
+            pytest.fail(message + "; .ci/run should have installed it")
+        pytest.skip(message)
+    return path

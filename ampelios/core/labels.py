@@ -22,6 +22,14 @@ A segment without members is ``empty``.
 'one-visit browsers'
 >>> segment_labels([[12, 1, 1, 3, 4, 0.08], [4, 0, 0, 2, 2, 0], [5, 0, 0, 2, 2.5, 0]], [10, 20, 5])
 ['high-value buyers', 'engaged browsers', 'engaged browsers 2']
+
+For people who have never seen the six features, :func:`summary` says what the mean member
+did and :func:`advice` what a marketer may do with the segment:
+
+>>> summary([16.6, 3.24, 1.46, 3.44, 4.58, 0.168])
+'On average 1.5 purchases, 3.2 add-to-carts and 17 product views per visitor, over 3.4 visits (4.6 views per visit).'
+>>> advice("likely buyers 2")
+'Target with a campaign: they put products in the cart but seldom buy; a reminder or an offer may tip them over.'
 """
 
 from __future__ import annotations
@@ -60,3 +68,48 @@ def segment_labels(centroids: Sequence[Sequence[float]], sizes: Sequence[int]) -
         seen[label] = seen.get(label, 0) + 1
         labels.append(label if seen[label] == 1 else f"{label} {seen[label]}")
     return labels
+
+
+ADVICE = {
+    HIGH_VALUE_BUYERS: "Keep them: they already buy. Reward loyalty; no discount is needed to win them.",
+    LIKELY_BUYERS: (
+        "Target with a campaign: they put products in the cart but seldom buy; a reminder or an offer "
+        "may tip them over."
+    ),
+    ENGAGED_BROWSERS: "Nurture: they come back and look around; recommendations may turn interest into intent.",
+    ONE_VISIT_BROWSERS: "Ignore for campaigns: one short visit and no sign of purchase potential.",
+    EMPTY: "No visitors at the moment.",
+}
+
+
+def _amount(x: float) -> str:
+    """Two significant digits, no exponent: 0.035, 1.5, 17, 240."""
+    return f"{x:.2g}" if abs(x) < 100 else f"{x:.0f}"
+
+
+def summary(centroid: Sequence[float]) -> str:
+    """What a segment's mean member did, in plain words (the centroid in original units)."""
+    views, carts, buys, sessions, per_session = (float(x) for x in centroid[:5])
+    return (
+        f"On average {_amount(buys)} purchases, {_amount(carts)} add-to-carts and {_amount(views)} product "
+        f"views per visitor, over {_amount(sessions)} visits ({_amount(per_session)} views per visit)."
+    )
+
+
+ACTIONS = {
+    HIGH_VALUE_BUYERS: "keep",
+    LIKELY_BUYERS: "target",
+    ENGAGED_BROWSERS: "nurture",
+    ONE_VISIT_BROWSERS: "ignore",
+    EMPTY: "none",
+}
+
+
+def advice(label: str) -> str:
+    """What to do with a segment of this label (numbered labels share their base's advice)."""
+    return ADVICE[label.rstrip(" 0123456789")]
+
+
+def action(label: str) -> str:
+    """The advice in one word: keep, target, nurture, ignore (or none for an empty segment)."""
+    return ACTIONS[label.rstrip(" 0123456789")]

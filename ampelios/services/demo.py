@@ -17,7 +17,7 @@ import click
 from ampelios.config import Settings
 from ampelios.core.events import write_csv
 from ampelios.core.generate import generate_events
-from ampelios.core.journeys import FEATURE_NAMES
+from ampelios.services.report import segment_report
 from ampelios.services.stack import (
     Stack,
     StopRequested,
@@ -30,23 +30,6 @@ from ampelios.services.stack import (
 
 SOURCE_ID = 1
 DATA_FILE = "events.csv"
-
-
-def segment_table(segments: list[dict[str, Any]]) -> str:
-    total = sum(s["users"] for s in segments) or 1
-    header = ["id", "label", "users", "share"] + [name.replace("_", " ") for name in FEATURE_NAMES]
-    rows = [
-        [str(s["id"]), s["label"], str(s["users"]), f"{100 * s['users'] / total:.1f}%"]
-        + [f"{x:.3g}" for x in s["centroid"]]
-        for s in segments
-    ]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = [
-        "  ".join(c.ljust(w) if i == 1 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-        for r in [header, *rows]
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def run_demo(settings: Settings, n_events: int, keep_running: bool) -> int:
@@ -103,7 +86,7 @@ def replay_and_report(worker: WorkerProcess, started: float) -> None:
         f"({job['rows_rejected']} rows rejected) in {time.monotonic() - started:.1f}s since start; "
         f"worker peak memory {worker.peak_memory_mb() or 0:.0f} MiB.\n"
     )
-    click.echo(segment_table(segments))
+    click.echo(segment_report(segments))
     click.echo("\nServed at:")
     for path in (
         "/view?source_id=1",

@@ -152,6 +152,7 @@ def register(p: Pipeline) -> None:
             for r in rejections
         ]
         await asyncio.gather(*sent)
+        p.metrics.rejected.labels(str(source_id)).inc(len(rejections))
 
     def expire(
         source_id: int, partition: int, cutoff: int, in_batch: set[int], writes: dict[bytes, bytes | None]
@@ -237,7 +238,9 @@ def register(p: Pipeline) -> None:
                 updated = [np.concatenate([a, b]) for a, b in zip(updated, extra)]
         (stored,) = p.journeys.get_many(partition, [counts_key(source_id)])
         events_seen, visitors_seen = (int(x) for x in stored.split(b",")) if stored is not None else (0, 0)
-        events_seen += int(batch.added.sum())
+        added = int(batch.added.sum())
+        events_seen += added
+        p.metrics.events.labels(str(source_id)).inc(added)
         visitors_seen += int((~batch.existed & batch.changed).sum())
         writes[counts_key(source_id)] = b"%d,%d" % (events_seen, visitors_seen)
 
@@ -288,6 +291,7 @@ def register(p: Pipeline) -> None:
     async def apply_group(partition: int, messages: list[Any], events: EventBatch) -> None:
         """Apply the events of consecutive messages of a partition as one batch per
         source: state, position and outbox in one write, then the outbox sent."""
+        started = time.perf_counter()
         offset = messages[-1].offset
         writes: dict[bytes, bytes | None] = dict([positions.position(offset)])
         outbox = Outbox()
@@ -304,6 +308,7 @@ def register(p: Pipeline) -> None:
         unsent.add(partition)
         await store_writes(partition, offset, writes)
         await send_outbox(partition, outbox)
+        p.metrics.batch_seconds.labels("journeys").observe(time.perf_counter() - started)
 
     async def store_writes(partition: int, offset: int, writes: dict[bytes, bytes | None]) -> None:
         """One group's state, position included: one changelog record, one RocksDB write."""
@@ -446,6 +451,7 @@ def register(p: Pipeline) -> None:
         order; update each changed source's model once; store all of it in one write."""
         if not records:
             return
+        started = time.perf_counter()
         run = SegmentRun()
         for record in records:
             message: dict[str, Any] = {}
@@ -468,6 +474,7 @@ def register(p: Pipeline) -> None:
         for source_id, model in run.models.items():
             if model is not None and model_key(source_id) in run.writes:
                 await p.published.publish(b"%d" % source_id, run.writes[model_key(source_id)])
+        p.metrics.batch_seconds.labels("segments").observe(time.perf_counter() - started)
 
     @p.app.agent(p.segment_updates, name="segments")
     async def segments(stream: Any) -> None:

@@ -56,6 +56,7 @@ from ampelios.services.broker import (
 from ampelios.sinks.history import History
 from ampelios.sinks.postgres import PostgresSink
 from ampelios.stream.batch_table import BatchTable, PublishedTable
+from ampelios.stream.metrics import Metrics
 from ampelios.stream.positions import Positions
 from ampelios.stream.topology import Topology
 
@@ -210,6 +211,7 @@ class Pipeline:
     event_codes: dict[str, int] = field(default_factory=dict)  # names read, see event_codes
     positions: list[Positions] = field(default_factory=list)  # one per agent, see agents
     on_assigned: list[Callable[[set[TopicPartition]], Awaitable[None]]] = field(default_factory=list)
+    metrics: Metrics = field(default_factory=Metrics)
 
     def ready(self) -> bool:
         """Table recovery has completed and no rebalance is under way."""

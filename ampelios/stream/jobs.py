@@ -57,6 +57,26 @@ def resolve_data_path(data_dir: Path, requested: str) -> Path:
     return target
 
 
+MAX_LISTED_FILES = 500
+
+
+def data_files(data_dir: Path) -> list[dict[str, Any]]:
+    """The CSV files a replay may read: ``{"name", "bytes"}`` of each regular ``*.csv``
+    file under ``data_dir`` (names relative to it, as ``POST /trigger`` takes them),
+    sorted by name, at most MAX_LISTED_FILES; links that leave the directory are left out."""
+    files: list[dict[str, Any]] = []
+    for path in sorted(data_dir.rglob("*.csv")):
+        name = path.relative_to(data_dir).as_posix()
+        try:
+            target = resolve_data_path(data_dir, name)
+        except (PathRefused, PathMissing):
+            continue
+        files.append({"name": name, "bytes": target.stat().st_size})
+        if len(files) == MAX_LISTED_FILES:
+            break
+    return files
+
+
 @dataclass
 class ReplayJob:
     """One replay started over HTTP; its state is ``running``, ``done`` or ``failed``.

@@ -68,10 +68,13 @@ _SCHEMAS: dict[str, Any] = {
     },
     "Segment": {
         "type": "object",
-        "required": ["id", "label", "users", "share", "centroid"],
+        "required": ["id", "label", "users", "share", "centroid", "summary", "advice", "action"],
         "properties": {
             "id": {"type": "integer", "minimum": 0},
             "label": {"type": "string"},
+            "summary": {"type": "string", "description": "what the mean member did, in plain words"},
+            "advice": {"type": "string", "description": "what a marketer may do with the segment"},
+            "action": {"enum": ["keep", "target", "nurture", "ignore", "none"], "description": "the advice in a word"},
             "users": {
                 "oneOf": [
                     {"type": "integer", "minimum": 0},
@@ -294,6 +297,41 @@ def openapi_document(token_required: bool) -> dict[str, Any]:
                     "summary": "State and counts of one replay job",
                     "parameters": [{"name": "job", "in": "path", "required": True, "schema": {"type": "string"}}],
                     "responses": {"200": _answer("the job", _ref("Job")), **_errors(404)},
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics of this worker (text exposition format 0.0.4)",
+                    "responses": {
+                        "200": {"description": "the metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}
+                    },
+                }
+            },
+            "/files": {
+                "get": {
+                    "summary": "The CSV files of the data directory that POST /trigger can replay",
+                    "responses": {
+                        "200": _answer(
+                            "by name",
+                            {
+                                "type": "object",
+                                "required": ["files"],
+                                "properties": {
+                                    "files": {
+                                        "type": "array",
+                                        "items": {
+                                            "type": "object",
+                                            "required": ["name", "bytes"],
+                                            "properties": {
+                                                "name": {"type": "string"},
+                                                "bytes": {"type": "integer", "minimum": 0},
+                                            },
+                                        },
+                                    }
+                                },
+                            },
+                        )
+                    },
                 }
             },
             "/openapi.json": {

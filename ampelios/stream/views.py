@@ -3,13 +3,17 @@
 =========================  ============================================================
 endpoint                   answer
 =========================  ============================================================
+GET  /                     the dashboard (HTML; its files under ``/static/``)
 POST /trigger              202 ``{"job", "status_url"}``: replay a CSV of the data dir
 GET  /trigger/{job}        the job: state (running/done/failed), rows sent, rejected
-GET  /view                 ``[{"id", "label", "users", "share", "centroid"}]`` per segment
+GET  /view                 per segment: id, label, users, share, centroid, and in plain
+                           words summary, advice and action
 GET  /visitors/{id}        one visitor's journey, features, segment and transitions
 GET  /history              snapshots of the segments over event or wall time
 GET  /stats                events, visitors, rejected, lag (records not yet reflected),
                            sink_lag (records not yet in Postgres)
+GET  /metrics              Prometheus metrics (text format)
+GET  /files                the CSV files of the data directory a replay can read
 GET  /health               ``{"status": "ok"}``
 GET  /openapi.json         the OpenAPI document of all of these (:mod:`.openapi`)
 =========================  ============================================================
@@ -26,6 +30,7 @@ import asyncio
 import hmac
 import logging
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,17 +40,21 @@ from faust.web import Request, Response, View
 
 from ampelios.core.events import MAX_SOURCE_ID
 from ampelios.core.journeys import JourneyState
+from ampelios.core.labels import action, advice, summary
 from ampelios.core.model import SegmentModel
 from ampelios.core.partitioning import partition_for, visitor_key
 from ampelios.sinks.history import HistoryUnavailable
 from ampelios.stream.agents import UNKNOWN_SOURCE, snapshot_request
 from ampelios.stream.app import Pipeline
 from ampelios.stream.cluster import FORWARDED, PeerUnavailable, ask, holder_of, own_url, workers_of
-from ampelios.stream.jobs import PathMissing, PathRefused, ReplayJob, resolve_data_path, start_job
+from ampelios.stream.jobs import PathMissing, PathRefused, ReplayJob, data_files, resolve_data_path, start_job
 from ampelios.stream.journey_store import local_journeys, read_journey
+from ampelios.stream.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ampelios.stream.openapi import MAX_BODY_BYTES, MAX_USER_LIMIT, openapi_document
 
 log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).resolve().parent.parent / "web" / "static"  # the dashboard's files
 
 DEFAULT_USER_LIMIT = 100
 
@@ -190,6 +199,14 @@ def register(p: Pipeline) -> None:
     def no_segments(source_id: int) -> HttpError:
         return HttpError(404, f"source {source_id} has no segments yet: no event of that source has been processed")
 
+    app.web.add_static("/static/", STATIC)
+
+    @app.page("/")
+    class Dashboard(View):
+        async def get(self, request: Request) -> Response:
+            """The dashboard (ampelios/web/static): segments, history, replays, look-ups."""
+            return self.bytes((STATIC / "index.html").read_bytes(), content_type="text/html")
+
     @app.page("/health")
     class Health(View):
         @_endpoint(p, needs_state=False)
@@ -223,6 +240,9 @@ def register(p: Pipeline) -> None:
                     "users": users[s],
                     "share": float(model.sizes[s] / max(1, model.sizes.sum())),
                     "centroid": model.units[s].tolist(),
+                    "summary": summary(model.units[s]),
+                    "advice": advice(model.labels[s]),
+                    "action": action(model.labels[s]),
                 }
                 for s in range(model.k)
             ]
@@ -315,6 +335,10 @@ def register(p: Pipeline) -> None:
             source_id = _source_id(request, lowest=UNKNOWN_SOURCE)
             if _flag(request, "local"):
                 return 200, {**p.source_stats(source_id), "partitions": p.local_partitions()}
+            # Lag first, counts after: lag 0 then means that every record published before
+            # this request is in the counts (read the other way round, records applied
+            # while the lag is computed would be missing from counts yet not in the lag).
+            pending = await p.pending()
             totals = p.source_stats(source_id)
             held = set(p.local_partitions())
             for url in _peers():
@@ -325,7 +349,7 @@ def register(p: Pipeline) -> None:
                 raise HttpError(503, "not every partition is held by a worker right now (a rebalance); retry")
             model = p.published_model(source_id)
             version = model.version if model is not None else None
-            return 200, {**totals, "model_version": version, **(await p.pending())}
+            return 200, {**totals, "model_version": version, **pending}
 
     async def snapshot_when_reflected(job: ReplayJob) -> None:
         """Wait until the job's events are in the segments, then ask for a snapshot."""
@@ -369,6 +393,26 @@ def register(p: Pipeline) -> None:
                 finish=snapshot_when_reflected,
             )
             return 202, {"job": job.id, "status_url": f"/trigger/{job.id}"}
+
+    @app.page("/metrics")
+    class PrometheusMetrics(View):
+        async def get(self, request: Request) -> Response:
+            """Prometheus metrics (text format; see :mod:`ampelios.stream.metrics`)."""
+            try:
+                pending = await p.pending()
+            except Exception as exc:  # the broker is unreachable: say so, keep the rest
+                log.warning("/metrics: lag not known: %r", exc)
+                pending = {"lag": float("nan"), "sink_lag": float("nan")}
+            models = [(int(key), SegmentModel.from_bytes(value)) for key, value in p.published.items()]
+            body = p.metrics.render(pending, models, [job.state for job in p.jobs.values()])
+            return self.bytes(body, headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+    @app.page("/files")
+    class Files(View):
+        @_endpoint(p, needs_state=False)
+        async def get(self, request: Request) -> tuple[int, Any]:
+            """The CSV files of the data directory that POST /trigger can replay."""
+            return 200, {"files": await asyncio.to_thread(data_files, p.settings.data_dir)}
 
     @app.page("/trigger/{job}")
     class TriggerJob(View):

@@ -21,7 +21,7 @@ from tests.integration.conftest import Workers, write_events
 
 pytestmark = pytest.mark.integration
 
-COMMANDS = ["up", "worker", "replay", "generate", "demo"]
+COMMANDS = ["up", "worker", "replay", "generate", "demo", "status"]
 
 
 def ampelios(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -62,6 +62,15 @@ def test_replay_streams_a_file_into_a_running_worker_with_k_per_source(
     assert http_json("GET", f"{worker.base_url}/view?source_id=1")[0] == 404  # sources stay apart
     code, segments = http_json("GET", f"{worker.base_url}/view?source_id=2")
     assert code == 200 and len(segments) == 3 and sum(s["users"] for s in segments) == stats["visitors"]
+
+    shown = ampelios("status", "--source-id", "2", env=settings.to_env())
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith(f"Site 2: 4,000 events from {stats['visitors']:,} visitors")
+    assert all(s["label"] in shown.stdout and s["advice"] in shown.stdout for s in segments)
+    missing = ampelios("status", "--source-id", "7", env=settings.to_env())
+    assert missing.returncode == 1 and "site 7 has no segments yet" in missing.stderr
+    nobody = ampelios("status", "--url", "http://127.0.0.1:9")
+    assert nobody.returncode == 1 and "no Ampelios worker answers" in nobody.stderr
 
 
 def _listening(port: int) -> bool:

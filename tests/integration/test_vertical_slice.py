@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import urllib.request
 
 import numpy as np
 import psycopg2
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.integration
 
 def test_a_replayed_file_is_reflected_in_segments_visitors_stats_and_history(settings: Settings, worker: WorkerProcess):
     events = generate_events(20_000, seed=11)
-    write_events(settings.data_dir / "events.csv", events)
+    csv_bytes = write_events(settings.data_dir / "events.csv", events).stat().st_size
     base = worker.base_url
 
     job = replay(base, "events.csv")
@@ -89,6 +90,24 @@ def test_a_replayed_file_is_reflected_in_segments_visitors_stats_and_history(set
             (int(heavy[0]),),
         )
         assert list(cur.fetchone()) == batch_definition(events, int(heavy[0]), settings.session_gap_ms)[1][:4].tolist()
+
+    # Plain words for each segment, the files a replay can read, Prometheus metrics.
+    assert all(s["summary"].startswith("On average") and s["advice"] and s["action"] for s in segments)
+    assert http_json("GET", f"{base}/files") == (200, {"files": [{"name": "events.csv", "bytes": csv_bytes}]})
+    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
+        assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        metrics = {
+            line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in response.read().decode().splitlines()
+            if line and not line.startswith("#")
+        }
+    assert metrics['ampelios_events_processed_total{source_id="1"}'] == 20_000
+    assert metrics['ampelios_replay_jobs{state="done"}'] == 1
+    assert metrics['ampelios_lag{kind="stream"}'] == 0
+    assert metrics['ampelios_batch_seconds_count{agent="journeys"}'] > 0
+    assert metrics['ampelios_model_version{source_id="1"}'] > 0
+    sizes = [v for k, v in metrics.items() if k.startswith('ampelios_segment_visitors{source_id="1"')]
+    assert sorted(sizes) == sorted(float(s["users"]) for s in segments)
 
 
 def test_http_answers_bad_requests_clearly(settings: Settings, worker: WorkerProcess, tmp_path):

@@ -6,27 +6,22 @@ Docker's engine does not run on the project's machines, so neither file is run h
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
 
 from ampelios.config import Settings
+from tests.conftest import require_tool
 
 INFRA = Path(__file__).resolve().parents[2] / "infra"
 
 
 def test_the_compose_file_is_valid_for_docker_compose():
-    if shutil.which("docker-compose") is None:
-        if os.environ.get("CI"):
-            pytest.fail("docker-compose is not installed; .ci/run installs it (apt-get install docker-compose)")
-        pytest.skip("docker-compose is not installed (Debian: apt-get install docker-compose)")
+    compose = require_tool("docker-compose", "Debian: apt-get install docker-compose")
     checked = subprocess.run(
-        ["docker-compose", "-f", str(INFRA / "docker-compose.yml"), "config", "--quiet"],
+        [compose, "-f", str(INFRA / "docker-compose.yml"), "config", "--quiet"],
         capture_output=True,
         text=True,
         cwd=INFRA,

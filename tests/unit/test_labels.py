@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from ampelios.core.labels import label_of, segment_labels
+from ampelios.core.labels import action, advice, label_of, segment_labels, summary
 
 
 @pytest.mark.parametrize(
@@ -32,3 +34,21 @@ def test_repeated_labels_are_numbered_in_id_order_and_empty_segments_named():
         "empty",
         "one-visit browsers 3",
     ]
+
+
+features = st.floats(min_value=0, max_value=1e6, allow_nan=False)
+
+
+@given(st.lists(st.tuples(*[features] * 6), min_size=1, max_size=8), st.data())
+def test_every_segment_gets_advice_and_a_summary_with_its_numbers(centroids, data):
+    sizes = data.draw(st.lists(st.integers(0, 100), min_size=len(centroids), max_size=len(centroids)))
+    for centroid, label in zip(centroids, segment_labels(centroids, sizes)):
+        assert advice(label) and action(label)  # numbered and empty labels too
+        words = summary(centroid)
+        said = float(words.removeprefix("On average ").split(" purchases")[0])
+        assert said == pytest.approx(centroid[2], rel=0.05, abs=0.005)  # two significant digits
+
+
+def test_the_advice_tells_whom_to_target_and_whom_to_ignore():
+    assert advice("likely buyers").startswith("Target") and action("likely buyers") == "target"
+    assert advice("one-visit browsers 3").startswith("Ignore") and action("one-visit browsers 3") == "ignore"

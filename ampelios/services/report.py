@@ -1,0 +1,44 @@
+"""The segments as a terminal table with plain-words advice, for ``demo`` and ``status``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ampelios.core.journeys import FEATURE_NAMES
+
+
+def segment_table(segments: list[dict[str, Any]]) -> str:
+    """id, label, users, share and the mean member's six features, one row per segment."""
+    total = sum(s["users"] for s in segments) or 1
+    header = ["id", "label", "users", "share"] + [name.replace("_", " ") for name in FEATURE_NAMES]
+    rows = [
+        [str(s["id"]), s["label"], str(s["users"]), f"{100 * s['users'] / total:.1f}%"]
+        + [f"{x:.3g}" for x in s["centroid"]]
+        for s in segments
+    ]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = [
+        "  ".join(c.ljust(w) if i == 1 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+        for r in [header, *rows]
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def segment_report(segments: list[dict[str, Any]]) -> str:
+    """The table, then what each segment's members do and what to do about it."""
+    lines = [segment_table(segments), "", "What to do:"]
+    for s in segments:
+        lines.append(f"  {s['id']} {s['label']} ({100 * s['share']:.1f}%): {s['advice']}")
+        lines.append(f"    {s['summary']}")
+    return "\n".join(lines)
+
+
+def stats_line(source_id: int, stats: dict[str, Any]) -> str:
+    """One sentence: what a source's segments are made of and how current they are."""
+    version = "no model yet" if stats["model_version"] is None else f"model version {stats['model_version']}"
+    current = f"{stats['lag']:,} records still to process" if stats["lag"] else "up to date"
+    return (
+        f"Site {source_id}: {stats['events']:,} events from {stats['visitors']:,} visitors, "
+        f"{stats['rejected']:,} rows rejected, {version}, {current}."
+    )

@@ -1,0 +1,239 @@
+// The Ampelios dashboard: reads the worker's JSON endpoints, draws the segments, refreshes
+// itself (every 2 s while events are being processed, every 10 s otherwise), no reload.
+"use strict";
+
+const FEATURES = ["views", "add-to-carts", "purchases", "visits", "views per visit", "purchase ratio"];
+const COLORS = ["#2b63c6", "#c05a00", "#1b7f4c", "#8a3ffc", "#d12771", "#007d79", "#6f5f00", "#5b6475"];
+const $ = (id) => document.getElementById(id);
+const number = (n) => Number(n).toLocaleString("en-US");
+const percent = (x) => `${(100 * x).toFixed(1)}%`;
+
+let token = null;
+let busy = false; // events wait to be processed
+let running = null; // the replay job this page started, while it runs
+let sharesChart = null;
+let profileChart = null;
+
+async function api(path, options = {}) {
+  const headers = { "Content-Type": "application/json" };
+  if (token) headers.Authorization = `Bearer ${token}`;
+  const response = await fetch(path, { ...options, headers });
+  const body = await response.json().catch(() => ({ error: `HTTP ${response.status}` }));
+  return { status: response.status, body };
+}
+
+function source() {
+  return Number($("source").value || 0);
+}
+
+function element(tag, className, text) {
+  const e = document.createElement(tag);
+  if (className) e.className = className;
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+
+function renderStatus(stats) {
+  const parts = [
+    `${number(stats.events)} events from ${number(stats.visitors)} visitors`,
+    `${number(stats.rejected)} rows rejected`,
+    stats.model_version === null ? "no model yet" : `model version ${stats.model_version}`,
+    stats.lag ? `${number(stats.lag)} records still to process` : "up to date",
+  ];
+  if (stats.sink_error) parts.push(`history not saved: ${stats.sink_error}`);
+  $("status").textContent = parts.join(" · ");
+  $("status").dataset.events = stats.events;
+}
+
+function renderCards(segments) {
+  const cards = $("cards");
+  cards.replaceChildren();
+  for (const s of segments) {
+    const card = element("article", `card ${s.action}`);
+    card.dataset.segment = s.id;
+    card.dataset.users = s.users;
+    card.append(element("h3", "label", s.label));
+    const size = element("p", "size", number(s.users));
+    size.append(element("span", "share", ` visitors · ${percent(s.share)}`));
+    card.append(size, element("p", "summary", s.summary), element("p", "advice", s.advice));
+    cards.append(card);
+  }
+}
+
+function renderProfile(segments) {
+  const total = segments.reduce((sum, s) => sum + s.users, 0) || 1;
+  const mean = FEATURES.map((_, f) => segments.reduce((sum, s) => sum + s.users * s.centroid[f], 0) / total);
+  const datasets = segments
+    .filter((s) => s.users > 0)
+    .map((s) => ({
+      label: s.label,
+      data: s.centroid.map((x, f) => (mean[f] > 0 ? Math.max(x / mean[f], 0.01) : 1)),
+      backgroundColor: COLORS[s.id % COLORS.length],
+    }));
+  const data = { labels: FEATURES, datasets };
+  if (profileChart) {
+    profileChart.data = data;
+    profileChart.update("none");
+  } else {
+    profileChart = new Chart($("profile"), {
+      type: "bar",
+      data,
+      options: {
+        animation: false,
+        scales: { y: { type: "logarithmic", min: 0.01, title: { display: true, text: "times the average (log scale)" } } },
+      },
+    });
+  }
+}
+
+async function renderShares() {
+  const { status, body } = await api(`/history?source_id=${source()}&clock=event`);
+  const note = $("shares-note");
+  if (status !== 200) {
+    note.textContent = body.error || "";
+    return;
+  }
+  note.textContent = body.snapshots.length ? "" : "The first point appears when a day of events has been processed.";
+  const names = new Map();
+  for (const snapshot of body.snapshots) for (const s of snapshot.segments) names.set(s.id, s.label);
+  const datasets = [...names.entries()].map(([id, label]) => ({
+    label,
+    data: body.snapshots.map((snapshot) => {
+      const s = snapshot.segments.find((x) => x.id === id);
+      return { x: snapshot.at.slice(0, 10), y: s ? 100 * s.share : 0 };
+    }),
+    borderColor: COLORS[id % COLORS.length],
+    backgroundColor: COLORS[id % COLORS.length],
+    pointRadius: 0,
+  }));
+  const data = { labels: body.snapshots.map((s) => s.at.slice(0, 10)), datasets };
+  if (sharesChart) {
+    sharesChart.data = data;
+    sharesChart.update("none");
+  } else {
+    sharesChart = new Chart($("shares"), {
+      type: "line",
+      data,
+      options: { animation: false, scales: { y: { min: 0, title: { display: true, text: "% of visitors" } } } },
+    });
+  }
+}
+
+async function refresh() {
+  const [stats, view] = await Promise.all([api(`/stats?source_id=${source()}`), api(`/view?source_id=${source()}`)]);
+  if (stats.status === 200) {
+    renderStatus(stats.body);
+    busy = busy || stats.body.lag > 0;
+  } else {
+    $("status").textContent = stats.body.error;
+  }
+  if (view.status === 200) {
+    renderCards(view.body);
+    renderProfile(view.body);
+  } else {
+    $("cards").replaceChildren(element("p", "note", view.body.error));
+  }
+  await renderShares();
+  document.body.dataset.refreshed = Date.now();
+}
+
+async function loop() {
+  busy = false;
+  try {
+    await refresh();
+  } catch (error) {
+    $("status").textContent = `The worker does not answer: ${error}`;
+  }
+  setTimeout(loop, busy || running ? 2000 : 10000);
+}
+
+async function loadFiles() {
+  const { status, body } = await api("/files");
+  const select = $("file");
+  select.replaceChildren();
+  if (status !== 200 || !body.files.length) {
+    select.append(element("option", "", "no CSV files in the data directory"));
+    $("replay").disabled = true;
+    return;
+  }
+  for (const f of body.files) {
+    const option = element("option", "", `${f.name} (${number(Math.round(f.bytes / 1024))} KiB)`);
+    option.value = f.name;
+    select.append(option);
+  }
+}
+
+async function followJob(id) {
+  const { status, body } = await api(`/trigger/${id}`);
+  const job = $("job");
+  if (status !== 200) {
+    job.textContent = body.error;
+    running = null;
+    return;
+  }
+  job.dataset.state = body.state;
+  job.dataset.rowsSent = body.rows_sent;
+  job.dataset.rowsRejected = body.rows_rejected;
+  $("progress").value = body.rows ? body.rows_sent / body.rows : 0;
+  if (body.state === "running") {
+    job.textContent = body.rows_sent < body.rows || !body.rows
+      ? `Sending rows: ${number(body.rows_sent)} of ${number(body.rows)} (${number(body.rows_rejected)} rejected)`
+      : `All ${number(body.rows)} rows sent; waiting until every event is in the segments…`;
+    setTimeout(() => followJob(id), 1000);
+    return;
+  }
+  running = null;
+  $("replay").disabled = false;
+  job.textContent = body.state === "done"
+    ? `Done: ${number(body.rows_sent)} rows replayed, ${number(body.rows_rejected)} rejected; every event is in the segments.`
+    : `Failed: ${body.error}`;
+  refresh();
+}
+
+async function startReplay() {
+  if (token === null && !$("token-row").hidden) token = $("token").value || null;
+  const { status, body } = await api("/trigger", {
+    method: "POST",
+    body: JSON.stringify({ source_id: source(), events_path: $("file").value }),
+  });
+  if (status === 401) {
+    $("token-row").hidden = false;
+    token = null;
+    $("job").textContent = "This server needs its API token: enter it and start again.";
+    return;
+  }
+  if (status !== 202) {
+    $("job").textContent = body.error;
+    return;
+  }
+  running = body.job;
+  $("replay").disabled = true;
+  $("progress").value = 0;
+  followJob(body.job);
+}
+
+async function lookUp(event) {
+  event.preventDefault();
+  const id = $("visitor").value;
+  const out = $("visitor-result");
+  if (id === "") return;
+  const { status, body } = await api(`/visitors/${id}?source_id=${source()}`);
+  if (status !== 200) {
+    out.textContent = body.error;
+    return;
+  }
+  const [views, carts, buys] = body.state;
+  out.textContent =
+    `Visitor ${body.visitorid}: ${body.label ? `in “${body.label}”` : "in no segment (inactive)"}; ` +
+    `${body.sessions.length} visits, ${number(views)} views, ${number(carts)} add-to-carts, ${number(buys)} purchases.`;
+}
+
+$("replay").addEventListener("click", startReplay);
+$("lookup").addEventListener("submit", lookUp);
+$("source").addEventListener("change", () => {
+  sharesChart?.destroy();
+  sharesChart = null;
+  refresh();
+});
+loadFiles();
+loop();

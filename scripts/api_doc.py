@@ -1,0 +1,143 @@
+"""Write docs/api.md: every operation of /openapi.json with a real request and answer.
+
+Starts an embedded broker, Postgres and a worker in a temporary directory, replays
+generated events, asks every endpoint and writes what it answered (long lists cut). Run:
+
+    .venv/bin/python scripts/api_doc.py            # writes docs/api.md
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ampelios.config import Settings
+from ampelios.core.events import write_csv
+from ampelios.core.generate import generate_events
+from ampelios.services.processes import free_port
+from ampelios.services.stack import Stack, http_json, wait_for_job, wait_until_reflected
+from ampelios.stream.openapi import openapi_document
+
+OUT = Path(__file__).resolve().parents[1] / "docs" / "api.md"
+JULY, AUGUST = (round(datetime(2015, m, 1, tzinfo=UTC).timestamp() * 1000) for m in (7, 8))
+
+INTRO = """# HTTP API
+
+Every worker serves this API (default `http://127.0.0.1:6066`), JSON in and out; with
+several workers, any of them answers any request ([deploy.md](deploy.md)). The contract is
+`GET /openapi.json` (OpenAPI 3.1); this page shows each operation with a request and the
+answer a worker gave to it, written by `scripts/api_doc.py` from a live worker after a replay
+of 30,000 generated events (long lists are cut to their first items, marked `"..."`).
+`docs/http/ampelios.http` has the same requests for an editor's REST client.
+
+Errors are `{"error": "..."}` with a status that says what to do: 400 (fix the request),
+401 (`POST /trigger` without the token, when `AMPELIOS_API_TOKEN` is set), 404 (unknown
+source, visitor, job or file), 413 (a body over 64 KiB), 503 (the worker is recovering or
+rebalancing, another worker did not answer, or Postgres is down: retry).
+"""
+
+
+def cut(value: Any, items: int = 2) -> Any:
+    """``value`` with every list longer than ``items`` cut to its first items and "..."."""
+    if isinstance(value, list):
+        kept = [cut(v, items) for v in value[:items]]
+        return [*kept, "..."] if len(value) > items else kept
+    if isinstance(value, dict):
+        return {k: cut(v, items) for k, v in value.items()}
+    return value
+
+
+def text_get(url: str) -> tuple[int, str]:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return response.status, response.read().decode()
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory(prefix="ampelios-api-doc-") as root:
+        data = Path(root) / "data"
+        data.mkdir()
+        with (data / "events.csv").open("wb") as f:
+            write_csv(generate_events(30_000, seed=5, purchase_drop=(JULY, AUGUST)), f)
+        settings = Settings(state_dir=Path(root) / "state", data_dir=data, web_port=free_port(), partitions=4)
+        with Stack(settings) as stack:
+            assert stack.worker is not None
+            base = stack.worker.base_url
+            examples = record(base)
+    OUT.write_text(api_document(examples))
+    print(f"wrote {OUT}")
+    return 0
+
+
+def record(base: str) -> dict[tuple[str, str], list[tuple[str, Any, int, Any]]]:
+    """(method, path template) -> [(request path, body, status, answer)] from a live worker."""
+    examples: dict[tuple[str, str], list[tuple[str, Any, int, Any]]] = {}
+
+    def ask(method: str, template: str, path: str, body: Any = None) -> Any:
+        status, answer = http_json(method, base + path, body)
+        examples.setdefault((method, template), []).append((path, body, status, answer))
+        return answer
+
+    job = ask("POST", "/trigger", "/trigger", {"source_id": 1, "events_path": "events.csv"})
+    wait_for_job(base, job["job"], timeout=600)
+    stats = wait_until_reflected(base, 1, timeout=600, stored=True)
+    ask("GET", "/trigger/{job}", f"/trigger/{job['job']}")
+    ask("GET", "/files", "/files")
+    segments = ask("GET", "/view", "/view?source_id=1")
+    ask("GET", "/view", "/view?source_id=1&verbose=true&limit=3")
+    visitor = http_json("GET", base + "/view?source_id=1&verbose=true&limit=1")[1][0]["users"][0]
+    ask("GET", "/visitors/{visitorid}", f"/visitors/{visitor}?source_id=1")
+    ask("GET", "/history", "/history?source_id=1&clock=event&since=2015-07-01&until=2015-07-03")
+    ask("GET", "/stats", "/stats?source_id=1")
+    ask("GET", "/stats", "/stats?source_id=1&local=true")
+    ask("GET", "/health", "/health")
+    ask("GET", "/view", "/view?source_id=9")  # an error
+    status, metrics = text_get(base + "/metrics")
+    lines = [line for line in metrics.splitlines() if line.startswith("ampelios_") and "_bucket" not in line]
+    examples[("GET", "/metrics")] = [("/metrics", None, status, "\n".join(lines))]
+    contract = ask("GET", "/openapi.json", "/openapi.json")
+    trimmed = {k: v if k in ("openapi", "info") else "..." for k, v in contract.items()}
+    examples[("GET", "/openapi.json")] = [("/openapi.json", None, 200, trimmed)]
+    assert stats["events"] > 0 and segments
+    return examples
+
+
+def api_document(examples: dict[tuple[str, str], list[tuple[str, Any, int, Any]]]) -> str:
+    """The markdown: an index, then each operation's parameters and recorded examples."""
+    document = openapi_document(token_required=False)
+    parts = [INTRO]
+    parts.append("| operation | summary |\n|---|---|")
+    operations = [(m.upper(), path, op) for path, item in document["paths"].items() for m, op in item.items()]
+    for method, path, op in operations:
+        anchor = f"{method} {path}".lower().replace(" ", "-").replace("/", "").replace("{", "").replace("}", "")
+        parts[-1] += f"\n| [`{method} {path}`](#{anchor}) | {op['summary']} |"
+    parts.append("The dashboard is `GET /` (HTML, with its files under `/static/`); it uses the operations below.")
+    for method, path, op in operations:
+        section = [f"## {method} {path}", "", op["summary"] + "."]
+        parameters = op.get("parameters", [])
+        if parameters:
+            section += ["", "| parameter | in | required | meaning |", "|---|---|---|---|"]
+            for p in parameters:
+                meaning = p.get("description", "")
+                section.append(f"| `{p['name']}` | {p['in']} | {'yes' if p.get('required') else 'no'} | {meaning} |")
+        for request_path, body, status, answer in examples.get((method, path), []):
+            section += ["", "```http", f"{method} {request_path}"]
+            if body is not None:
+                section += ["Content-Type: application/json", "", json.dumps(body)]
+            section += ["```", "", f"`{status}`", ""]
+            if isinstance(answer, str):
+                section += ["```text", answer, "```"]
+            else:
+                section += ["```json", json.dumps(cut(answer), indent=2, ensure_ascii=False), "```"]
+        if (method, path) not in examples:
+            raise SystemExit(f"no example recorded for {method} {path}: add one to record()")
+        parts.append("\n".join(section))
+    return "\n\n".join(parts) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

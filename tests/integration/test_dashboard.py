@@ -1,0 +1,95 @@
+"""The dashboard in a real browser (headless Chromium): the cards say what /view says, a
+replay started from the page runs to the end, and the page refreshes itself.
+
+``make screenshot`` runs this test with ``--screenshot docs/img/dashboard.png``: the
+README's picture of the dashboard comes from here."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import Select, WebDriverWait
+
+from ampelios.config import Settings
+from ampelios.core.generate import generate_events
+from ampelios.services.stack import WorkerProcess, http_json
+from tests.conftest import require_tool
+from tests.integration.conftest import replay, write_events
+
+pytestmark = pytest.mark.integration
+
+JULY, AUGUST = (round(datetime(2015, m, 1, tzinfo=UTC).timestamp() * 1000) for m in (7, 8))
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[webdriver.Chrome]:
+    chromium = require_tool("chromium", "Debian: apt-get install chromium chromium-driver")
+    driver_path = require_tool("chromedriver", "Debian: apt-get install chromium-driver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        options.add_argument(argument)
+    options.add_argument("--window-size=1400,1900")
+    options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
+    driver = webdriver.Chrome(options=options, service=Service(driver_path, log_output=str(tmp_path / "driver.log")))
+    try:
+        yield driver
+    finally:
+        driver.quit()  # stops chromedriver and the browser it started
+
+
+def text(element) -> str:
+    return element.get_attribute("textContent").strip()
+
+
+def test_the_dashboard_shows_the_segments_and_runs_a_replay(
+    settings: Settings, worker: WorkerProcess, browser: webdriver.Chrome, tmp_path: Path, request
+):
+    events = generate_events(30_000, seed=5, purchase_drop=(JULY, AUGUST))
+    write_events(settings.data_dir / "events.csv", events)
+    write_events(settings.data_dir / "more.csv", generate_events(5_000, seed=6))
+    base = worker.base_url
+    replay(base, "events.csv")
+    view = http_json("GET", f"{base}/view?source_id=1")[1]
+
+    browser.get(base + "/")
+    wait = WebDriverWait(browser, 60)
+    wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#cards .card")) == len(view))
+    cards = browser.find_elements(By.CSS_SELECTOR, "#cards .card")
+    names = [text(c.find_element(By.CSS_SELECTOR, ".label")) for c in cards]
+    shown = [(int(c.get_attribute("data-segment")), n, c.get_attribute("data-users")) for c, n in zip(cards, names)]
+    assert shown == [(s["id"], s["label"], str(s["users"])) for s in view]
+    for card, segment in zip(cards, view):
+        assert f"{segment['users']:,}" in text(card.find_element(By.CSS_SELECTOR, ".size"))
+        assert text(card.find_element(By.CSS_SELECTOR, ".advice")) == segment["advice"]
+        assert segment["action"] in card.get_attribute("class")
+    before = http_json("GET", f"{base}/stats?source_id=1")[1]["events"]
+    assert browser.find_element(By.ID, "status").get_attribute("data-events") == str(before)
+
+    Select(browser.find_element(By.ID, "file")).select_by_value("more.csv")
+    browser.find_element(By.ID, "replay").click()
+    WebDriverWait(browser, 300).until(lambda b: b.find_element(By.ID, "job").get_attribute("data-state") == "done")
+    job = browser.find_element(By.ID, "job")
+    assert (job.get_attribute("data-rows-sent"), job.get_attribute("data-rows-rejected")) == ("5000", "0")
+    assert browser.find_element(By.ID, "progress").get_attribute("value") == "1"
+    after = http_json("GET", f"{base}/stats?source_id=1")[1]["events"]
+    assert after > before
+    # the page refreshes itself: the status counts the new events without a reload
+    wait.until(lambda b: b.find_element(By.ID, "status").get_attribute("data-events") == str(after))
+
+    browser.find_element(By.ID, "visitor").send_keys(str(int(events.visitorid[0])))
+    browser.find_element(By.CSS_SELECTOR, "#lookup button").click()
+    wait.until(lambda b: text(b.find_element(By.ID, "visitor-result")).startswith(f"Visitor {events.visitorid[0]}:"))
+
+    browser.execute_script("window.scrollTo(0, 0)")
+    shot = tmp_path / "dashboard.png"
+    assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+    if request.config.getoption("--screenshot"):
+        shutil.copyfile(shot, request.config.getoption("--screenshot"))
