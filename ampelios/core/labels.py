@@ -90,9 +90,11 @@ def _amount(x: float) -> str:
 def summary(centroid: Sequence[float]) -> str:
     """What a segment's mean member did, in plain words (the centroid in original units)."""
     views, carts, buys, sessions, per_session = (float(x) for x in centroid[:5])
+    visits = _amount(sessions)
     return (
         f"On average {_amount(buys)} purchases, {_amount(carts)} add-to-carts and {_amount(views)} product "
-        f"views per visitor, over {_amount(sessions)} visits ({_amount(per_session)} views per visit)."
+        f"views per visitor, over {visits} visit{'' if visits == '1' else 's'} ({_amount(per_session)} views "
+        f"per visit)."
     )
 
 

@@ -12,6 +12,7 @@ let token = null;
 let busy = false; // events wait to be processed
 let running = null; // the replay job this page started, while it runs
 let sharesChart = null;
+let labels = new Map(); // segment id -> its label now (history has the labels of their time)
 let profileChart = null;
 
 async function api(path, options = {}) {
@@ -95,7 +96,7 @@ async function renderShares() {
   }
   note.textContent = body.snapshots.length ? "" : "The first point appears when a day of events has been processed.";
   const names = new Map();
-  for (const snapshot of body.snapshots) for (const s of snapshot.segments) names.set(s.id, s.label);
+  for (const snapshot of body.snapshots) for (const s of snapshot.segments) names.set(s.id, labels.get(s.id) ?? s.label);
   const datasets = [...names.entries()].map(([id, label]) => ({
     label,
     data: body.snapshots.map((snapshot) => {
@@ -128,6 +129,7 @@ async function refresh() {
     $("status").textContent = stats.body.error;
   }
   if (view.status === 200) {
+    labels = new Map(view.body.map((s) => [s.id, s.label]));
     renderCards(view.body);
     renderProfile(view.body);
   } else {
