@@ -47,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -267,26 +268,40 @@ def register(p: Pipeline) -> None:
             outbox.add(topology.visitor_updates, None, value, partition)
         return writes
 
-    unsent: set[int] = set()  # events partitions whose stored outbox may not have been sent
+    # Events partitions whose stored outbox this worker knows to be sent: the outbox of its
+    # own last write, or the stored one it sent again after getting the partition. A
+    # partition leaves the set when it is revoked or its send fails, and a worker starts
+    # with none, so the outbox stored by a crashed or previous holder is always sent
+    # before the partition's next message is applied, and before its position is
+    # committed. Each partition's lock keeps the resend and the agent's runs apart.
+    confirmed: set[int] = set()
+    locks: defaultdict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
 
-    async def send_outbox(partition: int, outbox: Outbox | None = None) -> None:
-        """Send ``outbox`` (default: the one stored for ``partition``), acknowledged."""
-        unsent.add(partition)
-        if outbox is None:
-            (stored,) = p.journeys.get_many(partition, [OUTBOX_KEY])
-            outbox = Outbox.from_bytes(stored) if stored is not None else Outbox()
-        await outbox.send(p.app.producer)
-        unsent.discard(partition)
+    async def confirm(partition: int) -> None:
+        """Send the outbox stored for ``partition`` unless it is known to be sent (hold
+        the partition's lock)."""
+        if partition in confirmed:
+            return
+        (stored,) = p.journeys.get_many(partition, [OUTBOX_KEY])
+        if stored is not None:
+            await Outbox.from_bytes(stored).send(p.app.producer)
+        confirmed.add(partition)
 
     async def resend_outboxes(assigned: set[TopicPartition]) -> None:
-        """After an assignment: send the stored outbox of every events partition again
-        (its last send may not have finished before a crash or a move)."""
-        partitions = sorted(tp.partition for tp in assigned if tp.topic == topology.events)
-        unsent.update(partitions)
-        for partition in partitions:
-            await send_outbox(partition)
+        """After an assignment: confirm every events partition now, not only when its next
+        message arrives (there may be none)."""
+        for partition in sorted(tp.partition for tp in assigned if tp.topic == topology.events):
+            async with locks[partition]:
+                await confirm(partition)
+
+    async def forget_outboxes(revoked: set[TopicPartition]) -> None:
+        """Before a rebalance: revoked partitions may be written by another worker meanwhile."""
+        for partition in sorted(tp.partition for tp in revoked if tp.topic == topology.events):
+            async with locks[partition]:  # a run under way finishes first
+                confirmed.discard(partition)
 
     p.on_assigned.append(resend_outboxes)
+    p.on_revoked.append(forget_outboxes)
 
     async def apply_group(partition: int, messages: list[Any], events: EventBatch) -> None:
         """Apply the events of consecutive messages of a partition as one batch per
@@ -305,9 +320,10 @@ def register(p: Pipeline) -> None:
                 log.exception("could not apply %s (source %d)", where, source)
                 await dead_letter(source, [Rejection(where, f"internal error: {exc!r}")])
         writes[OUTBOX_KEY] = outbox.to_bytes()
-        unsent.add(partition)
+        confirmed.discard(partition)
         await store_writes(partition, offset, writes)
-        await send_outbox(partition, outbox)
+        await outbox.send(p.app.producer)
+        confirmed.add(partition)
         p.metrics.batch_seconds.labels("journeys").observe(time.perf_counter() - started)
 
     async def store_writes(partition: int, offset: int, writes: dict[bytes, bytes | None]) -> None:
@@ -333,7 +349,7 @@ def register(p: Pipeline) -> None:
             rows = slice(*np.searchsorted(run.message, [start, end]))
             await apply_group(partition, messages[start:end], run.events.take(rows))
 
-    positions = Positions(p.settings.broker_url, topology.events, p.journeys, b"~position")
+    positions = Positions(p.settings.broker_url, topology.events, p.journeys, b"~position", confirmed.__contains__)
     p.positions.append(positions)
 
     @p.app.agent(p.events, name="journeys")
@@ -343,9 +359,9 @@ def register(p: Pipeline) -> None:
 
     async def apply_run(messages: list[Any]) -> None:
         partition = messages[0].partition
-        if partition in unsent:
-            await send_outbox(partition)
-        await apply_events(partition, await positions.admit(messages))
+        async with locks[partition]:
+            await confirm(partition)
+            await apply_events(partition, await positions.admit(messages))
 
     populations: dict[int, Population] = {}  # the owner's copy of segment-state's shapes
     assignments = 0  # assignments seen; the copy is read again after each (see segments)

@@ -132,7 +132,9 @@ class AmpeliosApp(faust.App):
             consumer._filter_committable_offsets(tps)  # trims Faust's ack lists; not committed
             if self.rebalancing:  # tables may be recovering: positions not known yet
                 return False
-            offsets = {tp: n for tp, n in positions().items() if committed.get(tp) != n}
+            assigned = consumer.assignment()
+            mine = {tp: n for p in self.pipeline.positions for tp, n in p.committable(assigned).items()}
+            offsets = {tp: n for tp, n in mine.items() if committed.get(tp) != n}
             if not offsets or not await consumer._commit_offsets(offsets, start_new_transaction):
                 return False
             committed.update(offsets)
@@ -211,6 +213,7 @@ class Pipeline:
     event_codes: dict[str, int] = field(default_factory=dict)  # names read, see event_codes
     positions: list[Positions] = field(default_factory=list)  # one per agent, see agents
     on_assigned: list[Callable[[set[TopicPartition]], Awaitable[None]]] = field(default_factory=list)
+    on_revoked: list[Callable[[set[TopicPartition]], Awaitable[None]]] = field(default_factory=list)
     metrics: Metrics = field(default_factory=Metrics)
 
     def ready(self) -> bool:
@@ -320,6 +323,13 @@ def create_pipeline(settings: Settings) -> Pipeline:
         sink=PostgresSink(settings.broker_url, topology, history) if history is not None else None,
     )
     app.pipeline = pipeline
+
+    @app.on_partitions_revoked.connect  # type: ignore[misc]
+    async def on_revoked(sender: Any, revoked: set[TopicPartition], **kwargs: Any) -> None:
+        """Before a rebalance, once the agents have finished what they were applying."""
+        for hook in pipeline.on_revoked:
+            await hook(revoked)
+
     if pipeline.sink is not None:
         app.service(pipeline.sink)
     else:

@@ -11,7 +11,8 @@ it has applied, Postgres upserts), a crash before it leaves nothing behind.
 
 The outbox of a partition is sent again whenever the partition is assigned (after table
 recovery, before its next message is applied) and before the next run of a partition
-whose last send failed.
+whose last send failed. Until its outbox is sent, a partition's position is not
+committed: a lag of 0 means that the outputs of everything applied are in their topics.
 
 >>> box = Outbox()
 >>> box.add("segment-changes", b"1:42", b"{}")

@@ -17,8 +17,10 @@ messages are applied exactly once, in order:
   (:func:`~ampelios.services.broker.read_range`), then that message.
 
 The offsets committed for the consumer group are these positions too (the app commits
-:meth:`Positions.next_offsets` instead of Faust's acknowledgements), so lag figures and
-restarts start from the truth; and whenever Faust positions the consumer (after every
+:meth:`Positions.committable` instead of Faust's acknowledgements), so lag figures and
+restarts start from the truth -- except for a partition whose last outputs are stored but
+not known to be sent (``ready`` says which): its position is committed once they are, so
+that a lag of 0 also means that every output is in its topic; and whenever Faust positions the consumer (after every
 rebalance and table recovery) it is moved to those offsets, so that messages skipped at
 the end of a partition do not wait for a later message to show the gap.
 """
@@ -26,7 +28,7 @@ the end of a partition do not wait for a later message to show the gap.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiokafka.structs import TopicPartition
@@ -44,11 +46,14 @@ class Positions:
     topic and the table are co-partitioned; a one-partition topic keeps it in partition 0).
     """
 
-    def __init__(self, url: str, topic: str, table: BatchTable, key: bytes) -> None:
+    def __init__(
+        self, url: str, topic: str, table: BatchTable, key: bytes, ready: Callable[[int], bool] = lambda p: True
+    ) -> None:
         self.url = url
         self.topic = topic
         self.table = table
         self.key = key
+        self.ready = ready  # whether a partition's stored position may be committed now
 
     def expected(self, partition: int) -> int:
         """The offset of the next message to apply in ``partition``."""
@@ -62,6 +67,10 @@ class Positions:
     def next_offsets(self, assigned: set[TopicPartition]) -> dict[TopicPartition, int]:
         """The next offset to apply of every assigned partition of the topic."""
         return {tp: self.expected(tp.partition) for tp in assigned if tp.topic == self.topic}
+
+    def committable(self, assigned: set[TopicPartition]) -> dict[TopicPartition, int]:
+        """:meth:`next_offsets` of the partitions that are ``ready``."""
+        return {tp: n for tp, n in self.next_offsets(assigned).items() if self.ready(tp.partition)}
 
     async def admit(self, messages: Sequence[Any]) -> list[Any]:
         """The messages to apply now, in order, given delivered ``messages`` of one
