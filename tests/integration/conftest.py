@@ -91,6 +91,31 @@ def new_broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Calla
 
 
 @pytest.fixture
+def reference(
+    settings: Settings, postgres: EmbeddedPostgres, new_broker: Callable[[str], Broker], tmp_path: Path
+) -> Callable[[], contextlib.AbstractContextManager[Settings]]:
+    """For a one-worker reference run: ``with reference() as settings`` gives settings
+    with a broker (of the same kind), a database and a state directory of their own,
+    all removed at the end of the block."""
+
+    @contextlib.contextmanager
+    def start() -> Iterator[Settings]:
+        server = new_broker("reference-broker")
+        try:
+            _admin(postgres.url, "CREATE DATABASE reference")
+            yield settings.with_(
+                broker=server.url,
+                database_url=postgres.url.rsplit("/", 1)[0] + "/reference",
+                state_dir=tmp_path / "reference-state",
+            )
+        finally:
+            server.stop()
+            _admin(postgres.url, "DROP DATABASE reference WITH (FORCE)")
+
+    return start
+
+
+@pytest.fixture
 def broker(new_broker: Callable[[str], Broker]) -> Broker:
     return new_broker("broker")
 

@@ -16,7 +16,6 @@ from ampelios.core.generate import generate_events
 from ampelios.services.stack import WorkerProcess, http_json, wait_until_reflected
 from tests.integration.conftest import (
     Workers,
-    _admin,
     batch_definition,
     outcome,
     replay,
@@ -44,7 +43,7 @@ def run(settings: Settings, workers: Workers, path: Path, kills: int, sample: li
 
 
 def test_sigkill_three_times_during_a_replay_changes_nothing(
-    settings: Settings, workers: Workers, tmp_path: Path, postgres, new_broker
+    settings: Settings, workers: Workers, tmp_path: Path, reference
 ):
     events = generate_events(40_000, seed=21)
     path = write_events(tmp_path / "events.csv", events)
@@ -53,19 +52,9 @@ def test_sigkill_three_times_during_a_replay_changes_nothing(
     sample = sorted({*visitors[np.argsort(-counts)[:10]].tolist(), *random.Random(1).sample(visitors.tolist(), 60)})
     settings = settings.with_(replay_batch_events=100)
 
-    reference_broker = new_broker("reference-broker")  # the same kind as the crashed run's
-    try:
-        _admin(postgres.url, "CREATE DATABASE reference")
-        reference = settings.with_(
-            broker=reference_broker.url,
-            database_url=postgres.url.rsplit("/", 1)[0] + "/reference",
-            state_dir=tmp_path / "reference-state",
-        )
-        expected = run(reference, workers, path, kills=0, sample=sample)
+    with reference() as alone:  # the same kind of broker as the crashed run's
+        expected = run(alone.with_(replay_batch_events=100), workers, path, kills=0, sample=sample)
         workers.stop_all()
-    finally:
-        reference_broker.stop()
-        _admin(postgres.url, "DROP DATABASE reference WITH (FORCE)")
 
     crashed = run(settings, workers, path, kills=3, sample=sample)
     assert workers.log_text().count("did not stop cleanly") >= 3

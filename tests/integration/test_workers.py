@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ from ampelios.core.generate import generate_events
 from ampelios.core.partitioning import partition_for
 from ampelios.services.processes import free_port
 from ampelios.services.stack import WorkerProcess, http_json
-from tests.integration.conftest import Broker, Workers, _admin, outcome, replay_with_cli, settle, write_events
+from tests.integration.conftest import Workers, outcome, replay_with_cli, settle, write_events
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +44,7 @@ def replay_file(settings: Settings, path: Path) -> None:
 
 
 def test_two_workers_share_the_partitions_answer_alike_and_take_over_from_each_other(
-    settings: Settings, workers: Workers, tmp_path: Path, postgres, new_broker: Callable[[str], Broker]
+    settings: Settings, workers: Workers, tmp_path: Path, reference
 ):
     events = generate_events(40_000, seed=8)
     order = np.argsort(events.timestamp, kind="stable")
@@ -55,25 +54,16 @@ def test_two_workers_share_the_partitions_answer_alike_and_take_over_from_each_o
     sample = sorted(random.Random(3).sample(visitors, 60))
     settings = settings.with_(replay_batch_events=100)
 
-    reference_broker = new_broker("reference-broker")  # one worker: what two must equal
-    try:
-        _admin(postgres.url, "CREATE DATABASE reference")
-        reference = settings.with_(
-            broker=reference_broker.url,
-            database_url=postgres.url.rsplit("/", 1)[0] + "/reference",
-            state_dir=tmp_path / "reference-state",
-        )
-        alone = workers.start(reference)
-        replay_file(reference, first)
+    with reference() as one:  # one worker: what two must equal
+        one = one.with_(replay_batch_events=100)
+        alone = workers.start(one)
+        replay_file(one, first)
         settle(alone.base_url)
-        expected_first = outcome(reference, alone.base_url, sample)
-        replay_file(reference, second)
+        expected_first = outcome(one, alone.base_url, sample)
+        replay_file(one, second)
         settle(alone.base_url)
-        expected_second = outcome(reference, alone.base_url, sample)
+        expected_second = outcome(one, alone.base_url, sample)
         workers.stop_all()
-    finally:
-        reference_broker.stop()
-        _admin(postgres.url, "DROP DATABASE reference WITH (FORCE)")
 
     a = workers.start(settings.with_(state_dir=tmp_path / "a"))
     b = workers.start(settings.with_(state_dir=tmp_path / "b", web_port=free_port()))

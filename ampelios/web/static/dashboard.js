@@ -71,20 +71,19 @@ function renderProfile(segments) {
       data: s.centroid.map((x, f) => (mean[f] > 0 ? Math.max(x / mean[f], 0.01) : 1)),
       backgroundColor: COLORS[s.id % COLORS.length],
     }));
-  const data = { labels: FEATURES, datasets };
-  if (profileChart) {
-    profileChart.data = data;
-    profileChart.update("none");
-  } else {
-    profileChart = new Chart($("profile"), {
-      type: "bar",
-      data,
-      options: {
-        animation: false,
-        scales: { y: { type: "logarithmic", min: 0.01, title: { display: true, text: "times the average (log scale)" } } },
-      },
-    });
+  profileChart = draw(profileChart, "profile", "bar", { labels: FEATURES, datasets }, {
+    y: { type: "logarithmic", min: 0.01, title: { display: true, text: "times the average (log scale)" } },
+  });
+}
+
+// A chart on canvas `id`, created on first use, given new data after that.
+function draw(chart, id, type, data, scales) {
+  if (chart) {
+    chart.data = data;
+    chart.update("none");
+    return chart;
   }
+  return new Chart($(id), { type, data, options: { animation: false, scales } });
 }
 
 async function renderShares() {
@@ -108,16 +107,9 @@ async function renderShares() {
     pointRadius: 0,
   }));
   const data = { labels: body.snapshots.map((s) => s.at.slice(0, 10)), datasets };
-  if (sharesChart) {
-    sharesChart.data = data;
-    sharesChart.update("none");
-  } else {
-    sharesChart = new Chart($("shares"), {
-      type: "line",
-      data,
-      options: { animation: false, scales: { y: { min: 0, title: { display: true, text: "% of visitors" } } } },
-    });
-  }
+  sharesChart = draw(sharesChart, "shares", "line", data, {
+    y: { min: 0, title: { display: true, text: "% of visitors" } },
+  });
 }
 
 async function refresh() {
