@@ -15,7 +15,7 @@ from typing import Any
 
 import aiokafka
 import orjson
-from aiokafka.errors import CommitFailedError
+from aiokafka.errors import CommitFailedError, KafkaError
 from mode import Service
 
 from ampelios.services.broker import MAX_MESSAGE_BYTES, bootstrap_servers
@@ -72,13 +72,27 @@ class PostgresSink(Service):
             for tp, batch in records.items():
                 by_topic.setdefault(tp.topic, []).extend(orjson.loads(r.value) for r in batch)
             await self._write_until_done(by_topic)
+            await self._commit()
+
+    async def _commit(self) -> None:
+        """Commit what was written. When the group rebalanced meanwhile, the partitions'
+        new holder (maybe this worker) reads the records from the last commit and writes
+        them again, which changes nothing (every write is an idempotent upsert that never
+        moves a visitor back in time); any other broker error is retried, so that the
+        task never dies and leaves the sink's lag above 0 for good."""
+        assert self.consumer is not None
+        backoff = 0.2
+        while not self.should_stop:
             try:
                 await self.consumer.commit()
+                return
             except CommitFailedError:
-                # Another worker joined or left meanwhile: the partitions' new holder
-                # writes these records again, which changes nothing (every write is an
-                # idempotent upsert that never moves a visitor back in time).
                 log.info("the sink's partitions moved during a write; their new holder repeats it")
+                return
+            except KafkaError as exc:
+                log.warning("could not commit the sink's offsets (%r); retrying", exc)
+                await self.sleep(backoff)
+                backoff = min(MAX_BACKOFF_SECONDS, backoff * 2)
 
     async def _write_until_done(self, by_topic: dict[str, list[dict[str, Any]]]) -> None:
         t = self.topology

@@ -73,6 +73,7 @@ MAX_SNAPSHOTS_PER_BATCH = 1000  # event-time snapshots one batch may take (a jum
 RUN_MESSAGES = 512  # messages an agent takes at most at once (over all its partitions)
 RUN_SECONDS = 0.05  # longest wait for more messages before applying those taken
 RUN_EVENTS = 50_000  # events applied as one batch at most (bounds a changelog record)
+CONFIRM_SECONDS = 1.0  # how often partitions whose outputs are not known to be sent are checked
 
 
 def model_key(source_id: int) -> bytes:
@@ -269,7 +270,8 @@ def register(p: Pipeline) -> None:
         return writes
 
     # Events partitions whose stored outbox this worker knows to be sent: the outbox of its
-    # own last write, or the stored one it sent again after getting the partition. A
+    # own last write, or the stored one it sent again after getting the partition (before
+    # the partition's next run, or within CONFIRM_SECONDS when none comes). A
     # partition leaves the set when it is revoked or its send fails, and a worker starts
     # with none, so the outbox stored by a crashed or previous holder is always sent
     # before the partition's next message is applied, and before its position is
@@ -287,12 +289,21 @@ def register(p: Pipeline) -> None:
             await Outbox.from_bytes(stored).send(p.app.producer)
         confirmed.add(partition)
 
-    async def resend_outboxes(assigned: set[TopicPartition]) -> None:
-        """After an assignment: confirm every events partition now, not only when its next
-        message arrives (there may be none)."""
-        for partition in sorted(tp.partition for tp in assigned if tp.topic == topology.events):
+    @p.app.timer(CONFIRM_SECONDS)
+    async def confirm_held_partitions() -> None:
+        """Confirm every events partition held, not only when its next message arrives
+        (there may be none: after an assignment, or after a failed send). A failure is
+        tried again at the next tick."""
+        for partition in p.local_partitions():
+            if partition in confirmed:
+                continue
             async with locks[partition]:
-                await confirm(partition)
+                if not p.ready() or partition not in p.local_partitions():
+                    return  # a rebalance: the next assignment decides
+                try:
+                    await confirm(partition)
+                except Exception as exc:
+                    log.warning("could not send the stored outputs of partition %d yet: %r", partition, exc)
 
     async def forget_outboxes(revoked: set[TopicPartition]) -> None:
         """Before a rebalance: revoked partitions may be written by another worker meanwhile."""
@@ -300,7 +311,6 @@ def register(p: Pipeline) -> None:
             async with locks[partition]:  # a run under way finishes first
                 confirmed.discard(partition)
 
-    p.on_assigned.append(resend_outboxes)
     p.on_revoked.append(forget_outboxes)
 
     async def apply_group(partition: int, messages: list[Any], events: EventBatch) -> None:

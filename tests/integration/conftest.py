@@ -129,7 +129,9 @@ def apache_only(request: pytest.FixtureRequest) -> None:
 
 @pytest.fixture
 def embedded_only(request: pytest.FixtureRequest) -> None:
-    """For what only the embedded broker does (it comes back empty after a restart)."""
+    """For what only the embedded broker does (it comes back empty after a restart), and for
+    tests that start their own embedded stack (running them again with --broker=apache
+    would prove nothing new)."""
     if request.config.getoption("--broker") != "embedded":
         pytest.skip("about the embedded broker")
 
@@ -170,11 +172,29 @@ class Workers:
             worker.stop()
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    report = yield
+    if report.when == "call":
+        item.stash[FAILED] = report.failed
+    return report
+
+
+FAILED = pytest.StashKey[bool]()
+LOG_LINES_SHOWN = 150
+
+
 @pytest.fixture
-def workers(tmp_path: Path) -> Iterator[Workers]:
+def workers(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Workers]:
+    """Workers for the test; when it fails, the end of each worker's log is printed (the
+    report shows it under "Captured stdout teardown")."""
     w = Workers(tmp_path)
     yield w
     w.stop_all()
+    if request.node.stash.get(FAILED, False):
+        for path in sorted(tmp_path.glob("worker-*.log")):
+            lines = path.read_text(errors="replace").splitlines()[-LOG_LINES_SHOWN:]
+            print(f"----- last {len(lines)} lines of {path.name} -----", *lines, sep="\n")
 
 
 @pytest.fixture
