@@ -26,7 +26,8 @@ single             the real stack: the M one-event messages produced to ``events
 steady             the real stack: one event per message (in event-time order) at R
                    events/s for S seconds, among them probe events of new visitors whose
                    ``/visitors/{id}`` is polled until it answers 200: latency = that
-                   answer - produce time
+                   answer - produce time (and - the broker's ack, without the
+                   bench's own producer)
 =================  ====================================================================
 
 Nothing here judges a timing. A measurement that does not finish within its timeout is
@@ -37,7 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import json
 import os
 import signal
@@ -45,6 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -87,8 +88,7 @@ DATA_FILE = "events.csv"
 STATS_POLL_SECONDS = 0.5  # /stats costs the worker a few broker requests: not too often
 PROBE_EVERY_SECONDS = 0.025
 MAX_PROBES = 1000
-PROBE_POLL_SECONDS = 0.01  # each pending probe's /visitors is asked this often ...
-MAX_POLLS_PER_TICK = 4  # ... but no more than this many probes per tick, least recently asked first
+PROBE_POLL_SECONDS = 0.05  # the oldest pending probe of each partition is asked this often
 PRODUCER_TICK_SECONDS = 0.002
 
 Message = tuple[int, bytes | None, bytes]  # partition, key, value
@@ -603,37 +603,55 @@ class Schedule:
 
 class ProbeWatch:
     """Polls ``/visitors/{id}`` of the probes not yet visible and records each one's
-    latency: the time of its first 200 answer minus its produce time. Every
-    ``PROBE_POLL_SECONDS`` it asks for at most ``MAX_POLLS_PER_TICK`` probes, least
-    recently asked first, so a pipeline that falls behind is not buried in requests."""
+    latency: the time of its first 200 answer minus its produce time (when the producer
+    was handed it), and minus its ack time (when the broker had it), which leaves out the
+    bench's own producer.
+
+    A partition's messages are applied in order, so only the oldest pending probe of each
+    partition is asked, every ``PROBE_POLL_SECONDS`` (and the next one at once when it
+    answers): each latency is known to within that interval, and the worker answers at
+    most one request per partition and interval, however far behind it is (asking every
+    pending probe would load the worker being measured, more so the further it falls
+    behind)."""
 
     def __init__(self, base: str) -> None:
         self.base = base
-        self.pending: dict[int, tuple[float, float]] = {}  # visitor -> (produced at, last asked)
-        self.latencies: list[float] = []
+        self.pending: dict[int, deque[tuple[int, float]]] = {}  # partition -> (visitor, produced at), oldest first
+        self.acked_at: dict[int, float] = {}  # visitor -> when the broker acknowledged it
+        self.latencies: list[float] = []  # produced -> visible, seconds
+        self.after_ack: list[float] = []  # acknowledged -> visible, seconds
         self.probes = 0
         self.polls = 0
 
-    def add(self, visitor: int, produced_at: float) -> None:
-        self.pending[visitor] = (produced_at, 0.0)
+    @property
+    def not_visible(self) -> int:
+        return sum(map(len, self.pending.values()))
+
+    def add(self, partition: int, visitor: int, produced_at: float) -> None:
+        self.pending.setdefault(partition, deque()).append((visitor, produced_at))
         self.probes += 1
+
+    def acked(self, visitor: int, at: float) -> None:
+        self.acked_at[visitor] = at
 
     async def run(self, session: aiohttp.ClientSession) -> None:
         """Poll until cancelled."""
         while True:
             tick = time.monotonic()
-            due = heapq.nsmallest(MAX_POLLS_PER_TICK, self.pending, key=lambda v: self.pending[v][1])
-            answers = await asyncio.gather(*(self._visible_at(session, v) for v in due))
-            self.polls += len(due)
-            now = time.monotonic()
-            for visitor, visible_at in zip(due, answers):
-                produced_at, _ = self.pending[visitor]
-                if visible_at is None:
-                    self.pending[visitor] = (produced_at, now)
-                else:
-                    self.latencies.append(visible_at - produced_at)
-                    del self.pending[visitor]
-            await asyncio.sleep(max(0.0, PROBE_POLL_SECONDS - (now - tick)))
+            await asyncio.gather(*(self._advance(session, queue) for queue in self.pending.values() if queue))
+            await asyncio.sleep(max(0.0, PROBE_POLL_SECONDS - (time.monotonic() - tick)))
+
+    async def _advance(self, session: aiohttp.ClientSession, queue: deque[tuple[int, float]]) -> None:
+        """Ask for the oldest probe of a partition, and the next ones while they answer."""
+        while queue:
+            visitor, produced_at = queue[0]
+            visible_at = await self._visible_at(session, visitor)
+            self.polls += 1
+            if visible_at is None:
+                return
+            queue.popleft()
+            self.latencies.append(visible_at - produced_at)
+            self.after_ack.append(visible_at - self.acked_at.get(visitor, produced_at))
 
     async def _visible_at(self, session: aiohttp.ClientSession, visitor: int) -> float | None:
         """When ``/visitors/{visitor}`` answered 200, or ``None`` (any other answer or error)."""
@@ -647,7 +665,7 @@ class ProbeWatch:
     async def settle(self, timeout: float) -> None:
         """Wait until every probe is visible or ``timeout`` passes."""
         deadline = time.monotonic() + timeout
-        while self.pending and time.monotonic() < deadline:
+        while self.not_visible and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
 
 
@@ -679,9 +697,15 @@ async def run_steady(url: str, topic: str, base: str, schedule: Schedule, option
                 for i in range(sent, min(len(schedule.messages), int(elapsed * options.rate) + 1)):
                     partition, key, value = schedule.messages[i]
                     if i in schedule.probes:
-                        watch.add(schedule.probes[i], time.monotonic())
-                    acks.append(await producer.send(topic, value, key=key, partition=partition))
+                        watch.add(partition, schedule.probes[i], time.monotonic())
+                    ack = await producer.send(topic, value, key=key, partition=partition)
+                    if i in schedule.probes:
+                        ack.add_done_callback(lambda _, v=schedule.probes[i]: watch.acked(v, time.monotonic()))
+                    acks.append(ack)
                     sent, last = i + 1, time.monotonic() - started
+                # keep only what is outstanding: gathering every ack at the end would block
+                # this loop (and the probes' poller) for a second at 150,000 messages
+                acks = [a for a in acks if not a.done() or a.exception() is not None]
                 await asyncio.sleep(PRODUCER_TICK_SECONDS)
             await asyncio.gather(*acks)
             await watch.settle(options.probe_timeout)
@@ -691,6 +715,14 @@ async def run_steady(url: str, topic: str, base: str, schedule: Schedule, option
     finally:
         await producer.stop()
     return SteadyRun(sent, last, watch)
+
+
+def percentiles(seconds: list[float]) -> tuple[float | None, float | None, float | None]:
+    """p50, p99 and max of ``seconds``, in milliseconds (``None`` for none)."""
+    if not seconds:
+        return None, None, None
+    ms = np.array(seconds) * 1000
+    return float(np.percentile(ms, 50)), float(np.percentile(ms, 99)), float(ms.max())
 
 
 def phase_steady(bench: Bench) -> list[Row]:
@@ -707,13 +739,9 @@ def phase_steady(bench: Bench) -> list[Row]:
         code, stats = http_json("GET", f"{base}/stats?source_id={SOURCE_ID}")
         figures = worker_figures(stack)
     watch = run.watch
-    latencies_ms = np.array(watch.latencies) * 1000
-    p50, p99, top = (
-        (float(np.percentile(latencies_ms, 50)), float(np.percentile(latencies_ms, 99)), float(latencies_ms.max()))
-        if len(latencies_ms)
-        else (None, None, None)
-    )
-    failures = len(watch.pending)
+    p50, p99, top = percentiles(watch.latencies)
+    ack_p50, ack_p99, ack_top = percentiles(watch.after_ack)
+    failures = watch.not_visible
     distinct = distinct_events(schedule.events.take(slice(0, run.sent)))
     figures.update(
         target_rate=options.rate,
@@ -722,11 +750,14 @@ def phase_steady(bench: Bench) -> list[Row]:
         probes_visible=len(watch.latencies),
         probes_not_visible=failures,
         latency_ms={"p50": p50, "p99": p99, "max": top},
+        after_ack_latency_ms={"p50": ack_p50, "p99": ack_p99, "max": ack_top},
         polls=watch.polls,
         sent_distinct_events=distinct,
         stats_at_end=stats if code == 200 else None,
     )
     latency = "-" if p50 is None or p99 is None else f"p50 {p50:,.0f} ms, p99 {p99:,.0f} ms, max {top:,.0f} ms"
+    if ack_p50 is not None and ack_p99 is not None:
+        latency += f" (from the broker's ack: p50 {ack_p50:,.0f} ms, p99 {ack_p99:,.0f} ms)"
     reflected = f"{stats['events']:,}" if code == 200 else "?"
     row = Row(
         "steady",

@@ -153,6 +153,7 @@ async def committed_offsets(url: str, group: str, partitions: list[TopicPartitio
 
 
 TANSU_FETCH_MAX_WAIT_MS = 100
+TANSU_FETCH_MIN_BYTES = 64 * 1024
 
 
 class _TansuConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -160,9 +161,13 @@ class _TansuConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         """Faust's consumer, waiting at most 100 ms for a fetch instead of Faust's fixed 1.5 s:
         Tansu holds a fetch of several partitions for a third of that wait even when one of
         them has records (measured: 480 ms, against 12 ms with 100), which every event
-        would otherwise wait before it is processed."""
+        would otherwise wait before it is processed. Within that wait a fetch asks for 64
+        KiB: one-event messages then arrive in a few large fetches rather than many small
+        ones, each of which costs the worker a round of Faust's machinery
+        (docs/performance.md)."""
         consumer = super()._create_worker_consumer(transport)
         consumer._fetch_max_wait_ms = TANSU_FETCH_MAX_WAIT_MS  # read when the consumer starts
+        consumer._fetch_min_bytes = TANSU_FETCH_MIN_BYTES
         return consumer
 
     async def _highwaters(self, partitions: list[TopicPartition]) -> Mapping[TopicPartition, int]:

@@ -198,7 +198,7 @@ class History:
         async def work(cur: Any) -> None:
             for snapshot in snapshots:
                 await _write_snapshot(cur, snapshot)
-            for update in visitor_updates:
+            for update in merge_visitor_updates(visitor_updates):
                 await _write_visitors(cur, update)
             if transitions:
                 await _write_transitions(cur, transitions)
@@ -286,22 +286,51 @@ async def _write_snapshot(cur: Any, snapshot: dict[str, Any]) -> None:
 VISITOR_COLUMNS = ("visitorid", "views", "addtocarts", "transactions", "sessions", "last_event", "active")
 
 
+def merge_visitor_updates(updates: Sequence[dict[str, Any]]) -> list[dict[str, str | int]]:
+    """Visitor-updates records (one list per column, in topic order) as one record per
+    source whose columns are Postgres array literals, the records' rows one after
+    another: one statement per source instead of one per record (:func:`_write_visitors`
+    keeps, of a visitor's rows, the one writing them one by one would leave).
+
+    >>> merge_visitor_updates([
+    ...     {"source_id": 1, "visitorid": [7, 8], "views": [1, 1], "addtocarts": [0, 0], "transactions": [0, 0],
+    ...      "sessions": [1, 1], "last_event": [10, 10], "active": [True, True]},
+    ...     {"source_id": 1, "visitorid": [7], "views": [2], "addtocarts": [0], "transactions": [0],
+    ...      "sessions": [1], "last_event": [20], "active": [True]},
+    ... ])[0]["visitorid"]
+    '{7,8,7}'
+    """
+    by_source: dict[int, list[dict[str, Any]]] = {}
+    for update in updates:
+        if len(update["visitorid"]):
+            by_source.setdefault(int(update["source_id"]), []).append(update)
+    return [
+        {
+            "source_id": source_id,
+            **{c: "{" + ",".join(_array(r[c])[1:-1] for r in records) + "}" for c in VISITOR_COLUMNS},
+        }
+        for source_id, records in by_source.items()
+    ]
+
+
 async def _write_visitors(cur: Any, update: dict[str, Any]) -> None:
-    """Upsert the visitors of one visitor-updates record (one array per column)."""
+    """Upsert the visitors of a merged visitor-updates record. A visitor's row is written
+    unless Postgres holds a more recent one; of several rows of one visitor, the last with
+    the latest ``last_event`` (what writing them one by one would leave)."""
     await cur.execute(
         "INSERT INTO visitors (source_id, visitorid, views, addtocarts, transactions, sessions, "
         "views_per_session, purchase_ratio, last_event_at, active) "
-        "SELECT %s, vid, v, a, t, s, v::float8 / greatest(s, 1), "
+        "SELECT DISTINCT ON (vid) %s, vid, v, a, t, s, v::float8 / greatest(s, 1), "
         "CASE WHEN v > 0 THEN t::float8 / v ELSE t::float8 / greatest(s, 1) END, "
         "to_timestamp(last / 1000.0), act "
         "FROM unnest(%s::bigint[], %s::int[], %s::int[], %s::int[], %s::int[], %s::bigint[], %s::bool[]) "
-        "AS u(vid, v, a, t, s, last, act) "
+        "WITH ORDINALITY AS u(vid, v, a, t, s, last, act, n) ORDER BY vid, last DESC, n DESC "
         "ON CONFLICT (source_id, visitorid) DO UPDATE SET views = EXCLUDED.views, "
         "addtocarts = EXCLUDED.addtocarts, transactions = EXCLUDED.transactions, sessions = EXCLUDED.sessions, "
         "views_per_session = EXCLUDED.views_per_session, purchase_ratio = EXCLUDED.purchase_ratio, "
         "last_event_at = EXCLUDED.last_event_at, active = EXCLUDED.active, updated_at = now() "
         "WHERE visitors.last_event_at <= EXCLUDED.last_event_at",
-        (update["source_id"], *(_array(update[column]) for column in VISITOR_COLUMNS)),
+        (update["source_id"], *(update[column] for column in VISITOR_COLUMNS)),
     )
 
 

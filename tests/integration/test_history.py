@@ -13,12 +13,16 @@ import orjson
 import psycopg2
 import pytest
 from aiokafka.structs import TopicPartition
+from hypothesis import HealthCheck, given
+from hypothesis import settings as settings_
+from hypothesis import strategies as st
 
 from ampelios.config import Settings
 from ampelios.core.events import EventBatch
 from ampelios.core.generate import WINDOW_END_MS, WINDOW_START_MS, generate_events
 from ampelios.services.broker import end_offsets, read_range
 from ampelios.services.stack import http_json, wait_for_job, wait_until_reflected
+from ampelios.sinks.history import History
 from tests.integration.conftest import Workers, _admin, postgres_server, replay, write_events
 
 pytestmark = pytest.mark.integration
@@ -232,3 +236,59 @@ def test_a_postgres_outage_loses_nothing(settings: Settings, workers: Workers, t
         assert "Postgres is back" in workers.log_text()
     assert WINDOW_START_MS < WINDOW_END_MS  # the generated window the days come from
     assert timedelta(days=len(days)) <= timedelta(milliseconds=WINDOW_END_MS - WINDOW_START_MS)
+
+
+VISITOR_ROW = st.tuples(
+    st.integers(1, 2),  # source
+    st.integers(0, 5),  # visitor
+    st.integers(0, 9),  # views
+    st.integers(0, 3),  # last_event (ms)
+    st.booleans(),  # active
+)
+
+
+def visitor_record(source_id: int, rows: list[tuple[int, int, int, int, bool]]) -> dict:
+    return {
+        "source_id": source_id,
+        "visitorid": [r[1] for r in rows],
+        "views": [r[2] for r in rows],
+        "addtocarts": [r[2] % 2 for r in rows],
+        "transactions": [r[2] % 3 for r in rows],
+        "sessions": [1 + r[2] for r in rows],
+        "last_event": [r[3] for r in rows],
+        "active": [r[4] for r in rows],
+    }
+
+
+@settings_(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batches=st.lists(st.lists(VISITOR_ROW, max_size=6), max_size=8))
+def test_visitor_updates_written_together_leave_the_rows_of_writing_them_one_by_one(database_url: str, batches):
+    """The sink writes a batch of visitor-updates records in one statement per source;
+    a visitor may be in several of them (and twice in one, after a resend)."""
+    records = [visitor_record(s, [r for r in rows if r[0] == s]) for rows in batches for s in (1, 2)]
+    expected: dict[tuple[int, int], tuple] = {}
+    for r in records:  # one by one: a row is replaced unless Postgres holds a more recent one
+        for i, visitor in enumerate(r["visitorid"]):
+            key, row = (r["source_id"], visitor), (r["views"][i], r["sessions"][i], r["last_event"][i], r["active"][i])
+            if key not in expected or expected[key][2] <= row[2]:
+                expected[key] = row
+
+    async def write_and_read() -> list[tuple]:
+        history = History(database_url)
+        try:
+            await history.write([], records, [])
+        finally:
+            await history.close()
+        with psycopg2.connect(database_url) as conn, conn.cursor() as cur:
+            cur.execute(
+                "SELECT source_id, visitorid, views, sessions, "
+                "(extract(epoch FROM last_event_at) * 1000)::bigint, active FROM visitors"
+            )
+            rows = cur.fetchall()
+            cur.execute("TRUNCATE visitors")
+        return rows
+
+    written = {
+        (s, v): (views, sessions, last, active) for s, v, views, sessions, last, active in asyncio.run(write_and_read())
+    }
+    assert written == expected

@@ -15,6 +15,7 @@ MODULES = [
     "ampelios.core.model",
     "ampelios.core.partitioning",
     "ampelios.core.population",
+    "ampelios.sinks.history",
     "ampelios.stream.outbox",
 ]
 
