@@ -73,6 +73,7 @@ MAX_SNAPSHOTS_PER_BATCH = 1000  # event-time snapshots one batch may take (a jum
 RUN_MESSAGES = 512  # messages an agent takes at most at once (over all its partitions)
 RUN_SECONDS = 0.05  # longest wait for more messages before applying those taken
 RUN_EVENTS = 50_000  # events applied as one batch at most (bounds a changelog record)
+PERIODIC = "periodic"  # the reason of the owner's timed snapshot requests
 CONFIRM_SECONDS = 1.0  # how often partitions whose outputs are not known to be sent are checked
 
 
@@ -271,7 +272,7 @@ def register(p: Pipeline) -> None:
 
     # Events partitions whose stored outbox this worker knows to be sent: the outbox of its
     # own last write, or the stored one it sent again after getting the partition (before
-    # the partition's next run, or within CONFIRM_SECONDS when none comes). A
+    # the partition's next run, or within CONFIRM_SECONDS when that send failed). A
     # partition leaves the set when it is revoked or its send fails, and a worker starts
     # with none, so the outbox stored by a crashed or previous holder is always sent
     # before the partition's next message is applied, and before its position is
@@ -289,11 +290,18 @@ def register(p: Pipeline) -> None:
             await Outbox.from_bytes(stored).send(p.app.producer)
         confirmed.add(partition)
 
+    async def resend_outboxes(assigned: set[TopicPartition]) -> None:
+        """After an assignment, before the worker serves again: confirm every events
+        partition now, not only when its next message arrives (there may be none)."""
+        for partition in sorted(tp.partition for tp in assigned if tp.topic == topology.events):
+            async with locks[partition]:
+                await confirm(partition)
+
     @p.app.timer(CONFIRM_SECONDS)
     async def confirm_held_partitions() -> None:
-        """Confirm every events partition held, not only when its next message arrives
-        (there may be none: after an assignment, or after a failed send). A failure is
-        tried again at the next tick."""
+        """Confirm again what is held and not known to be sent (the send after the
+        assignment or after a run failed) rather than wait for a next message that may
+        never come. A failure is tried again at the next tick."""
         for partition in p.local_partitions():
             if partition in confirmed:
                 continue
@@ -311,6 +319,7 @@ def register(p: Pipeline) -> None:
             async with locks[partition]:  # a run under way finishes first
                 confirmed.discard(partition)
 
+    p.on_assigned.append(resend_outboxes)
     p.on_revoked.append(forget_outboxes)
 
     async def apply_group(partition: int, messages: list[Any], events: EventBatch) -> None:
@@ -376,6 +385,7 @@ def register(p: Pipeline) -> None:
     populations: dict[int, Population] = {}  # the owner's copy of segment-state's shapes
     assignments = 0  # assignments seen; the copy is read again after each (see segments)
     changed_sources: set[int] = set()  # sources updated since their last wall snapshot
+    snapshotted: dict[int, int] = {}  # model version of each source's last wall snapshot here
     owned = False  # this worker owns the model (since its last check)
 
     async def count_assignment(assigned: set[TopicPartition]) -> None:
@@ -447,9 +457,11 @@ def register(p: Pipeline) -> None:
         run.writes[clock_key(source_id)] = b"%d" % boundary
 
     async def wall_snapshot(run: SegmentRun, source_id: int, reason: str) -> None:
-        """Settle the model on the population, then snapshot it with the shape mapping."""
+        """Settle the model on the population, then snapshot it with the shape mapping. A
+        periodic request is dropped when this worker's last snapshot of the source has the
+        current model: another one (at the end of a replay, say) came in between."""
         model = run.model(source_id)
-        if model is None:
+        if model is None or (reason == PERIODIC and snapshotted.get(source_id) == model.version):
             return
         population = population_of(source_id)
         model = update(model, population, p.settings.k_for(source_id), settle=True)
@@ -458,6 +470,7 @@ def register(p: Pipeline) -> None:
         record = snapshot_record(source_id, model, "wall", round(time.time() * 1000), reason, mapping)
         await (await p.snapshots.send(key=b"%d" % source_id, value=record))
         run.set_model(source_id, model)
+        snapshotted[source_id] = model.version
 
     async def apply_delta(run: SegmentRun, message: dict[str, Any]) -> None:
         source_id, partition = int(message["source_id"]), int(message["partition"])
@@ -532,7 +545,7 @@ def register(p: Pipeline) -> None:
             return
         for source_id in sorted(changed_sources):
             changed_sources.discard(source_id)
-            await p.segment_updates.send(key=b"%d" % source_id, value=snapshot_request(source_id, "periodic"))
+            await p.segment_updates.send(key=b"%d" % source_id, value=snapshot_request(source_id, PERIODIC))
 
     async def count_rejections(partition: int, messages: list[Any]) -> None:
         """Count dead letters per source, with the dead-letter position: one write."""
