@@ -1,6 +1,6 @@
 """Journeys: a visitor's distinct events, their sessions and the six features.
 
-Definitions (DESIGN.md section 1, kept exactly):
+Definitions (the seed's, kept exactly):
 
 - A visitor's events are ordered by timestamp; a new **session** starts when the gap to
   the previous event of that visitor is more than ``gap_ms`` (20 minutes by default).
@@ -101,7 +101,7 @@ def sessionize(timestamps: np.ndarray, events: np.ndarray, gap_ms: int) -> list[
 
 
 def features_of(sessions: Sequence[Session]) -> np.ndarray:
-    """The six features of one journey, written the way DESIGN.md defines them."""
+    """The six features of one journey, written the way the module docstring defines them."""
     if not sessions:
         return np.zeros(N_FEATURES)
     views = sum(s.views for s in sessions)

@@ -288,14 +288,14 @@ def create_pipeline(settings: Settings) -> Pipeline:
         web_host=settings.web_host,
         web_bind=settings.web_bind_address,
         web_port=settings.web_port,
-        # Group joins in seconds, not half a minute (DESIGN.md section 3).
+        # Group joins in seconds, not half a minute (docs/state-and-recovery.md).
         broker_rebalance_timeout=10,
         broker_session_timeout=10,
         broker_heartbeat_interval=1,
         broker_commit_interval=1.0,
         producer_max_request_size=MAX_MESSAGE_BYTES,
         consumer_max_fetch_size=MAX_MESSAGE_BYTES,
-        # Tansu has no transactions (DESIGN.md section 3): at-least-once, made idempotent
+        # Tansu has no transactions (docs/state-and-recovery.md): at-least-once, made idempotent
         # by journeys that hold distinct events.
         processing_guarantee="at_least_once",
         table_standby_replicas=0,

@@ -2,7 +2,7 @@
 
 A Faust ``Table`` sends one changelog record per key it sets; at Retailrocket scale that
 is 1.4 million records through a pure-Python producer, which costs more than all the
-rest of the pipeline (DESIGN.md section 4). :class:`BatchTable` keeps everything else of
+rest of the pipeline (docs/performance.md). :class:`BatchTable` keeps everything else of
 a Faust table -- RocksDB files per partition, a changelog topic, persisted offsets,
 recovery on start and rebalance, reads with ``get`` and ``items`` -- but writes with
 :meth:`BatchTable.write`: one RocksDB write batch and one changelog record holding

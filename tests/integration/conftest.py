@@ -220,7 +220,7 @@ def replay(base: str, name: str, source_id: int = 1) -> dict:
 
 
 def batch_definition(events: EventBatch, visitor: int, gap_ms: int) -> tuple[list, np.ndarray]:
-    """Sessions and features of one visitor by the plain definition (DESIGN.md section 1)."""
+    """Sessions and features of one visitor by the plain definition (ampelios.core.journeys's docstring)."""
     mine = events.take(events.visitorid == visitor)
     rows = sorted(
         set(zip(mine.timestamp.tolist(), mine.event.tolist(), mine.itemid.tolist(), mine.transactionid.tolist()))
