@@ -1,8 +1,8 @@
 """Look-alike data: events with the Retailrocket schema and its published marginals.
 
-The Retailrocket data set (2,756,101 events of 1,407,580 visitors, 2015-05-03 .. 2015-09-18) is not redistributable, so Ampelios
-generates data that looks like it: about 96.7% views, 2.5% add-to-carts and 0.8%
-transactions; about 1.96 events per visitor with a heavy tail (most visitors have one
+The Retailrocket data set (2,756,101 events of 1,407,580 visitors) is not
+redistributable, so Ampelios generates data that looks like it: about 96.7% views, 2.5%
+add-to-carts and 0.8% transactions; about 1.96 events per visitor with a heavy tail (most visitors have one
 event, a few have thousands); sessions separated by gaps longer than 20 minutes; a
 transaction always follows an add-to-cart of the same item by the same visitor; times in
 2015-05-03 .. 2015-09-18; rows shuffled out of time order. Every (visitor, timestamp,

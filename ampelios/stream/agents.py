@@ -56,12 +56,12 @@ import orjson
 from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 
-from ampelios.core.events import UNKNOWN_SOURCE, EventBatch, Rejection, decode_run
+from ampelios.core.events import UNKNOWN_SOURCE, EventBatch, Rejection, decode_run, encode_events
 from ampelios.core.journeys import JourneyBatch, features_from_shapes, merge_journeys
 from ampelios.core.model import SegmentModel, update
-from ampelios.core.partitioning import visitor_key
+from ampelios.core.partitioning import route, visitor_key
 from ampelios.core.population import Population, PopulationDelta, Shape
-from ampelios.stream.app import Pipeline, counts_key, rejected_key
+from ampelios.stream.app import Pipeline, counts_key, forwarded_key, rejected_key
 from ampelios.stream.journey_store import read_journeys, store
 from ampelios.stream.outbox import OUTBOX_KEY, Outbox
 from ampelios.stream.positions import Positions
@@ -329,6 +329,10 @@ def register(p: Pipeline) -> None:
         offset = messages[-1].offset
         writes: dict[bytes, bytes | None] = dict([positions.position(offset)])
         outbox = Outbox()
+        routed = route(events, partition, topology.partitions, p.settings.replay_batch_events)
+        if routed.forwarded:
+            forward(partition, routed.forwarded, writes, outbox)
+            events = routed.own
         sources = np.unique(events.source_id).tolist()
         for source in sources:
             of_source = events if len(sources) == 1 else events.take(events.source_id == source)
@@ -344,6 +348,21 @@ def register(p: Pipeline) -> None:
         await outbox.send(p.app.producer)
         confirmed.add(partition)
         p.metrics.batch_seconds.labels("journeys").observe(time.perf_counter() - started)
+
+    def forward(
+        partition: int, messages: list[tuple[int, EventBatch]], writes: dict[bytes, bytes | None], outbox: Outbox
+    ) -> None:
+        """Add to ``outbox`` the events of visitors other partitions own, one message per
+        owner and source, and count them per source in ``writes``."""
+        counts: dict[int, int] = {}
+        for owner, events in messages:
+            outbox.add(topology.events, None, encode_events(events), owner)
+            source = int(events.source_id[0])
+            counts[source] = counts.get(source, 0) + len(events)
+        stored = p.journeys.get_many(partition, [forwarded_key(s) for s in counts])
+        for (source, n), old in zip(counts.items(), stored):
+            writes[forwarded_key(source)] = b"%d" % (int(old or 0) + n)
+            p.metrics.forwarded.labels(str(source)).inc(n)
 
     async def store_writes(partition: int, offset: int, writes: dict[bytes, bytes | None]) -> None:
         """One group's state, position included: one changelog record, one RocksDB write."""

@@ -12,6 +12,7 @@ journeys            N           ``source:visitor`` -> journey bytes (distinct ev
                                 active flag); see :mod:`ampelios.core.journeys`.
                                 ``~counts:source`` -> events, visitors of the partition;
                                 ``~rejected:source`` -> rejections counted;
+                                ``~forwarded:source`` -> events forwarded;
                                 ``~position``, ``~dlq-position`` -> last offset applied;
                                 the activity index and event time (active days). A
                                 :class:`BatchTable`: one changelog record per batch
@@ -232,16 +233,20 @@ class Pipeline:
         return sorted(tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == topic)
 
     def source_stats(self, source_id: int) -> dict[str, int]:
-        """Events and visitors reflected, and rejections, summed over local partitions."""
-        totals = {"events": 0, "visitors": 0, "rejected": 0}
+        """Events and visitors reflected, rejections, and events forwarded to the
+        partition that owns their visitor, summed over local partitions."""
+        totals = {"events": 0, "visitors": 0, "rejected": 0, "forwarded": 0}
         for partition in self.local_partitions():
-            counts, rejected = self.journeys.get_many(partition, [counts_key(source_id), rejected_key(source_id)])
+            keys = [counts_key(source_id), rejected_key(source_id), forwarded_key(source_id)]
+            counts, rejected, forwarded = self.journeys.get_many(partition, keys)
             if counts is not None:
                 events, visitors = counts.split(b",")
                 totals["events"] += int(events)
                 totals["visitors"] += int(visitors)
             if rejected is not None:
                 totals["rejected"] += int(rejected)
+            if forwarded is not None:
+                totals["forwarded"] += int(forwarded)
         return totals
 
     async def pending(self) -> dict[str, Any]:
@@ -269,6 +274,11 @@ class Pipeline:
 def counts_key(source_id: int) -> bytes:
     """journeys key (per partition) of ``events,visitors`` reflected for a source."""
     return b"~counts:%d" % source_id
+
+
+def forwarded_key(source_id: int) -> bytes:
+    """journeys key (per partition) of the events of a source forwarded to their owners."""
+    return b"~forwarded:%d" % source_id
 
 
 def rejected_key(source_id: int) -> bytes:

@@ -9,6 +9,8 @@ metric                                       meaning
 ampelios_events_processed_total{source_id}   events applied to journeys (new events;
                                              duplicates of stored ones are not counted)
 ampelios_events_rejected_total{source_id}    rows and messages dead-lettered by the worker
+ampelios_events_forwarded_total{source_id}   events that arrived on a partition not owning
+                                             their visitor, forwarded to the owner
 ampelios_batch_seconds{agent}                time to apply one batch (journeys: a group of
                                              events messages; segments: a run of deltas)
 ampelios_lag{kind}                           records not yet reflected (``kind="stream"``)
@@ -43,6 +45,12 @@ class Metrics:
         self.events = Counter("ampelios_events_processed", "Events applied to journeys", ["source_id"], registry=r)
         self.rejected = Counter(
             "ampelios_events_rejected", "Rows and messages dead-lettered by the worker", ["source_id"], registry=r
+        )
+        self.forwarded = Counter(
+            "ampelios_events_forwarded",
+            "Events forwarded to the partition owning their visitor",
+            ["source_id"],
+            registry=r,
         )
         self.batch_seconds = Histogram(
             "ampelios_batch_seconds", "Time to apply one batch", ["agent"], buckets=BATCH_BUCKETS, registry=r

@@ -128,11 +128,16 @@ _SCHEMAS: dict[str, Any] = {
     },
     "Stats": {
         "type": "object",
-        "required": ["events", "visitors", "rejected", "model_version", "lag", "sink_lag", "sink_error"],
+        "required": ["events", "visitors", "rejected", "forwarded", "model_version", "lag", "sink_lag", "sink_error"],
         "properties": {
             "events": {"type": "integer", "minimum": 0},
             "visitors": {"type": "integer", "minimum": 0},
             "rejected": {"type": "integer", "minimum": 0},
+            "forwarded": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "events that arrived on a partition not owning their visitor, forwarded to the owner",
+            },
             "model_version": {"type": ["integer", "null"]},
             "lag": {"type": "integer", "minimum": 0},
             "sink_lag": {"type": "integer", "minimum": 0},
@@ -142,11 +147,16 @@ _SCHEMAS: dict[str, Any] = {
     "LocalStats": {
         "type": "object",
         "description": "with local=true: the counts of this worker's partitions only",
-        "required": ["events", "visitors", "rejected", "partitions"],
+        "required": ["events", "visitors", "rejected", "forwarded", "partitions"],
         "properties": {
             "events": {"type": "integer", "minimum": 0},
             "visitors": {"type": "integer", "minimum": 0},
             "rejected": {"type": "integer", "minimum": 0},
+            "forwarded": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "events that arrived on a partition not owning their visitor, forwarded to the owner",
+            },
             "partitions": {"type": "array", "items": {"type": "integer", "minimum": 0}},
         },
     },

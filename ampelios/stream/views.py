@@ -10,7 +10,7 @@ GET  /view                 per segment: id, label, users, share, centroid, and i
                            words summary, advice and action
 GET  /visitors/{id}        one visitor's journey, features, segment and transitions
 GET  /history              snapshots of the segments over event or wall time
-GET  /stats                events, visitors, rejected, lag (records not yet reflected),
+GET  /stats                events, visitors, rejected, forwarded, lag (records not yet reflected),
                            sink_lag (records not yet in Postgres)
 GET  /metrics              Prometheus metrics (text format)
 GET  /files                the CSV files of the data directory a replay can read

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import psycopg2
 import pytest
 
 from ampelios.config import Settings
-from ampelios.core.events import EventBatch
+from ampelios.core.events import EventBatch, read_csv
 from ampelios.core.generate import generate_events
 from ampelios.services.stack import WorkerProcess, http_json, wait_until_reflected
 from tests.integration.conftest import (
@@ -23,28 +24,44 @@ from tests.integration.conftest import (
     settle,
     write_events,
 )
+from tests.integration.producers import produce_anyhow
 
 pytestmark = pytest.mark.integration
 
 T0 = 1_433_221_332_117  # 2015-06-02, in the generated data's months
 
 
-def run(settings: Settings, workers: Workers, path: Path, kills: int, sample: list[int]) -> dict:
+def run(settings: Settings, workers: Workers, path: Path, kills: int, sample: list[int], anyhow: bool = False) -> dict:
+    """Start a worker, send the file's events -- with ``ampelios replay`` or, ``anyhow``,
+    with confluent-kafka on any partition (:func:`produce_anyhow`) -- and SIGKILL the
+    worker ``kills`` times meanwhile; the outcome once all is reflected."""
     worker = workers.start(settings)
-    producer = replay_with_cli(settings, path)
+    if anyhow:
+        producer = ThreadPoolExecutor(1)
+        produced = producer.submit(produce_anyhow, settings, read_csv(path, 1).events)
+    else:
+        replay = replay_with_cli(settings, path)
     rng = random.Random(kills)
     for _ in range(kills):  # SIGKILL at random points while the backlog is processed
         time.sleep(rng.uniform(0.5, 2.0))
         worker.kill()
         worker = workers.start(settings)
-    assert producer.wait(300) == 0, producer.stderr.read() if producer.stderr else ""
+    if anyhow:
+        produced.result(300)  # raises what the producer raised
+        producer.shutdown()
+    else:
+        assert replay.wait(300) == 0, replay.stderr.read() if replay.stderr else ""
     settle(worker.base_url)
     return outcome(settings, worker.base_url, sample)
 
 
+@pytest.mark.parametrize("producer", ["replay", "any partition"])
 def test_sigkill_three_times_during_a_replay_changes_nothing(
-    settings: Settings, workers: Workers, tmp_path: Path, reference
+    settings: Settings, workers: Workers, tmp_path: Path, reference, producer: str
 ):
+    """The crashed run's events come from ``ampelios replay`` (100 events per message) or
+    from confluent-kafka, one event per message on any partition (forwarded to their
+    owners while the worker is killed)."""
     events = generate_events(40_000, seed=21)
     path = write_events(tmp_path / "events.csv", events)
     counts = np.bincount(np.searchsorted(np.unique(events.visitorid), events.visitorid))
@@ -56,7 +73,7 @@ def test_sigkill_three_times_during_a_replay_changes_nothing(
         expected = run(alone.with_(replay_batch_events=100), workers, path, kills=0, sample=sample)
         workers.stop_all()
 
-    crashed = run(settings, workers, path, kills=3, sample=sample)
+    crashed = run(settings, workers, path, kills=3, sample=sample, anyhow=producer == "any partition")
     assert workers.log_text().count("did not stop cleanly") >= 3
     assert crashed["stats"] == expected["stats"] == {"events": 40_000, "visitors": len(visitors), "rejected": 0}
     assert crashed["visitors"] == expected["visitors"] and len(crashed["visitors"]) == len(visitors)
