@@ -6,10 +6,11 @@ BIN    := $(VENV)/bin
 
 .PHONY: demo test lint screenshot clean
 
-$(VENV)/.installed: setup.cfg pyproject.toml
+# constraints.txt pins every package of the tree, so that an install is reproducible.
+$(VENV)/.installed: setup.cfg pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,bench]'
 	touch $@
 
 demo: $(VENV)/.installed
