@@ -11,17 +11,9 @@ from typing import Any
 
 import click
 
-from ampelios.config import ConfigError, Settings
+from ampelios.config import Settings, load_settings
 from ampelios.core.events import CsvError, write_csv
 from ampelios.core.generate import generate_events
-
-
-def load_settings() -> Settings:
-    """``Settings.from_env()``; a bad setting is a usage error that names the variable."""
-    try:
-        return Settings.from_env()
-    except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

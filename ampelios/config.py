@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+import click
+
 
 class ConfigError(ValueError):
     """A setting has a value Ampelios cannot use; the message names the variable."""
@@ -198,3 +200,12 @@ class Settings:
 
     def with_(self, **changes: Any) -> Settings:
         return replace(self, **changes)
+
+
+def load_settings() -> Settings:
+    """``Settings.from_env()`` for a command: a bad setting is a usage error that names
+    the variable (printed as one line, no traceback)."""
+    try:
+        return Settings.from_env()
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None

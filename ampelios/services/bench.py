@@ -58,8 +58,7 @@ import numpy as np
 import orjson
 from aiokafka.structs import TopicPartition
 
-from ampelios.cli import load_settings
-from ampelios.config import Settings
+from ampelios.config import Settings, load_settings
 from ampelios.core.events import EVENT_NAMES, VIEW, EventBatch, encode_events, write_csv
 from ampelios.core.generate import generate_events
 from ampelios.core.partitioning import partitions_for, visitor_key

@@ -61,9 +61,9 @@ from ampelios.core.journeys import JourneyBatch, features_from_shapes, merge_jou
 from ampelios.core.model import SegmentModel, update
 from ampelios.core.partitioning import route, visitor_key
 from ampelios.core.population import Population, PopulationDelta, Shape
-from ampelios.stream.app import Pipeline, counts_key, forwarded_key, rejected_key
 from ampelios.stream.journey_store import read_journeys, store
 from ampelios.stream.outbox import OUTBOX_KEY, Outbox
+from ampelios.stream.pipeline import Pipeline, counts_key, forwarded_key, rejected_key, snapshot_request
 from ampelios.stream.positions import Positions
 from ampelios.stream.replay import rejection_record
 
@@ -98,11 +98,6 @@ def applied_key(source_id: int, partition: int) -> bytes:
 def activity_key(source_id: int, last_event: int, visitor: int) -> bytes:
     """journeys key indexing active journeys by latest event, to find those that expire."""
     return b"~active:%d:%013d:%d" % (source_id, last_event, visitor)
-
-
-def snapshot_request(source_id: int, reason: str) -> bytes:
-    """A segment-updates message asking the owner for a wall-clock snapshot."""
-    return orjson.dumps({"source_id": source_id, "snapshot": reason})
 
 
 def snapshot_record(

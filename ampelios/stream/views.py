@@ -38,19 +38,18 @@ import orjson
 from aiohttp import web
 from faust.web import Request, Response, View
 
-from ampelios.core.events import MAX_SOURCE_ID
+from ampelios.core.events import MAX_SOURCE_ID, UNKNOWN_SOURCE
 from ampelios.core.journeys import JourneyState
 from ampelios.core.labels import action, advice, summary
 from ampelios.core.model import SegmentModel
 from ampelios.core.partitioning import partition_for, visitor_key
 from ampelios.sinks.history import HistoryUnavailable
-from ampelios.stream.agents import UNKNOWN_SOURCE, snapshot_request
-from ampelios.stream.app import Pipeline
 from ampelios.stream.cluster import FORWARDED, PeerUnavailable, ask, holder_of, own_url, workers_of
 from ampelios.stream.jobs import PathMissing, PathRefused, ReplayJob, data_files, resolve_data_path, start_job
 from ampelios.stream.journey_store import local_journeys, read_journey
 from ampelios.stream.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ampelios.stream.openapi import MAX_BODY_BYTES, MAX_USER_LIMIT, openapi_document
+from ampelios.stream.pipeline import Pipeline, snapshot_request
 
 log = logging.getLogger(__name__)
 

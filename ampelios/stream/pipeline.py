@@ -1,0 +1,124 @@
+"""What a running worker has -- settings, the app, its topics and tables -- and the keys
+and records its agents and views share. Built by :func:`ampelios.stream.app.create_pipeline`;
+the agents (:mod:`ampelios.stream.agents`) and the views (:mod:`ampelios.stream.views`)
+are given it and take nothing else from each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+import orjson
+from aiokafka.structs import TopicPartition
+
+from ampelios.config import Settings
+from ampelios.core.model import SegmentModel
+from ampelios.services.broker import committed_offsets, end_offsets
+from ampelios.sinks.history import History
+from ampelios.sinks.postgres import PostgresSink
+from ampelios.stream.batch_table import BatchTable, PublishedTable
+from ampelios.stream.metrics import Metrics
+from ampelios.stream.positions import Positions
+from ampelios.stream.topology import Topology
+
+
+@dataclass
+class Pipeline:
+    """Everything a running worker has: settings, the app, its topics and tables."""
+
+    settings: Settings
+    topology: Topology
+    app: faust.App
+    events: Any
+    dead_letters: Any
+    segment_updates: Any
+    segment_changes: Any
+    visitor_updates: Any
+    snapshots: Any
+    journeys: BatchTable
+    segments: BatchTable
+    published: PublishedTable
+    history: History | None
+    sink: PostgresSink | None
+    jobs: dict[str, Any] = field(default_factory=dict)
+    event_codes: dict[str, int] = field(default_factory=dict)  # names read, see event_codes
+    positions: list[Positions] = field(default_factory=list)  # one per agent, see agents
+    on_assigned: list[Callable[[set[TopicPartition]], Awaitable[None]]] = field(default_factory=list)
+    on_revoked: list[Callable[[set[TopicPartition]], Awaitable[None]]] = field(default_factory=list)
+    metrics: Metrics = field(default_factory=Metrics)
+
+    def ready(self) -> bool:
+        """Table recovery has completed and no rebalance is under way."""
+        recovery = self.app.tables.recovery
+        return recovery.completed.is_set() and not recovery.in_recovery and not self.app.rebalancing
+
+    def published_model(self, source_id: int) -> SegmentModel | None:
+        """The newest model of a source this worker has seen (possibly a batch behind)."""
+        value = self.published.get(b"%d" % source_id)
+        return SegmentModel.from_bytes(value) if value is not None else None
+
+    def local_partitions(self) -> list[int]:
+        """The events partitions this worker owns (and so the journeys it holds)."""
+        topic = self.topology.events
+        return sorted(tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == topic)
+
+    def source_stats(self, source_id: int) -> dict[str, int]:
+        """Events and visitors reflected, rejections, and events forwarded to the
+        partition that owns their visitor, summed over local partitions."""
+        totals = {"events": 0, "visitors": 0, "rejected": 0, "forwarded": 0}
+        for partition in self.local_partitions():
+            keys = [counts_key(source_id), rejected_key(source_id), forwarded_key(source_id)]
+            counts, rejected, forwarded = self.journeys.get_many(partition, keys)
+            if counts is not None:
+                events, visitors = counts.split(b",")
+                totals["events"] += int(events)
+                totals["visitors"] += int(visitors)
+            if rejected is not None:
+                totals["rejected"] += int(rejected)
+            if forwarded is not None:
+                totals["forwarded"] += int(forwarded)
+        return totals
+
+    async def pending(self) -> dict[str, Any]:
+        """Records not yet processed: ``lag`` (events, rejections and segment updates
+        the worker has not committed, i.e. not yet reflected in journeys, stats and
+        segments), ``sink_lag`` (output records not yet written to Postgres) and
+        ``sink_error`` (why this worker's sink cannot write right now, or ``None``)."""
+        t = self.topology
+        url = self.settings.broker_url
+        n = range(t.partitions)
+        inputs = [TopicPartition(topic, p) for topic in (t.events, t.dead_letters) for p in n]
+        inputs.append(TopicPartition(t.segment_updates, 0))
+        outputs = [TopicPartition(topic, p) for topic in (t.visitor_updates, t.segment_changes) for p in n]
+        outputs.append(TopicPartition(t.snapshots, 0))
+        ends = await end_offsets(url, inputs + outputs)
+        done = await committed_offsets(url, self.settings.app_id, inputs)
+        lag = sum(max(0, ends[tp] - done[tp]) for tp in inputs)
+        if self.sink is None:
+            return {"lag": lag, "sink_lag": 0, "sink_error": None}
+        written = await committed_offsets(url, t.sink_group, outputs)
+        sink_lag = sum(max(0, ends[tp] - written[tp]) for tp in outputs)
+        return {"lag": lag, "sink_lag": sink_lag, "sink_error": self.sink.unavailable}
+
+
+def counts_key(source_id: int) -> bytes:
+    """journeys key (per partition) of ``events,visitors`` reflected for a source."""
+    return b"~counts:%d" % source_id
+
+
+def forwarded_key(source_id: int) -> bytes:
+    """journeys key (per partition) of the events of a source forwarded to their owners."""
+    return b"~forwarded:%d" % source_id
+
+
+def rejected_key(source_id: int) -> bytes:
+    """journeys key (per partition) of the rejections counted for a source."""
+    return b"~rejected:%d" % source_id
+
+
+def snapshot_request(source_id: int, reason: str) -> bytes:
+    """A segment-updates message asking the owner for a wall-clock snapshot."""
+    return orjson.dumps({"source_id": source_id, "snapshot": reason})
