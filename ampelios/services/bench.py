@@ -55,11 +55,10 @@ from typing import Any
 import aiohttp
 import click
 import numpy as np
-import orjson
 from aiokafka.structs import TopicPartition
 
 from ampelios.config import Settings, load_settings
-from ampelios.core.events import EVENT_NAMES, VIEW, EventBatch, encode_events, write_csv
+from ampelios.core.events import VIEW, EventBatch, encode_each_event, encode_events, write_csv
 from ampelios.core.generate import generate_events
 from ampelios.core.partitioning import partitions_for, visitor_key
 from ampelios.services.broker import (
@@ -125,24 +124,8 @@ def one_event_messages(events: EventBatch, partitions: int) -> list[Message]:
     """One message per event in the single-event JSON form (see :mod:`ampelios.core.events`),
     keyed ``source:visitor`` and on the partition Kafka's default partitioner gives that key."""
     partition = partitions_for(events.source_id, events.visitorid, partitions).tolist()
-    columns = (events.source_id, events.timestamp, events.visitorid, events.event, events.itemid, events.transactionid)
-    return [
-        (
-            p,
-            visitor_key(s, v),
-            orjson.dumps(
-                {
-                    "source_id": s,
-                    "timestamp": t,
-                    "visitorid": v,
-                    "event": EVENT_NAMES[e],
-                    "itemid": i if i >= 0 else None,
-                    "transactionid": x if x >= 0 else None,
-                }
-            ),
-        )
-        for p, s, t, v, e, i, x in zip(partition, *(c.tolist() for c in columns))
-    ]
+    keys = [visitor_key(s, v) for s, v in zip(events.source_id.tolist(), events.visitorid.tolist())]
+    return list(zip(partition, keys, encode_each_event(events)))
 
 
 @dataclass(frozen=True)

@@ -6,11 +6,10 @@ from __future__ import annotations
 import random
 
 import numpy as np
-import orjson
 from confluent_kafka import Producer
 
 from ampelios.config import Settings
-from ampelios.core.events import COLUMNS, EVENT_NAMES, EventBatch, encode_events
+from ampelios.core.events import EventBatch, encode_each_event, encode_events
 from ampelios.services.broker import bootstrap_servers
 from ampelios.stream.topology import Topology
 
@@ -40,18 +39,10 @@ def produce_anyhow(settings: Settings, events: EventBatch, seed: int = 0) -> int
         chunk = events.take(np.sort(batched[start : start + 50]))
         producer.produce(topic, encode_events(chunk), partition=rng.randrange(n), on_delivery=delivered)
         sent += 1
-    columns = [getattr(events, c)[order[len(batched) :]].tolist() for c in COLUMNS]
-    for source, t, visitor, code, item, tx in zip(*columns):
-        value = orjson.dumps(
-            {
-                "source_id": source,
-                "timestamp": t,
-                "visitorid": visitor,
-                "event": EVENT_NAMES[code],
-                "itemid": item if item >= 0 else None,
-                "transactionid": tx if tx >= 0 else None,
-            }
-        )
+    singles = events.take(order[len(batched) :])
+    for source, visitor, value in zip(
+        singles.source_id.tolist(), singles.visitorid.tolist(), encode_each_event(singles)
+    ):
         how = sent % 4
         if how == 0:
             producer.produce(topic, value, key=f"{source}:{visitor}", on_delivery=delivered)
