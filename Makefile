@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint screenshot clean
+.PHONY: demo test check lint screenshot clean
 
 # constraints.txt pins every package of the tree, so that an install is reproducible.
 $(VENV)/.installed: setup.cfg pyproject.toml constraints.txt
@@ -20,11 +20,17 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff check ampelios tests scripts
 	$(BIN)/ruff format --check ampelios tests scripts
 
-# The whole suite on the embedded broker, then the integration suite again on Apache Kafka
-# (fetched from Maven Central on first use; needs java and mvn).
+# The inner loop: lint, unit and property tests, and one end-to-end smoke test on the
+# embedded broker (CONTRIBUTING.md).
+check: lint
+	$(BIN)/pytest -m "not integration or smoke" --durations=15
+
+# The whole suite on the embedded broker, then the tests marked `apache` (those that depend
+# on how the broker behaves) again on Apache Kafka, fetched from Maven Central on first use
+# (needs java and mvn).
 test: lint
-	$(BIN)/pytest
-	$(BIN)/pytest --broker=apache tests/integration
+	$(BIN)/pytest --durations=15
+	$(BIN)/pytest --broker=apache --durations=15 tests/integration
 
 # docs/img/dashboard.png, taken by the dashboard's browser test (needs chromium and chromium-driver).
 screenshot: $(VENV)/.installed

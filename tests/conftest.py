@@ -14,13 +14,24 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         choices=("embedded", "apache"),
         default="embedded",
         help="the broker integration tests run on: the embedded Tansu broker, or Apache Kafka "
-        "(fetched from Maven Central with mvn, run with java)",
+        "(fetched from Maven Central with mvn, run with java; only the tests marked apache run)",
     )
     parser.addoption(
         "--screenshot",
         default=None,
         help="where the dashboard test also saves its screenshot (make screenshot: docs/img/dashboard.png)",
     )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With ``--broker=apache`` only the tests marked ``apache`` run: the rest does not
+    depend on which broker carries the events, and the embedded run covers it."""
+    if config.getoption("--broker") != "apache":
+        return
+    deselected = [item for item in items if item.get_closest_marker("apache") is None]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if item.get_closest_marker("apache") is not None]
 
 
 def require_tool(name: str, install: str) -> str:

@@ -22,7 +22,7 @@ import orjson
 from faust.worker import Worker
 
 import ampelios.services.broker  # noqa: F401  (registers the tansu:// transport)
-from ampelios.services.broker import MAX_MESSAGE_BYTES
+from ampelios.services.broker import MAX_MESSAGE_BYTES, session_timeout_seconds
 from ampelios.stream import event_loop
 
 APP_ID = "ampelios-bench-bare"
@@ -39,7 +39,7 @@ def create_app(broker: str, topic: str, partitions: int, datadir: Path, expected
         web_enabled=False,
         # As Ampelios's app (ampelios/stream/app.py), so that only the agent's work differs.
         broker_rebalance_timeout=10,
-        broker_session_timeout=10,
+        broker_session_timeout=session_timeout_seconds(broker),
         broker_heartbeat_interval=1,
         broker_commit_interval=1.0,
         consumer_max_fetch_size=MAX_MESSAGE_BYTES,

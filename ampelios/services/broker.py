@@ -57,6 +57,17 @@ def needs_fetched_end_offsets(url: str) -> bool:
     return url.startswith("tansu://")
 
 
+def session_timeout_seconds(url: str) -> int:
+    """The consumer-group session timeout for the broker at ``url``.
+
+    Tansu holds every group join for half the session timeout (measured: 10 s -> 5.0 s,
+    2 s -> 1.0 s), which a worker start and every rebalance wait: the embedded broker gets
+    6 s, Apache Kafka's smallest by default (``group.min.session.timeout.ms``), and Apache
+    Kafka 10 s. A member that stops heartbeating (a SIGKILLed worker) holds its partitions
+    that long."""
+    return 6 if url.startswith("tansu://") else 10
+
+
 async def _fetched_end_offsets(
     bootstrap: str, listed: Mapping[TopicPartition, int], timeout: float
 ) -> dict[TopicPartition, int]:
@@ -152,6 +163,19 @@ async def committed_offsets(url: str, group: str, partitions: list[TopicPartitio
     return {tp: max(0, offsets[tp].offset) if tp in offsets else 0 for tp in partitions}
 
 
+def leave_even_the_first_generation(consumer: aiokafka.AIOKafkaConsumer) -> None:
+    """Make ``consumer.stop()`` leave its group also in the group's first generation.
+
+    Tansu numbers a group's first generation 0, which aiokafka takes for "no generation"
+    and sends no LeaveGroup for: the next member to join then waits until this one's
+    session expires (13 s of a worker restart on the embedded broker). A LeaveGroup
+    carries only the group and member ids, so saying generation 1 changes nothing else.
+    Call it just before ``stop()``; Apache Kafka's generations start at 1."""
+    coordinator = consumer._coordinator
+    if coordinator is not None and coordinator.generation == 0:
+        coordinator.generation = 1
+
+
 TANSU_FETCH_MAX_WAIT_MS = 100
 TANSU_FETCH_MIN_BYTES = 64 * 1024
 
@@ -169,6 +193,11 @@ class _TansuConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         consumer._fetch_max_wait_ms = TANSU_FETCH_MAX_WAIT_MS  # read when the consumer starts
         consumer._fetch_min_bytes = TANSU_FETCH_MIN_BYTES
         return consumer
+
+    async def on_thread_stop(self) -> None:
+        if self._consumer is not None:
+            leave_even_the_first_generation(self._consumer)
+        await super().on_thread_stop()
 
     async def _highwaters(self, partitions: list[TopicPartition]) -> Mapping[TopicPartition, int]:
         listed = await self._ensure_consumer().end_offsets(partitions)

@@ -18,7 +18,12 @@ import orjson
 from aiokafka.errors import CommitFailedError, KafkaError
 from mode import Service
 
-from ampelios.services.broker import MAX_MESSAGE_BYTES, bootstrap_servers
+from ampelios.services.broker import (
+    MAX_MESSAGE_BYTES,
+    bootstrap_servers,
+    leave_even_the_first_generation,
+    session_timeout_seconds,
+)
 from ampelios.sinks.history import History, HistoryUnavailable
 from ampelios.stream.topology import Topology
 
@@ -51,13 +56,14 @@ class PostgresSink(Service):
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
             fetch_max_bytes=64 * 1024 * 1024,
-            session_timeout_ms=10_000,
+            session_timeout_ms=session_timeout_seconds(self.broker_url) * 1000,
             heartbeat_interval_ms=1_000,
         )
         await self.consumer.start()
 
     async def on_stop(self) -> None:
         if self.consumer is not None:
+            leave_even_the_first_generation(self.consumer)
             await self.consumer.stop()
         await self.history.close()
 

@@ -48,6 +48,7 @@ from ampelios.services.broker import (
     broker_epoch,
     check_broker_epoch,
     ensure_topics,
+    session_timeout_seconds,
 )
 from ampelios.sinks.history import History
 from ampelios.sinks.postgres import PostgresSink
@@ -201,7 +202,7 @@ def create_pipeline(settings: Settings) -> Pipeline:
         web_port=settings.web_port,
         # Group joins in seconds, not half a minute (docs/state-and-recovery.md).
         broker_rebalance_timeout=10,
-        broker_session_timeout=10,
+        broker_session_timeout=session_timeout_seconds(settings.broker_url),
         broker_heartbeat_interval=1,
         broker_commit_interval=1.0,
         producer_max_request_size=MAX_MESSAGE_BYTES,

@@ -122,18 +122,10 @@ def broker(new_broker: Callable[[str], Broker]) -> Broker:
 
 @pytest.fixture
 def apache_only(request: pytest.FixtureRequest) -> None:
-    """For what needs a broker that keeps its data across restarts."""
+    """For what needs a broker that keeps its data across restarts (mark such a test
+    ``apache`` too, or it never runs)."""
     if request.config.getoption("--broker") != "apache":
         pytest.skip("needs Apache Kafka (--broker=apache)")
-
-
-@pytest.fixture
-def embedded_only(request: pytest.FixtureRequest) -> None:
-    """For what only the embedded broker does (it comes back empty after a restart), and for
-    tests that start their own embedded stack (running them again with --broker=apache
-    would prove nothing new)."""
-    if request.config.getoption("--broker") != "embedded":
-        pytest.skip("about the embedded broker")
 
 
 @pytest.fixture
@@ -185,9 +177,10 @@ LOG_LINES_SHOWN = 150
 
 
 @pytest.fixture
-def workers(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Workers]:
+def workers(request: pytest.FixtureRequest, tmp_path: Path, settings: Settings) -> Iterator[Workers]:
     """Workers for the test; when it fails, the end of each worker's log is printed (the
-    report shows it under "Captured stdout teardown")."""
+    report shows it under "Captured stdout teardown"). It depends on ``settings`` so that
+    its workers stop before the test's broker and database do."""
     w = Workers(tmp_path)
     yield w
     w.stop_all()

@@ -17,7 +17,7 @@ from ampelios.services.stack import http_json
 from tests.integration.conftest import Workers, outcome, replay, settle, write_events
 from tests.integration.producers import produce_anyhow
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.apache]
 
 
 def test_events_from_any_partition_and_key_end_as_a_replay(

@@ -54,7 +54,7 @@ def test_the_script_takes_the_commands_options_and_phases_are_checked():
     assert wrong.returncode == 2 and "choose among" in wrong.stderr
 
 
-def test_a_tiny_bench_reports_every_figure_consistently(embedded_only, tmp_path: Path, scratch: Path):
+def test_a_tiny_bench_reports_every_figure_consistently(tmp_path: Path, scratch: Path):
     out = tmp_path / "bench.json"
     args = ("--events", "3000", "--single-events", "500", "--rate", "200", "--steady-seconds", "3")
     result = bench(*args, "--json", str(out), tmpdir=scratch)

@@ -107,7 +107,7 @@ def _run_up(state: Path, data: Path, web_port: int, stop: signal.Signals) -> tup
     return text + f"\nSTATS {stats}", [web_port, *ports]
 
 
-def test_up_runs_everything_stops_everything_and_starts_clean_the_second_time(embedded_only, tmp_path: Path):
+def test_up_runs_everything_stops_everything_and_starts_clean_the_second_time(tmp_path: Path):
     state, data = tmp_path / "state", tmp_path / "data"
     data.mkdir()
     write_events(data / "events.csv", generate_events(2_000, seed=3))

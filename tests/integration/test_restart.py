@@ -25,6 +25,7 @@ def snapshot(base: str, visitors: list[int]) -> dict:
     }
 
 
+@pytest.mark.apache
 @pytest.mark.parametrize("keep_local_state", [True, False], ids=["local-rocksdb-kept", "from-changelogs-only"])
 def test_state_survives_a_worker_restart_and_keeps_learning(settings: Settings, workers: Workers, keep_local_state):
     first = generate_events(12_000, seed=1)
@@ -61,9 +62,7 @@ def test_state_survives_a_worker_restart_and_keeps_learning(settings: Settings, 
         np.testing.assert_allclose(answer["features"], batch_definition(both, visitor, settings.session_gap_ms)[1])
 
 
-def test_a_worker_notices_an_emptied_broker_and_starts_clean(
-    embedded_only, settings: Settings, workers: Workers, tmp_path
-):
+def test_a_worker_notices_an_emptied_broker_and_starts_clean(settings: Settings, workers: Workers, tmp_path):
     events = generate_events(3_000, seed=5)
     write_events(settings.data_dir / "events.csv", events)
     worker = workers.start(settings)
@@ -85,9 +84,7 @@ def test_a_worker_notices_an_emptied_broker_and_starts_clean(
         reborn.stop()
 
 
-def test_a_running_worker_stops_when_the_broker_comes_back_empty(
-    embedded_only, settings: Settings, workers: Workers, tmp_path
-):
+def test_a_running_worker_stops_when_the_broker_comes_back_empty(settings: Settings, workers: Workers, tmp_path):
     events = generate_events(3_000, seed=6)
     write_events(settings.data_dir / "events.csv", events)
     broker = EmbeddedBroker(tmp_path / "own-broker.log").start()

@@ -18,6 +18,8 @@ from tests.integration.conftest import batch_definition, replay, write_events
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.smoke
+@pytest.mark.apache
 def test_a_replayed_file_is_reflected_in_segments_visitors_stats_and_history(settings: Settings, worker: WorkerProcess):
     events = generate_events(20_000, seed=11)
     csv_bytes = write_events(settings.data_dir / "events.csv", events).stat().st_size

@@ -17,7 +17,7 @@ from ampelios.services.processes import free_port
 from ampelios.services.stack import WorkerProcess, http_json
 from tests.integration.conftest import Workers, outcome, replay_with_cli, settle, write_events
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.apache]
 
 
 def held_partitions(worker: WorkerProcess) -> list[int] | None:
