@@ -27,10 +27,12 @@ check: lint
 
 # The whole suite on the embedded broker, then the tests marked `apache` (those that depend
 # on how the broker behaves) again on Apache Kafka, fetched from Maven Central on first use
-# (needs java and mvn).
+# (needs java and mvn). Two pytest processes, each taking whole files: the integration tests
+# mostly wait for their workers, brokers and databases, which run as processes of their own.
+PYTEST_PARALLEL ?= -n 2 --dist loadfile
 test: lint
-	$(BIN)/pytest --durations=15
-	$(BIN)/pytest --broker=apache --durations=15 tests/integration
+	$(BIN)/pytest $(PYTEST_PARALLEL) --durations=15
+	$(BIN)/pytest $(PYTEST_PARALLEL) --durations=15 --broker=apache tests/integration
 
 # docs/img/dashboard.png, taken by the dashboard's browser test (needs chromium and chromium-driver).
 screenshot: $(VENV)/.installed
