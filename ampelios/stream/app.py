@@ -67,6 +67,7 @@ CLEAN_STOP_FILE = "worker-stopped-cleanly"
 JOURNEYS_ROCKSDB = {"write_buffer_size": 16 * 2**20, "block_cache_size": 64 * 2**20}
 EXIT_RECOVERY_STUCK = 70  # table recovery did not finish in AMPELIOS_RECOVERY_TIMEOUT_SECONDS
 EXIT_BROKER_EMPTIED = 75  # the broker lost the data the local state was built on
+STALL_CHECK_SECONDS = 2.0
 
 
 class AmpeliosApp(faust.App):
@@ -98,10 +99,48 @@ class AmpeliosApp(faust.App):
             shutil.rmtree(settings.worker_dir)
         marker.unlink(missing_ok=True)
         self._watchdog = asyncio.ensure_future(self._watch_recovery(settings.recovery_timeout_seconds))
+        self._stall_watch = asyncio.ensure_future(self._watch_stalled_positions(STALL_CHECK_SECONDS))
         self._epoch_watch = asyncio.ensure_future(
             self._watch_broker_epoch((settings.state_dir / EPOCH_FILE).read_bytes())
         )
         await super().on_first_start()
+
+    def _stored_positions(self) -> dict[TopicPartition, int]:
+        """The next offset to apply of every partition assigned to this worker."""
+        assigned = self.consumer.assignment()
+        return {tp: n for p in self.pipeline.positions for tp, n in p.next_offsets(assigned).items()}
+
+    async def _watch_stalled_positions(self, every: float) -> None:
+        """Seek a partition back to its stored position when that position stays behind
+        the partition's end for two checks in a row.
+
+        Around a rebalance Faust can record messages as read without handing them to the
+        agent (its fetch loop still holds records of the previous generation), and then
+        drops them when they are fetched again after the seek to the stored positions. A
+        later message would show the gap (:meth:`Positions.admit`), but at the end of a
+        replay none comes: the events would wait, unapplied and uncommitted, forever. A
+        seek while a slow run is still under way only makes Faust fetch messages again
+        that ``admit`` then skips."""
+        behind: dict[TopicPartition, int] = {}
+        while True:
+            await asyncio.sleep(every)
+            if not self.pipeline.ready():
+                behind = {}
+                continue
+            try:
+                stored = self._stored_positions()
+                ends = await self.consumer.highwaters(*stored)
+            except Exception:  # the broker is unreachable for now: Faust's clients retry
+                continue
+            previous, behind = behind, {tp: n for tp, n in stored.items() if n < ends.get(tp, 0)}
+            stalled = {tp: n for tp, n in behind.items() if previous.get(tp) == n}
+            if stalled:
+                log.warning(
+                    "No progress for %.0f s while behind the end of %s: seeking back to the stored positions",
+                    2 * every,
+                    ", ".join(f"{tp.topic}[{tp.partition}] at {n}" for tp, n in sorted(stalled.items())),
+                )
+                await self.consumer.seek_wait(stalled)
 
     def _new_consumer(self) -> Any:
         """Faust's consumer, positioned and committed by the stored positions of
@@ -110,14 +149,10 @@ class AmpeliosApp(faust.App):
         seek_to_committed = consumer.perform_seek
         committed: dict[TopicPartition, int] = {}
 
-        def positions() -> dict[TopicPartition, int]:
-            assigned = consumer.assignment()
-            return {tp: n for p in self.pipeline.positions for tp, n in p.next_offsets(assigned).items()}
-
         async def perform_seek() -> None:  # after each rebalance, once tables are recovered
             await seek_to_committed()
             committed.clear()  # others may have committed while we did not own a partition
-            await consumer.seek_wait(positions())
+            await consumer.seek_wait(self._stored_positions())
             assigned = consumer.assignment()
             for hook in self.pipeline.on_assigned:
                 try:
@@ -146,6 +181,7 @@ class AmpeliosApp(faust.App):
         await super().on_shutdown()
         self._watchdog.cancel()
         self._epoch_watch.cancel()
+        self._stall_watch.cancel()
         (self.pipeline.settings.state_dir / CLEAN_STOP_FILE).touch()
 
     async def _watch_broker_epoch(self, epoch: bytes, every: float = 5.0) -> None:

@@ -22,7 +22,10 @@ restarts start from the truth -- except for a partition whose last outputs are s
 not known to be sent (``ready`` says which): its position is committed once they are, so
 that a lag of 0 also means that every output is in its topic; and whenever Faust positions the consumer (after every
 rebalance and table recovery) it is moved to those offsets, so that messages skipped at
-the end of a partition do not wait for a later message to show the gap.
+the end of a partition do not wait for a later message to show the gap; and so it is
+again when a held partition's position stays behind the partition's end with nothing
+applied for a few seconds (Faust dropped messages delivered around the rebalance after
+that seek: ``AmpeliosApp._watch_stalled_positions``).
 """
 
 from __future__ import annotations
