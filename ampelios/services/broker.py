@@ -29,15 +29,14 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import aiokafka
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.structs import ConsumerRecord, TopicPartition
 from faust.transport.drivers import TRANSPORTS
-from faust.transport.drivers import aiokafka as faust_aiokafka
 
+from ampelios.internals import transport_with
 from ampelios.services.processes import free_port, stop_process, wait_for_port
 
 log = logging.getLogger(__name__)
@@ -163,59 +162,17 @@ async def committed_offsets(url: str, group: str, partitions: list[TopicPartitio
     return {tp: max(0, offsets[tp].offset) if tp in offsets else 0 for tp in partitions}
 
 
-def leave_even_the_first_generation(consumer: aiokafka.AIOKafkaConsumer) -> None:
-    """Make ``consumer.stop()`` leave its group also in the group's first generation.
-
-    Tansu numbers a group's first generation 0, which aiokafka takes for "no generation"
-    and sends no LeaveGroup for: the next member to join then waits until this one's
-    session expires (13 s of a worker restart on the embedded broker). A LeaveGroup
-    carries only the group and member ids, so saying generation 1 changes nothing else.
-    Call it just before ``stop()``; Apache Kafka's generations start at 1."""
-    coordinator = consumer._coordinator
-    if coordinator is not None and coordinator.generation == 0:
-        coordinator.generation = 1
-
-
 TANSU_FETCH_MAX_WAIT_MS = 100
 TANSU_FETCH_MIN_BYTES = 64 * 1024
 
 
-class _TansuConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
-    def _create_worker_consumer(self, transport: Any) -> aiokafka.AIOKafkaConsumer:
-        """Faust's consumer, waiting at most 100 ms for a fetch instead of Faust's fixed 1.5 s:
-        Tansu holds a fetch of several partitions for a third of that wait even when one of
-        them has records (measured: 480 ms, against 12 ms with 100), which every event
-        would otherwise wait before it is processed. Within that wait a fetch asks for 64
-        KiB: one-event messages then arrive in a few large fetches rather than many small
-        ones, each of which costs the worker a round of Faust's machinery
-        (docs/performance.md)."""
-        consumer = super()._create_worker_consumer(transport)
-        consumer._fetch_max_wait_ms = TANSU_FETCH_MAX_WAIT_MS  # read when the consumer starts
-        consumer._fetch_min_bytes = TANSU_FETCH_MIN_BYTES
-        return consumer
-
-    async def on_thread_stop(self) -> None:
-        if self._consumer is not None:
-            leave_even_the_first_generation(self._consumer)
-        await super().on_thread_stop()
-
-    async def _highwaters(self, partitions: list[TopicPartition]) -> Mapping[TopicPartition, int]:
-        listed = await self._ensure_consumer().end_offsets(partitions)
-        bootstrap = ",".join(f"{u.host}:{u.port}" for u in self.app.conf.broker)
-        return await _fetched_end_offsets(bootstrap, listed, self.app.conf.broker_request_timeout)
-
-
-class _TansuConsumer(faust_aiokafka.Consumer):
-    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
-        return _TansuConsumerThread(self, loop=self.loop, beacon=self.beacon)
-
-
-class TansuTransport(faust_aiokafka.Transport):
-    """Faust's aiokafka transport with end offsets read from fetch high watermarks."""
-
-    Consumer = _TansuConsumer
-
-
+# Tansu holds a fetch of several partitions for a third of Faust's fixed 1.5 s wait even
+# when one of them has records (measured: 480 ms, against 12 ms with 100), which every
+# event would otherwise wait before it is processed. Within that wait a fetch asks for 64
+# KiB: one-event messages then arrive in a few large fetches rather than many small ones,
+# each of which costs the worker a round of Faust's machinery (docs/performance.md). End
+# offsets come from fetch high watermarks (the module docstring).
+TansuTransport = transport_with(TANSU_FETCH_MAX_WAIT_MS, TANSU_FETCH_MIN_BYTES, _fetched_end_offsets)
 TRANSPORTS.aliases["tansu"] = f"{__name__}:TansuTransport"
 
 

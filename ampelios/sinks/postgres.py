@@ -18,12 +18,8 @@ import orjson
 from aiokafka.errors import CommitFailedError, KafkaError
 from mode import Service
 
-from ampelios.services.broker import (
-    MAX_MESSAGE_BYTES,
-    bootstrap_servers,
-    leave_even_the_first_generation,
-    session_timeout_seconds,
-)
+from ampelios.internals import leave_even_the_first_generation
+from ampelios.services.broker import MAX_MESSAGE_BYTES, bootstrap_servers, session_timeout_seconds
 from ampelios.sinks.history import History, HistoryUnavailable
 from ampelios.stream.topology import Topology
 

@@ -35,10 +35,10 @@ import os
 import shutil
 from typing import Any
 
-import faust
 from aiokafka.structs import TopicPartition
 
 import ampelios.services.broker  # noqa: F401  (registers the tansu:// transport)
+from ampelios import internals
 from ampelios.config import Settings
 from ampelios.core.events import event_codes
 from ampelios.services.broker import (
@@ -70,7 +70,7 @@ EXIT_BROKER_EMPTIED = 75  # the broker lost the data the local state was built o
 STALL_CHECK_SECONDS = 2.0
 
 
-class AmpeliosApp(faust.App):
+class AmpeliosApp(internals.App):
     """A Faust app that makes sure its local state can be trusted before opening it.
 
     At start: topics exist; the local tables belong to this broker's life
@@ -142,15 +142,12 @@ class AmpeliosApp(faust.App):
                 )
                 await self.consumer.seek_wait(stalled)
 
-    def _new_consumer(self) -> Any:
-        """Faust's consumer, positioned and committed by the stored positions of
+    def consumer_created(self, consumer: Any) -> None:
+        """Faust's consumer is positioned and committed by the stored positions of
         :mod:`ampelios.stream.positions` rather than by Faust's acknowledgements."""
-        consumer = super()._new_consumer()
-        seek_to_committed = consumer.perform_seek
         committed: dict[TopicPartition, int] = {}
 
-        async def perform_seek() -> None:  # after each rebalance, once tables are recovered
-            await seek_to_committed()
+        async def after_seek() -> None:  # after each rebalance, once tables are recovered
             committed.clear()  # others may have committed while we did not own a partition
             await consumer.seek_wait(self._stored_positions())
             assigned = consumer.assignment()
@@ -160,21 +157,18 @@ class AmpeliosApp(faust.App):
                 except Exception:  # the agents retry before their next message
                     log.exception("after the assignment of %s", sorted(assigned))
 
-        async def commit_positions(tps: Any, start_new_transaction: bool = True) -> bool:
-            consumer._filter_committable_offsets(tps)  # trims Faust's ack lists; not committed
+        async def commit_positions(send: internals.Commit) -> bool:
             if self.rebalancing:  # tables may be recovering: positions not known yet
                 return False
             assigned = consumer.assignment()
             mine = {tp: n for p in self.pipeline.positions for tp, n in p.committable(assigned).items()}
             offsets = {tp: n for tp, n in mine.items() if committed.get(tp) != n}
-            if not offsets or not await consumer._commit_offsets(offsets, start_new_transaction):
+            if not offsets or not await send(offsets):
                 return False
             committed.update(offsets)
             return True
 
-        consumer.perform_seek = perform_seek
-        consumer._commit_tps = commit_positions
-        return consumer
+        internals.steer_consumer(consumer, after_seek, commit_positions)
 
     async def on_shutdown(self) -> None:
         """Everything is flushed and closed: the local tables match their changelogs."""
@@ -225,6 +219,7 @@ class AmpeliosApp(faust.App):
 
 
 def create_pipeline(settings: Settings) -> Pipeline:
+    internals.check()
     topology = Topology.of(settings)
     app = AmpeliosApp(
         settings.app_id,

@@ -24,6 +24,8 @@ import faust
 import numpy as np
 import rocksdict
 
+from ampelios.internals import changelog_sent, store_db
+
 _COUNT = np.dtype("<u4")
 _DELETED = 0xFFFFFFFF  # value length that marks a deletion
 
@@ -58,7 +60,7 @@ class BatchTable(faust.Table):  # type: ignore[misc]
     """
 
     def _db(self, partition: int) -> rocksdict.Rdict:
-        return self.data._db_for_partition(partition)
+        return store_db(self.data, partition)
 
     def get_many(self, partition: int, keys: Iterable[bytes]) -> list[bytes | None]:
         """Current values of ``keys`` in ``partition`` (``None`` where absent)."""
@@ -97,7 +99,7 @@ class BatchTable(faust.Table):  # type: ignore[misc]
             partition=partition,
             key_serializer="raw",
             value_serializer="raw",
-            callback=self._on_changelog_sent,
+            callback=changelog_sent(self),
         )
         await sent  # if the broker refuses it, the local state stays as it was
         write = rocksdict.WriteBatch(raw_mode=True)
@@ -151,6 +153,6 @@ class PublishedTable(faust.GlobalTable):  # type: ignore[misc]
             partition=0,
             key_serializer="raw",
             value_serializer="raw",
-            callback=self._on_changelog_sent,
+            callback=changelog_sent(self),
         )
-        self.data._db_for_partition(0).put(key, value)
+        store_db(self.data, 0).put(key, value)

