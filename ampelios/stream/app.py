@@ -120,20 +120,23 @@ class AmpeliosApp(internals.App):
         later message would show the gap (:meth:`Positions.admit`), but at the end of a
         replay none comes: the events would wait, unapplied and uncommitted, forever. A
         seek while a slow run is still under way only makes Faust fetch messages again
-        that ``admit`` then skips."""
+        that ``admit`` then skips. The broker is asked only about partitions whose position
+        did not move since the last check, so a busy worker adds no requests."""
+        stored: dict[TopicPartition, int] = {}
         behind: dict[TopicPartition, int] = {}
         while True:
             await asyncio.sleep(every)
             if not self.pipeline.ready():
-                behind = {}
+                stored, behind = {}, {}
                 continue
             try:
-                stored = self._stored_positions()
-                ends = await self.consumer.highwaters(*stored)
+                previous, stored = stored, self._stored_positions()
+                idle = {tp: n for tp, n in stored.items() if previous.get(tp) == n}
+                ends = await self.consumer.highwaters(*idle) if idle else {}
             except Exception:  # the broker is unreachable for now: Faust's clients retry
                 continue
-            previous, behind = behind, {tp: n for tp, n in stored.items() if n < ends.get(tp, 0)}
-            stalled = {tp: n for tp, n in behind.items() if previous.get(tp) == n}
+            was, behind = behind, {tp: n for tp, n in idle.items() if n < ends.get(tp, 0)}
+            stalled = {tp: n for tp, n in behind.items() if was.get(tp) == n}
             if stalled:
                 log.warning(
                     "No progress for %.0f s while behind the end of %s: seeking back to the stored positions",
