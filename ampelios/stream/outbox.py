@@ -1,9 +1,10 @@
 """The outputs of a run of events messages, stored with the state that produced them.
 
-A run of messages of one partition is applied as one batch (:mod:`ampelios.stream.agents`):
-its journeys, its position and its outputs -- the population delta for the model's
-owner, the changed visitors for SQL, the segment changes -- go into one atomic write of
-the ``journeys`` table under :data:`OUTBOX_KEY`, and only then are the outputs sent.
+A run of messages of one partition is applied as steps
+(:mod:`ampelios.stream.exactly_once`): each step's journeys, its position and its outputs
+-- the population delta for the model's owner, the changed visitors for SQL, the segment
+changes, forwarded events -- go into one atomic write of the ``journeys`` table under
+:data:`OUTBOX_KEY`, and only then are the outputs sent.
 Which messages form a run depends on timing, so the outputs of a run cannot be produced
 again after a crash; storing them makes them exact: a crash after the write sends the
 stored outbox again (every receiver is idempotent: the owner skips a delta whose offset

@@ -20,8 +20,8 @@ from ampelios.services.broker import committed_offsets, end_offsets
 from ampelios.sinks.history import History
 from ampelios.sinks.postgres import PostgresSink
 from ampelios.stream.batch_table import BatchTable, PublishedTable
+from ampelios.stream.exactly_once import ExactlyOnce, forwarded_key
 from ampelios.stream.metrics import Metrics
-from ampelios.stream.positions import Positions
 from ampelios.stream.topology import Topology
 
 
@@ -45,9 +45,8 @@ class Pipeline:
     sink: PostgresSink | None
     jobs: dict[str, Any] = field(default_factory=dict)
     event_codes: dict[str, int] = field(default_factory=dict)  # names read, see event_codes
-    positions: list[Positions] = field(default_factory=list)  # one per agent, see agents
+    processors: list[ExactlyOnce] = field(default_factory=list)  # one per agent, see agents
     on_assigned: list[Callable[[set[TopicPartition]], Awaitable[None]]] = field(default_factory=list)
-    on_revoked: list[Callable[[set[TopicPartition]], Awaitable[None]]] = field(default_factory=list)
     metrics: Metrics = field(default_factory=Metrics)
 
     def ready(self) -> bool:
@@ -107,11 +106,6 @@ class Pipeline:
 def counts_key(source_id: int) -> bytes:
     """journeys key (per partition) of ``events,visitors`` reflected for a source."""
     return b"~counts:%d" % source_id
-
-
-def forwarded_key(source_id: int) -> bytes:
-    """journeys key (per partition) of the events of a source forwarded to their owners."""
-    return b"~forwarded:%d" % source_id
 
 
 def rejected_key(source_id: int) -> bytes:

@@ -20,12 +20,13 @@ The offsets committed for the consumer group are these positions too (the app co
 :meth:`Positions.committable` instead of Faust's acknowledgements), so lag figures and
 restarts start from the truth -- except for a partition whose last outputs are stored but
 not known to be sent (``ready`` says which): its position is committed once they are, so
-that a lag of 0 also means that every output is in its topic; and whenever Faust positions the consumer (after every
-rebalance and table recovery) it is moved to those offsets, so that messages skipped at
-the end of a partition do not wait for a later message to show the gap; and so it is
-again when a held partition's position stays behind the partition's end with nothing
-applied for a few seconds (Faust dropped messages delivered around the rebalance after
-that seek: ``AmpeliosApp._watch_stalled_positions``).
+that a lag of 0 also means that every output is in its topic; and whenever Faust
+positions the consumer (after every rebalance and table recovery) it is moved to those
+offsets, so that messages skipped at the end of a partition do not wait for a later
+message to show the gap; and so it is again when a held partition's position stays
+behind the partition's end with nothing applied for a few seconds (Faust dropped messages
+delivered around the rebalance after that seek:
+:func:`~ampelios.stream.exactly_once.seek_stalled`).
 """
 
 from __future__ import annotations

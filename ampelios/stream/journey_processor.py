@@ -1,0 +1,228 @@
+"""Events -> journeys: what a run of ``events`` messages of one partition changes.
+
+:meth:`JourneyProcessor.steps` is given the messages of one partition to apply, in order
+(by :class:`~ampelios.stream.exactly_once.ExactlyOnce`, which stores and sends what it
+yields). It dead-letters what cannot be used, then yields one :class:`Step` per group of
+at most RUN_EVENTS events (a message whose events pass into a later event-time snapshot
+period starts a new group, so that a replay's daily snapshots see the model as it was at
+the end of each day, to within a message). A step holds:
+
+- the events of visitors another partition owns, to forward (``core/partitioning.py``);
+- the other events merged into their visitors' journeys (``core/journeys.py``), the
+  activity index and the partition's counts, as table writes;
+- its outputs: one :class:`PopulationDelta` (which journey shapes lost and gained
+  visitors) for the model's owner on ``segment-updates``, one record of the changed
+  visitors' shapes for ``visitor-updates`` (SQL), and one ``segment-changes`` record per
+  visitor whose own events moved it to another segment under the current model.
+
+Dead letters are sent and acknowledged *before* the step is stored; a crash in between
+applies the messages again. A delta names the last events message of its step
+(partition, offset), so that the owner can skip one sent again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import numpy as np
+import orjson
+
+from ampelios.core.events import EventBatch, Rejection, decode_run
+from ampelios.core.journeys import JourneyBatch, features_from_shapes, merge_journeys
+from ampelios.core.partitioning import route, visitor_key
+from ampelios.core.population import PopulationDelta
+from ampelios.stream.exactly_once import Step
+from ampelios.stream.journey_store import read_journeys, store
+from ampelios.stream.outbox import Outbox
+from ampelios.stream.pipeline import Pipeline, counts_key
+from ampelios.stream.replay import rejection_record
+
+log = logging.getLogger(__name__)
+
+RUN_EVENTS = 50_000  # events applied as one step at most (bounds a changelog record)
+
+Writes = dict[bytes, bytes | None]
+
+
+def activity_key(source_id: int, last_event: int, visitor: int) -> bytes:
+    """journeys key indexing active journeys by latest event, to find those that expire."""
+    return b"~active:%d:%013d:%d" % (source_id, last_event, visitor)
+
+
+class JourneyProcessor:
+    """The journeys of the partitions of ``events`` this worker holds (see the module
+    docstring); reads the ``journeys`` table, writes nothing itself."""
+
+    def __init__(self, p: Pipeline) -> None:
+        self.p = p
+        self.gap_ms = p.settings.session_gap_ms
+        self.window_ms = p.settings.active_window_ms
+        self.period_ms = round(p.settings.snapshot_event_hours * 3_600_000)
+
+    async def steps(self, partition: int, messages: list[Any]) -> AsyncIterator[Step]:
+        """The steps of ``messages`` of ``partition`` (in order, none applied yet)."""
+        p = self.p
+        wheres = [f"{m.topic}:{partition}:{m.offset}" for m in messages]
+        run = decode_run([m.value for m in messages], wheres, p.event_codes)
+        by_source: dict[int, list[Rejection]] = {}
+        for source, rejection in run.rejections:
+            by_source.setdefault(source, []).append(rejection)
+        for source, rejections in by_source.items():
+            await self.dead_letter(source, rejections)
+        for start, end in run.groups(len(messages), RUN_EVENTS, self.period_ms):
+            started = time.perf_counter()
+            rows = slice(*np.searchsorted(run.message, [start, end]))
+            yield await self.step(partition, messages[start:end], run.events.take(rows))
+            p.metrics.batch_seconds.labels("journeys").observe(time.perf_counter() - started)
+
+    async def dead_letter(self, source_id: int, rejections: list[Rejection]) -> None:
+        """Dead-letter rejections, acknowledged (before the position that says so is stored)."""
+        p = self.p
+        sent = [
+            await p.dead_letters.send(key=b"%d" % source_id, value=rejection_record(source_id, r, "worker"))
+            for r in rejections
+        ]
+        await asyncio.gather(*sent)
+        p.metrics.rejected.labels(str(source_id)).inc(len(rejections))
+
+    async def step(self, partition: int, messages: list[Any], events: EventBatch) -> Step:
+        """The step of consecutive ``messages`` of a partition with their decoded
+        ``events``: those of visitors this partition owns merged per source, the others
+        to forward."""
+        topology = self.p.topology
+        step = Step(messages[-1].offset)
+        routed = route(events, partition, topology.partitions, self.p.settings.replay_batch_events)
+        if routed.forwarded:
+            step.forward = routed.forwarded
+            events = routed.own
+        sources = np.unique(events.source_id).tolist()
+        for source in sources:
+            of_source = events if len(sources) == 1 else events.take(events.source_id == source)
+            try:
+                step.writes.update(self.merge(source, partition, step.last, of_source, step.outbox))
+            except Exception as exc:  # a message that breaks the code must not stop the stream
+                where = f"{topology.events}:{partition}:{messages[0].offset}..{step.last}"
+                log.exception("could not apply %s (source %d)", where, source)
+                await self.dead_letter(source, [Rejection(where, f"internal error: {exc!r}")])
+        return step
+
+    def merge(self, source_id: int, partition: int, offset: int, events: EventBatch, outbox: Outbox) -> Writes:
+        """Merge ``events`` (one source, visitors of this partition) into their journeys;
+        return what to store and add the outputs to ``outbox``."""
+        p, window_ms = self.p, self.window_ms
+        writes: Writes = {}
+        visitors, owner = np.unique(events.visitorid, return_inverse=True)
+        ids = visitors.tolist()
+        keys = [visitor_key(source_id, v) for v in ids]
+        watermark = int(events.timestamp.max())
+        cutoff = None
+        if window_ms is not None:
+            clock = b"~watermark:%d" % source_id
+            (stored,) = p.journeys.get_many(partition, [clock])
+            watermark = max(watermark, int(stored or 0))
+            writes[clock] = b"%d" % watermark
+            cutoff = watermark - window_ms
+        old = read_journeys(p.journeys, partition, keys)
+        batch = merge_journeys(old, events, owner, self.gap_ms, window_ms, cutoff)
+        changed = np.flatnonzero(batch.changed)
+        store(writes, keys, old, batch, changed)
+        left = [batch.old_shapes[changed[batch.was_active[changed]]]]
+        updated = [visitors[changed], batch.new_shapes[changed], batch.last_event[changed], batch.active[changed]]
+        if cutoff is not None:
+            for i in changed.tolist():  # the activity index follows each changed journey
+                if batch.was_active[i]:
+                    writes[activity_key(source_id, int(batch.old_last_event[i]), ids[i])] = None
+                if batch.active[i]:
+                    writes[activity_key(source_id, int(batch.last_event[i]), ids[i])] = b""
+            expiry = self.expire(source_id, partition, cutoff, set(ids), writes)
+            if expiry is not None:
+                expired_ids, expired = expiry
+                left.append(expired.old_shapes)
+                extra = [np.array(expired_ids, dtype=np.int64), expired.old_shapes, expired.last_event, expired.active]
+                updated = [np.concatenate([a, b]) for a, b in zip(updated, extra)]
+        (stored,) = p.journeys.get_many(partition, [counts_key(source_id)])
+        events_seen, visitors_seen = (int(x) for x in stored.split(b",")) if stored is not None else (0, 0)
+        added = int(batch.added.sum())
+        events_seen += added
+        p.metrics.events.labels(str(source_id)).inc(added)
+        visitors_seen += int((~batch.existed & batch.changed).sum())
+        writes[counts_key(source_id)] = b"%d,%d" % (events_seen, visitors_seen)
+
+        topology = p.topology
+        delta = PopulationDelta.of(np.concatenate(left), batch.new_shapes[changed[batch.active[changed]]])
+        if len(delta):
+            value = {"source_id": source_id, "partition": partition, "offset": offset, "watermark": watermark}
+            value.update(delta.to_json())
+            outbox.add(topology.segment_updates, b"%d" % source_id, orjson.dumps(value), 0)
+        moved = changed[batch.was_active[changed] & batch.active[changed]]
+        self.segment_moves(source_id, ids, batch, moved, outbox)
+        visitor_ids, shapes, last_event, active = updated
+        if len(visitor_ids):
+            views, carts, buys, sessions = np.ascontiguousarray(shapes.T)
+            update = {
+                "source_id": source_id,
+                "visitorid": visitor_ids,
+                "views": views,
+                "addtocarts": carts,
+                "transactions": buys,
+                "sessions": sessions,
+                "last_event": last_event,
+                "active": active,
+            }
+            value = orjson.dumps(update, option=orjson.OPT_SERIALIZE_NUMPY)
+            outbox.add(topology.visitor_updates, None, value, partition)
+        return writes
+
+    def expire(
+        self, source_id: int, partition: int, cutoff: int, in_batch: set[int], writes: Writes
+    ) -> tuple[list[int], JourneyBatch] | None:
+        """Journeys of the partition whose latest event is at or before ``cutoff`` leave
+        the population: their stored flag and the index are updated in ``writes``; return
+        their visitors and their (inactive) journeys."""
+        journeys = self.p.journeys
+        prefix = b"~active:%d:" % source_id
+        visitors: list[int] = []
+        for key, _ in journeys.items_between(partition, prefix, prefix + b"%013d:" % (cutoff + 1)):
+            visitor = int(key.rsplit(b":", 1)[1])
+            if visitor not in in_batch:  # those follow their new events
+                writes[key] = None
+                visitors.append(visitor)
+        keys = [visitor_key(source_id, v) for v in visitors]
+        old = read_journeys(journeys, partition, keys)
+        known = [i for i, value in enumerate(old) if value is not None]
+        if not known:
+            return None
+        none = np.empty(0, dtype=np.int64)
+        batch = merge_journeys([old[i] for i in known], EventBatch.empty(), none, self.gap_ms, self.window_ms, cutoff)
+        store(writes, [keys[i] for i in known], [old[i] for i in known], batch, np.arange(len(known)))
+        return [visitors[i] for i in known], batch
+
+    def segment_moves(
+        self, source_id: int, ids: list[int], batch: JourneyBatch, moved: np.ndarray, outbox: Outbox
+    ) -> None:
+        """Add to ``outbox`` a segment-changes record per visitor (``moved``: active
+        before and after) whose own events moved it to another segment under the current
+        model."""
+        model = self.p.published_model(source_id)
+        if model is None or not len(moved):
+            return
+        before = model.assign(features_from_shapes(batch.old_shapes[moved]))
+        after = model.assign(features_from_shapes(batch.new_shapes[moved]))
+        last_event = batch.last_event
+        for i, old, new in zip(moved.tolist(), before.tolist(), after.tolist()):
+            if old != new:
+                record = {
+                    "source_id": source_id,
+                    "visitorid": ids[i],
+                    "from": old,
+                    "to": new,
+                    "from_label": model.labels[old],
+                    "to_label": model.labels[new],
+                    "at": int(last_event[i]),
+                    "model_version": model.version,
+                }
+                outbox.add(self.p.topology.segment_changes, visitor_key(source_id, ids[i]), orjson.dumps(record))

@@ -1,0 +1,250 @@
+"""Population deltas -> the segment model, on the model's one owner.
+
+``segment-updates`` has one partition, so one worker at a time applies its messages: the
+population deltas of the journeys processors and snapshot requests. :class:`SegmentOwner`
+applies a run of them in order to the population of their source, updates each changed
+source's segment model once per run (:func:`ampelios.core.model.update`), and hands the
+whole run to its :class:`~ampelios.stream.exactly_once.ExactlyOnce` as one step (model,
+population, applied offsets and position in one write of ``segment-state``); once that is
+stored it publishes the models in the global table every worker reads.
+
+It also takes the snapshots: on event time, when a delta's events pass a period boundary
+(``AMPELIOS_SNAPSHOT_EVENT_HOURS``), and on wall time when asked (every
+``AMPELIOS_SNAPSHOT_SECONDS`` by :meth:`SegmentOwner.request_snapshots`, and at the end of
+each replay job), settling the model first. Snapshots are sent and acknowledged *before*
+the step is stored; a crash in between applies the messages again.
+
+A delta names the last events message of its step (partition, offset); the owner keeps
+the newest offset applied per source and partition in the same write, and skips a delta
+sent again (after a crash or a rebalance of the journeys processors).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import numpy as np
+import orjson
+from aiokafka.errors import KafkaError
+from aiokafka.structs import TopicPartition
+
+from ampelios.core.journeys import features_from_shapes
+from ampelios.core.model import SegmentModel, update
+from ampelios.core.population import Population, PopulationDelta, Shape
+from ampelios.stream.exactly_once import ExactlyOnce, Step
+from ampelios.stream.pipeline import Pipeline, snapshot_request
+
+log = logging.getLogger(__name__)
+
+MAX_SNAPSHOTS_PER_BATCH = 1000  # event-time snapshots one run may take (a jump in time)
+PERIODIC = "periodic"  # the reason of the owner's timed snapshot requests
+
+
+def model_key(source_id: int) -> bytes:
+    return b"model:%d" % source_id
+
+
+def shape_key(source_id: int, shape: Shape) -> bytes:
+    return b"shape:%d:%d,%d,%d,%d" % (source_id, *shape)
+
+
+def clock_key(source_id: int) -> bytes:
+    """segment-state key of the next event-time snapshot of a source (ms)."""
+    return b"clock:%d" % source_id
+
+
+def applied_key(source_id: int, partition: int) -> bytes:
+    """segment-state key of the newest events offset of a partition the model has applied."""
+    return b"applied:%d:%d" % (source_id, partition)
+
+
+def snapshot_record(
+    source_id: int, model: SegmentModel, clock: str, at_ms: int, reason: str, shapes: list[list[int]] | None = None
+) -> bytes:
+    """A snapshots record: the segments of a source at ``at_ms`` on ``clock``, and for
+    wall-clock snapshots the segment of every journey shape (for SQL's visitor_segments)."""
+    return orjson.dumps(
+        {
+            "source_id": source_id,
+            "clock": clock,
+            "at": at_ms,
+            "reason": reason,
+            "model_version": model.version,
+            "segments": model.segments(),
+            "shapes": shapes,
+        }
+    )
+
+
+class SegmentOwner:
+    """Applies runs of ``segment-updates`` through ``processing`` (see the module docstring).
+
+    It keeps a copy of each source's population (the ``shape:`` keys of segment-state),
+    dropped when a run fails (its changes were not stored) and after an assignment
+    (another worker may have owned the model since).
+    """
+
+    def __init__(self, p: Pipeline, processing: ExactlyOnce) -> None:
+        self.p = p
+        self.processing = processing
+        self.period_ms = round(p.settings.snapshot_event_hours * 3_600_000)
+        self._populations: dict[int, Population] = {}
+        self._assignments = 0  # assignments seen
+        self._seen = 0  # assignments seen when the populations were last checked
+        self._changed: set[int] = set()  # sources updated since their last wall snapshot
+        self._snapshotted: dict[int, int] = {}  # model version of each source's last wall snapshot here
+        self._owned = False  # this worker owned the model at the last request_snapshots
+
+    async def assigned(self, assigned: set[TopicPartition]) -> None:
+        """After each assignment (the populations are read again before the next run)."""
+        self._assignments += 1
+
+    async def apply(self, records: list[Any]) -> None:
+        """Apply delivered ``records`` of segment-updates (offset order) exactly once."""
+        if self._seen != self._assignments:
+            self._seen = self._assignments
+            self._populations.clear()
+        try:
+            await self.processing.process(records, self.steps)
+        except BaseException:
+            self._populations.clear()
+            raise
+
+    async def request_snapshots(self) -> None:
+        """If this worker owns the model: ask for a wall snapshot of every source updated
+        since the last (and of every source once, when it becomes the owner: updates
+        applied before a crash may not have been settled)."""
+        p = self.p
+        owner = TopicPartition(p.topology.segment_updates, 0) in p.app.assignor.assigned_actives()
+        if owner and not self._owned:
+            self._changed.update(int(k.split(b":")[1]) for k, _ in p.segments.items_with_prefix(0, b"model:"))
+        self._owned = owner
+        if not owner:
+            return
+        for source_id in sorted(self._changed):
+            self._changed.discard(source_id)
+            await p.segment_updates.send(key=b"%d" % source_id, value=snapshot_request(source_id, PERIODIC))
+
+    async def steps(self, partition: int, records: list[Any]) -> AsyncIterator[Step]:
+        """Apply ``records`` (deltas and snapshot requests) in order; update each changed
+        source's model once; all of it is one step. Once it is stored, publish the
+        updated models."""
+        started = time.perf_counter()
+        run = SegmentRun(self)
+        for record in records:
+            message: dict[str, Any] = {}
+            try:
+                message = orjson.loads(record.value)
+                if "snapshot" in message:
+                    await self.wall_snapshot(run, int(message["source_id"]), str(message["snapshot"]))
+                else:
+                    await self.apply_delta(run, message)
+            except (KafkaError, TimeoutError):
+                raise  # the broker: Faust restarts the agent; the next message shows the gap
+            except Exception:
+                origin = f"events {message.get('partition')}:{message.get('offset')}" if "partition" in message else "-"
+                log.exception("could not apply segment update at offset %d (%s)", record.offset, origin)
+        for source_id in sorted(run.stale):
+            run.model(source_id)
+        yield Step(records[-1].offset, run.writes)
+        for source_id, model in run.models.items():
+            stored = run.writes.get(model_key(source_id))
+            if model is not None and stored is not None:
+                await self.p.published.publish(b"%d" % source_id, stored)
+        self.p.metrics.batch_seconds.labels("segments").observe(time.perf_counter() - started)
+
+    def population_of(self, source_id: int) -> Population:
+        if source_id not in self._populations:
+            prefix = b"shape:%d:" % source_id
+            counts: dict[Shape, int] = {}
+            for key, value in self.p.segments.items_with_prefix(0, prefix):
+                views, carts, buys, sessions = (int(x) for x in key[len(prefix) :].split(b","))
+                if int(value):
+                    counts[(views, carts, buys, sessions)] = int(value)
+            self._populations[source_id] = Population(counts)
+        return self._populations[source_id]
+
+    async def apply_delta(self, run: SegmentRun, message: dict[str, Any]) -> None:
+        source_id, partition = int(message["source_id"]), int(message["partition"])
+        applied = run.get(applied_key(source_id, partition))
+        if applied is not None and message["offset"] <= int(applied):
+            return  # a delta sent again (after a crash or a rebalance)
+        if self.period_ms:
+            await self.event_time_snapshots(run, source_id, int(message["watermark"]))
+        changed = self.population_of(source_id).apply(PopulationDelta.from_json(message))  # all or nothing
+        run.writes.update((shape_key(source_id, shape), b"%d" % count) for shape, count in changed)
+        run.writes[applied_key(source_id, partition)] = b"%d" % message["offset"]
+        run.stale.add(source_id)
+        self._changed.add(source_id)
+
+    async def event_time_snapshots(self, run: SegmentRun, source_id: int, watermark: int) -> None:
+        """Snapshot the model at every period boundary the events passed; stage the next
+        boundary."""
+        period_ms = self.period_ms
+        stored = run.get(clock_key(source_id))
+        boundary = int(stored) if stored is not None else (watermark // period_ms + 1) * period_ms
+        taken = 0
+        while watermark >= boundary and (model := run.model(source_id)) is not None:
+            if taken < MAX_SNAPSHOTS_PER_BATCH:
+                record = snapshot_record(source_id, model, "event", boundary, "event time")
+                await self.p.snapshots.send(key=b"%d" % source_id, value=record)
+            taken += 1
+            boundary += period_ms
+        if taken > MAX_SNAPSHOTS_PER_BATCH:
+            log.warning("event time of source %d jumped %d periods; kept %d", source_id, taken, MAX_SNAPSHOTS_PER_BATCH)
+        run.writes[clock_key(source_id)] = b"%d" % boundary
+
+    async def wall_snapshot(self, run: SegmentRun, source_id: int, reason: str) -> None:
+        """Settle the model on the population, then snapshot it with the shape mapping. A
+        periodic request is dropped when this worker's last snapshot of the source has the
+        current model: another one (at the end of a replay, say) came in between."""
+        model = run.model(source_id)
+        if model is None or (reason == PERIODIC and self._snapshotted.get(source_id) == model.version):
+            return
+        population = self.population_of(source_id)
+        model = update(model, population, self.p.settings.k_for(source_id), settle=True)
+        shapes, _ = population.arrays()
+        mapping = np.column_stack([shapes, model.assign(features_from_shapes(shapes))]).tolist()
+        record = snapshot_record(source_id, model, "wall", round(time.time() * 1000), reason, mapping)
+        await (await self.p.snapshots.send(key=b"%d" % source_id, value=record))
+        run.set_model(source_id, model)
+        self._snapshotted[source_id] = model.version
+
+
+class SegmentRun:
+    """What a run of segment-updates messages changes, stored at its end at once: staged
+    ``writes`` of segment-state, the current ``models`` (``None``: none yet) and the
+    sources whose population changed since their model was updated (``stale``)."""
+
+    def __init__(self, owner: SegmentOwner) -> None:
+        self.owner = owner
+        self.writes: dict[bytes, bytes | None] = {}
+        self.models: dict[int, SegmentModel | None] = {}
+        self.stale: set[int] = set()
+
+    def get(self, key: bytes) -> bytes | None:
+        return self.writes[key] if key in self.writes else self.owner.p.segments.get_many(0, [key])[0]
+
+    def model(self, source_id: int) -> SegmentModel | None:
+        """The model of a source, updated with every delta applied so far."""
+        if source_id not in self.models:
+            stored = self.get(model_key(source_id))
+            self.models[source_id] = SegmentModel.from_bytes(stored) if stored is not None else None
+        if source_id in self.stale:
+            self.stale.discard(source_id)
+            owner = self.owner
+            try:
+                k = owner.p.settings.k_for(source_id)
+                model = update(self.models[source_id], owner.population_of(source_id), k)
+            except Exception:  # the model stays as it was; the population is kept
+                log.exception("could not update the model of source %d", source_id)
+            else:
+                self.set_model(source_id, model)
+        return self.models[source_id]
+
+    def set_model(self, source_id: int, model: SegmentModel) -> None:
+        self.models[source_id] = model
+        self.writes[model_key(source_id)] = model.to_bytes()
