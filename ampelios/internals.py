@@ -159,10 +159,10 @@ def store_db(store: Store, partition: int) -> rocksdict.Rdict:
     return store._db_for_partition(partition)
 
 
-def changelog_sent(table: faust.Table) -> Callable[..., Any]:
-    """The callback with which a Faust table records a changelog write the broker
-    acknowledged (the persisted offset recovery resumes from)."""
-    return table._on_changelog_sent
+def persisted_offset_key(store: Store) -> bytes:
+    """The key under which Faust's RocksDB store keeps, in each partition's database, the
+    offset of the last changelog record that database reflects (where recovery resumes)."""
+    return bytes(store.offset_key)
 
 
 def postgres_bin_path() -> Path:
@@ -188,7 +188,7 @@ def _installed(name: str) -> str:
 
 _ATTRIBUTES: list[tuple[type, str]] = [
     (faust.App, "_new_consumer"),
-    (faust.Table, "_on_changelog_sent"),
+    (Store, "offset_key"),
     (Consumer, "perform_seek"),
     (Consumer, "_commit_tps"),
     (Consumer, "_filter_committable_offsets"),

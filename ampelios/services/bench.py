@@ -19,6 +19,10 @@ ceiling            a bare Faust agent that only counts the same messages
 replay             the real stack: ``POST /trigger`` of the CSV -> ``/stats`` counts every
                    distinct event and lag 0 (the segments have them too, as ``ampelios
                    demo`` waits for); the worker's peak RSS and RocksDB bytes at the end
+takeover           the real stack after the same replay: its worker SIGKILLed and a new one
+                   started on the same state directory: start -> ``/health`` ok, and ->
+                   ``/stats`` counts every event again with lag 0 (the row's time); the
+                   changelog records the new worker read back
 single             the real stack: the M one-event messages produced to ``events``
                    (keyed and partitioned as any producer would) -> ``/stats`` counts
                    them all and lag 0; as a percentage of the bare-Faust
@@ -71,6 +75,8 @@ from ampelios.services.processes import free_port, stop_process
 from ampelios.services.stack import (
     Stack,
     StopRequested,
+    WorkerProcess,
+    changelog_records_recovered,
     http_json,
     stop_on_signals,
     wait_for_job,
@@ -80,7 +86,7 @@ from ampelios.stream.replay import new_producer, plan_messages
 from ampelios.stream.topology import Topology
 
 DEFAULT_EVENTS = 2_756_101  # the Retailrocket data set's size (about 1.4M visitors)
-PHASES = ("limit", "ceiling", "replay", "single", "steady")
+PHASES = ("limit", "ceiling", "replay", "takeover", "single", "steady")
 SOURCE_ID = 1
 DATA_FILE = "events.csv"
 STATS_POLL_SECONDS = 0.5  # /stats costs the worker a few broker requests: not too often
@@ -484,23 +490,35 @@ def run_bare_faust(
     return {**json.loads(report.read_bytes()), "started": started}
 
 
+def replay_file(bench: Bench, stack: Stack) -> tuple[Reflection, dict[str, Any], float]:
+    """``POST /trigger`` of the bench's CSV to the stack's worker; wait until ``/stats``
+    counts every distinct event with lag 0: (what was seen, the job, seconds)."""
+    base = base_url(stack)
+    started = time.monotonic()
+    code, answer = http_json("POST", f"{base}/trigger", {"source_id": SOURCE_ID, "events_path": DATA_FILE})
+    if code != 202:
+        raise RuntimeError(f"/trigger answered {code}: {answer}")
+    seen = wait_for_reflection(base, bench.workload.distinct, started, bench.options.timeout)
+    seconds = seen.reflected or time.monotonic() - started
+    job = wait_for_job(base, answer["job"], bench.options.timeout) if seen.reflected is not None else {}
+    return seen, job, seconds
+
+
+def replay_stack(bench: Bench, phase: str) -> contextlib.AbstractContextManager[Stack]:
+    """A fresh stack for ``phase`` with the bench's events written as its CSV."""
+    workdir = bench.workdir(phase)
+    settings = stack_settings(bench, workdir)
+    with (settings.data_dir / DATA_FILE).open("wb") as f:
+        write_csv(bench.workload.events, f)
+    return fresh_stack(settings, workdir, bench.profile(phase))
+
+
 def phase_replay(bench: Bench) -> list[Row]:
     """Ampelios end to end: the CSV through ``POST /trigger`` until ``/stats`` counts every
     distinct event and has nothing left to reflect (lag 0)."""
     w = bench.workload
-    workdir = bench.workdir("replay")
-    settings = stack_settings(bench, workdir)
-    with (settings.data_dir / DATA_FILE).open("wb") as f:
-        write_csv(w.events, f)
-    with fresh_stack(settings, workdir, bench.profile("replay")) as stack:
-        base = base_url(stack)
-        started = time.monotonic()
-        code, answer = http_json("POST", f"{base}/trigger", {"source_id": SOURCE_ID, "events_path": DATA_FILE})
-        if code != 202:
-            raise RuntimeError(f"/trigger answered {code}: {answer}")
-        seen = wait_for_reflection(base, w.distinct, started, bench.options.timeout)
-        seconds = seen.reflected or time.monotonic() - started
-        job = wait_for_job(base, answer["job"], bench.options.timeout) if seen.reflected is not None else {}
+    with replay_stack(bench, "replay") as stack:
+        seen, job, seconds = replay_file(bench, stack)
         figures = {
             "reflected_events": seen.stats["events"],
             "expected_events": w.distinct,
@@ -522,6 +540,41 @@ def phase_replay(bench: Bench) -> list[Row]:
     row.error = seen.problem(w.distinct, seconds)
     if row.error is None and job["state"] != "done":
         row.error = f"the replay job is {job['state']}: {job.get('error')}"
+    return [row]
+
+
+def phase_takeover(bench: Bench) -> list[Row]:
+    """After the replay, the worker is SIGKILLed and a new one started on its state
+    directory: the seconds from that start until ``/health`` answers ok, and until
+    ``/stats`` counts every event again with lag 0 (the row's time)."""
+    w = bench.workload
+    with replay_stack(bench, "takeover") as stack:
+        replayed, _, _ = replay_file(bench, stack)
+        if replayed.reflected is None:
+            row = Row("takeover", "Ampelios: takeover after SIGKILL", 0, 0, None)
+            row.error = f"the replay before the kill: {replayed.problem(w.distinct, bench.options.timeout)}"
+            return [row]
+        assert stack.worker is not None
+        stack.worker.kill()
+        started = time.monotonic()
+        stack.worker = WorkerProcess(stack.settings, stack.worker_output).start(bench.options.timeout)
+        healthy = time.monotonic() - started
+        seen = wait_for_reflection(stack.worker.base_url, w.distinct, started, bench.options.timeout)
+        seconds = seen.reflected or time.monotonic() - started
+        recovered = changelog_records_recovered(stack.worker.base_url)
+    figures = {
+        "healthy_seconds": healthy,
+        "reflected_events": seen.stats["events"],
+        "changelog_records_recovered": recovered,
+        "stats_at_end": seen.stats,
+    }
+    read_back = ", ".join(f"{table} {n:.0f}" for table, n in sorted(recovered.items()))
+    notes = (
+        f"SIGKILL after the replay, new worker: start -> /health ok {healthy:.2f}s -> every event "
+        f"counted, lag 0; changelog records read back: {read_back}"
+    )
+    row = Row("takeover", "Ampelios: takeover after SIGKILL", 0, 0, seconds, notes, figures=figures)
+    row.error = seen.problem(w.distinct, seconds)
     return [row]
 
 
@@ -760,6 +813,7 @@ PHASE_RUNNERS: dict[str, Callable[[Bench], list[Row]]] = {
     "limit": phase_limit,
     "ceiling": phase_ceiling,
     "replay": phase_replay,
+    "takeover": phase_takeover,
     "single": phase_single,
     "steady": phase_steady,
 }

@@ -60,11 +60,12 @@ def session_timeout_seconds(url: str) -> int:
     """The consumer-group session timeout for the broker at ``url``.
 
     Tansu holds every group join for half the session timeout (measured: 10 s -> 5.0 s,
-    2 s -> 1.0 s), which a worker start and every rebalance wait: the embedded broker gets
-    6 s, Apache Kafka's smallest by default (``group.min.session.timeout.ms``), and Apache
-    Kafka 10 s. A member that stops heartbeating (a SIGKILLed worker) holds its partitions
-    that long."""
-    return 6 if url.startswith("tansu://") else 10
+    2 s -> 1.0 s), which a worker start and every rebalance wait, and a member that stops
+    heartbeating (a SIGKILLed worker) holds its partitions for a whole session: the
+    embedded broker gets 3 s (with heartbeats every second; a worker killed after a
+    full-scale replay is replaced in 6.1 s, 15.0 s with 6 s, docs/performance.md), Apache
+    Kafka 10 s (its smallest by default is 6 s, ``group.min.session.timeout.ms``)."""
+    return 3 if url.startswith("tansu://") else 10
 
 
 async def _fetched_end_offsets(

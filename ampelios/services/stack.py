@@ -45,6 +45,15 @@ def http_json(
         return exc.code, json.loads(exc.read() or b"null")
 
 
+def changelog_records_recovered(base: str) -> dict[str, float]:
+    """``ampelios_changelog_records_recovered`` of the worker at ``base`` (its
+    ``/metrics``), per table."""
+    with urllib.request.urlopen(f"{base}/metrics", timeout=30) as response:
+        lines = response.read().decode().splitlines()
+    prefix = 'ampelios_changelog_records_recovered{table="'
+    return {line[len(prefix) :].split('"')[0]: float(line.split()[-1]) for line in lines if line.startswith(prefix)}
+
+
 def wait_for_job(
     base: str, job: str, timeout: float = 3600.0, on_status: Callable[[dict[str, Any]], None] = lambda s: None
 ) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import shutil
+import time
 from typing import Any
 
 from aiokafka.structs import TopicPartition
@@ -61,25 +61,26 @@ from ampelios.stream.topology import Topology
 log = logging.getLogger(__name__)
 
 
-CLEAN_STOP_FILE = "worker-stopped-cleanly"
 # RocksDB of each journeys partition: Faust's defaults (64 MiB write buffers, a 2 GiB block
 # cache) would keep most of a replay's journeys in memory; flushed sooner, the full-scale
 # replay's worker peaks lower at the same speed (docs/performance.md).
 JOURNEYS_ROCKSDB = {"write_buffer_size": 16 * 2**20, "block_cache_size": 64 * 2**20}
 EXIT_RECOVERY_STUCK = 70  # table recovery did not finish in AMPELIOS_RECOVERY_TIMEOUT_SECONDS
 EXIT_BROKER_EMPTIED = 75  # the broker lost the data the local state was built on
+EPOCH_CHECK_BEFORE_REBALANCE_SECONDS = 10.0
 
 
 class AmpeliosApp(internals.App):
     """A Faust app that makes sure its local state can be trusted before opening it.
 
-    At start: topics exist; the local tables belong to this broker's life
-    (:func:`check_broker_epoch`); and the last run stopped cleanly. After a crash the
-    RocksDB files may hold writes whose changelog records never reached the broker, so
-    they are removed and every table is recovered from its changelog. A recovery that
-    does not finish within ``AMPELIOS_RECOVERY_TIMEOUT_SECONDS`` ends the process with
-    exit code 70 and says which changelogs it was still reading. While it runs, a broker
-    that comes back empty ends it with exit code 75 (see :meth:`_watch_broker_epoch`).
+    At start: topics exist, and the local tables belong to this broker's life
+    (:func:`check_broker_epoch`). The local tables are kept whether the last run stopped
+    cleanly or was killed: each of their writes holds the changelog offset it reflects
+    (:class:`BatchTable`), so recovery reads only the changelog records after it. A
+    recovery that does not finish within ``AMPELIOS_RECOVERY_TIMEOUT_SECONDS`` ends the
+    process with exit code 70 and says which changelogs it was still reading. While it
+    runs, a broker that comes back empty ends it with exit code 75 (see
+    :meth:`_watch_broker_epoch` and :meth:`before_rebalance`).
     """
 
     pipeline: Pipeline
@@ -88,22 +89,11 @@ class AmpeliosApp(internals.App):
         settings, topology = self.pipeline.settings, self.pipeline.topology
         await ensure_topics(settings.broker_url, topology.topics())
         await check_broker_epoch(settings.broker_url, topology.epoch, settings.state_dir, settings.worker_dir)
-        marker = settings.state_dir / CLEAN_STOP_FILE
-        if settings.worker_dir.exists() and not marker.exists():
-            log.warning(
-                "The worker did not stop cleanly last time: its local tables in %s may hold writes "
-                "that never reached their changelogs. Removing them; every table is recovered from "
-                "its changelog.",
-                settings.worker_dir,
-            )
-            shutil.rmtree(settings.worker_dir)
-        marker.unlink(missing_ok=True)
         self._watchdog = asyncio.ensure_future(self._watch_recovery(settings.recovery_timeout_seconds))
         p = self.pipeline
         self._stall_watch = asyncio.ensure_future(seek_stalled(lambda: self.consumer, p.processors, p.ready))
-        self._epoch_watch = asyncio.ensure_future(
-            self._watch_broker_epoch((settings.state_dir / EPOCH_FILE).read_bytes())
-        )
+        self._epoch = (settings.state_dir / EPOCH_FILE).read_bytes()
+        self._epoch_watch = asyncio.ensure_future(self._watch_broker_epoch())
         await super().on_first_start()
 
     def consumer_created(self, consumer: Any) -> None:
@@ -113,33 +103,46 @@ class AmpeliosApp(internals.App):
         steer(consumer, p.processors, lambda: self.rebalancing, p.on_assigned)
 
     async def on_shutdown(self) -> None:
-        """Everything is flushed and closed: the local tables match their changelogs."""
         await super().on_shutdown()
         self._watchdog.cancel()
         self._epoch_watch.cancel()
         self._stall_watch.cancel()
-        (self.pipeline.settings.state_dir / CLEAN_STOP_FILE).touch()
 
-    async def _watch_broker_epoch(self, epoch: bytes, every: float = 5.0) -> None:
+    async def _watch_broker_epoch(self, every: float = 5.0) -> None:
         """Exit (code 75) when the broker comes back without the life the local state was
         built in: an embedded broker restarted empty. Starting again then starts clean;
         going on would mix the old tables with a new log."""
-        url, topic = self.pipeline.settings.broker_url, self.pipeline.topology.epoch
         while True:
             await asyncio.sleep(every)
-            try:
-                current = await broker_epoch(url, topic)
-            except Exception:  # unreachable for now: Faust's clients retry; check again later
-                continue
-            if current != epoch:
-                log.error(
-                    "The broker at %s came back without the data this worker's state was built on "
-                    "(an embedded broker keeps nothing across its restarts). Stopping now; start the "
-                    "worker again to start clean. History kept in Postgres is not affected.",
-                    url,
-                )
-                logging.shutdown()
-                os._exit(EXIT_BROKER_EMPTIED)
+            await self._exit_if_broker_emptied()
+
+    async def before_rebalance(self, wait: float = EPOCH_CHECK_BEFORE_REBALANCE_SECONDS) -> None:
+        """Before giving up partitions (and so before their tables are recovered again):
+        exit (code 75) if the broker came back empty. Table recovery would otherwise find
+        persisted offsets beyond the emptied changelogs and crash first. An unreachable
+        broker is asked again for up to ``wait`` seconds."""
+        deadline = time.monotonic() + wait
+        while not await self._exit_if_broker_emptied() and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+
+    async def _exit_if_broker_emptied(self) -> bool:
+        """Exit (code 75) if the broker lacks the life the local state was built in;
+        ``False`` when it cannot be asked now."""
+        url, topic = self.pipeline.settings.broker_url, self.pipeline.topology.epoch
+        try:
+            current = await broker_epoch(url, topic)
+        except Exception:  # unreachable for now: Faust's clients retry
+            return False
+        if current != self._epoch:
+            log.error(
+                "The broker at %s came back without the data this worker's state was built on "
+                "(an embedded broker keeps nothing across its restarts). Stopping now; start the "
+                "worker again to start clean. History kept in Postgres is not affected.",
+                url,
+            )
+            logging.shutdown()
+            os._exit(EXIT_BROKER_EMPTIED)
+        return True
 
     async def _watch_recovery(self, timeout: float) -> None:
         recovery, waited = None, 0.0
@@ -212,6 +215,8 @@ def create_pipeline(settings: Settings) -> Pipeline:
     @app.on_partitions_revoked.connect  # type: ignore[misc]
     async def on_revoked(sender: Any, revoked: set[TopicPartition], **kwargs: Any) -> None:
         """Before a rebalance, once the agents have finished what they were applying."""
+        if revoked:
+            await app.before_rebalance()
         for processing in pipeline.processors:
             await processing.forget(revoked)
 

@@ -5,9 +5,12 @@ is 1.4 million records through a pure-Python producer, which costs more than all
 rest of the pipeline (docs/performance.md). :class:`BatchTable` keeps everything else of
 a Faust table -- RocksDB files per partition, a changelog topic, persisted offsets,
 recovery on start and rebalance, reads with ``get`` and ``items`` -- but writes with
-:meth:`BatchTable.write`: one RocksDB write batch and one changelog record holding
-every (key, value) pair of the batch, acknowledged before it returns. Recovery applies those records in order, so the
-table ends exactly as if every pair had been set one by one.
+:meth:`BatchTable.write`: one changelog record holding every (key, value) pair of the
+batch, acknowledged, then one RocksDB write batch holding those pairs *and* the record's
+offset. Recovery applies those records in order, so the table ends exactly as if every
+pair had been set one by one; and as the local files never hold what the changelog lacks
+nor lag behind their own persisted offset, a worker killed at any moment keeps them and
+its successor reads only the changelog records after that offset.
 
 The changelog record's key names the batch (its source partition and offset); under
 Kafka's compaction a record is replaced only by a later write of the same batch.
@@ -16,6 +19,7 @@ Values are bytes; the store must be RocksDB (``store="rocksdb://"``).
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -24,7 +28,7 @@ import faust
 import numpy as np
 import rocksdict
 
-from ampelios.internals import changelog_sent, store_db
+from ampelios.internals import persisted_offset_key, store_db
 
 _COUNT = np.dtype("<u4")
 _DELETED = 0xFFFFFFFF  # value length that marks a deletion
@@ -59,6 +63,11 @@ class BatchTable(faust.Table):  # type: ignore[misc]
     Set values only with :meth:`write`, from an agent processing ``partition``.
     """
 
+    def __init__(self, app: Any, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self._writing: defaultdict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self.recovered = 0  # changelog records applied in recovery since the worker started
+
     def _db(self, partition: int) -> rocksdict.Rdict:
         return store_db(self.data, partition)
 
@@ -83,51 +92,57 @@ class BatchTable(faust.Table):  # type: ignore[misc]
     async def write(self, partition: int, batch: bytes, keys: Sequence[bytes], values: Sequence[bytes | None]) -> None:
         """Set every key to its value (``None``: delete it) in ``partition``: one changelog
         record keyed ``batch`` (unique per batch, e.g. the source message's offset),
-        acknowledged by the broker, then one RocksDB write.
+        acknowledged by the broker, then one RocksDB write batch holding the values and
+        that record's offset. Writes of one partition are serialized, so its persisted
+        offset only grows.
 
-        Faust's own table writes go through a producer buffer that its commit does not
-        always drain (``ProducerBuffer.flush_atmost`` gives up after 0.1 s), so offsets can
-        be committed for events whose changelog records are still in memory, and a crash
-        then loses them. Awaiting the acknowledgement here, before the event is done,
-        closes that gap.
+        The local store therefore never holds what its changelog lacks, and its persisted
+        offset (where recovery resumes reading the changelog) always names the last record
+        it reflects: a worker killed at any point restarts from its local files plus the
+        changelog records after that offset. Faust's own table writes set the persisted
+        offset apart from the value, when the broker acknowledges (killed in between, the
+        value is lost), and go through a producer buffer that its commit does not always
+        drain (``ProducerBuffer.flush_atmost`` gives up after 0.1 s).
         """
         if not keys:
             return
-        sent = await self.changelog_topic.send(
-            key=batch,
-            value=pack_pairs(keys, values),
-            partition=partition,
-            key_serializer="raw",
-            value_serializer="raw",
-            callback=changelog_sent(self),
-        )
-        await sent  # if the broker refuses it, the local state stays as it was
-        write = rocksdict.WriteBatch(raw_mode=True)
-        for key, value in zip(keys, values):
-            if value is None:
-                write.delete(key)
-            else:
-                write.put(key, value)
-        self._db(partition).write(write)
+        async with self._writing[partition]:
+            sent = await self.changelog_topic.send(
+                key=batch,
+                value=pack_pairs(keys, values),
+                partition=partition,
+                key_serializer="raw",
+                value_serializer="raw",
+            )
+            offset = (await sent).offset  # if the broker refuses it, the local state stays as it was
+            write = rocksdict.WriteBatch(raw_mode=True)
+            for key, value in zip(keys, values):
+                if value is None:
+                    write.delete(key)
+                else:
+                    write.put(key, value)
+            write.put(persisted_offset_key(self.data), b"%d" % offset)
+            self._db(partition).write(write)
 
     def apply_changelog_batch(self, batch: Iterable[Any]) -> None:
-        """Recovery: apply batch records in order, then remember the offsets applied."""
+        """Recovery: apply batch records in order, each partition's values and its newest
+        offset in one RocksDB write batch."""
         writes: defaultdict[int, rocksdict.WriteBatch] = defaultdict(lambda: rocksdict.WriteBatch(raw_mode=True))
-        offsets: dict[Any, int] = {}
+        offsets: dict[int, int] = {}
         for event in batch:
             message = event.message
-            offsets[message.tp] = max(message.offset, offsets.get(message.tp, -1))
+            self.recovered += 1
+            offsets[message.partition] = max(message.offset, offsets.get(message.partition, -1))
+            write = writes[message.partition]
             if message.value is not None:
-                write = writes[message.partition]
                 for key, value in unpack_pairs(message.value):
                     if value is None:
                         write.delete(key)
                     else:
                         write.put(key, value)
-        for partition, write in writes.items():
-            self._db(partition).write(write)
-        for tp, offset in offsets.items():
-            self.data.set_persisted_offset(tp, offset)
+        for partition, offset in offsets.items():
+            writes[partition].put(persisted_offset_key(self.data), b"%d" % offset)
+            self._db(partition).write(writes[partition])
 
 
 class PublishedTable(faust.GlobalTable):  # type: ignore[misc]
@@ -145,14 +160,12 @@ class PublishedTable(faust.GlobalTable):  # type: ignore[misc]
         )
 
     async def publish(self, key: bytes, value: bytes) -> None:
-        """Set ``key`` for every worker: a changelog record (sent, not awaited), then the
-        local store."""
-        await self.changelog_topic.send(
-            key=key,
-            value=value,
-            partition=0,
-            key_serializer="raw",
-            value_serializer="raw",
-            callback=changelog_sent(self),
+        """Set ``key`` for every worker: a changelog record, acknowledged, then the value
+        and that record's offset in one local write (as :meth:`BatchTable.write`)."""
+        sent = await self.changelog_topic.send(
+            key=key, value=value, partition=0, key_serializer="raw", value_serializer="raw"
         )
-        store_db(self.data, 0).put(key, value)
+        write = rocksdict.WriteBatch(raw_mode=True)
+        write.put(key, value)
+        write.put(persisted_offset_key(self.data), b"%d" % (await sent).offset)
+        store_db(self.data, 0).write(write)

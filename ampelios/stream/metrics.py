@@ -19,6 +19,9 @@ ampelios_lag{kind}                           records not yet reflected (``kind="
 ampelios_segment_visitors{source_id,segment,label}  visitors per segment
 ampelios_model_version{source_id}            version of the segment model
 ampelios_replay_jobs{state}                  replay jobs started on this worker, by state
+ampelios_changelog_records_recovered{table}  changelog records this worker read into its
+                                             local tables since it started (a restart on
+                                             kept local state reads only the newer ones)
 ===========================================  ==========================================
 """
 
@@ -61,11 +64,23 @@ class Metrics:
         )
         self.model_version = Gauge("ampelios_model_version", "Version of the segment model", ["source_id"], registry=r)
         self.replay_jobs = Gauge("ampelios_replay_jobs", "Replay jobs started on this worker", ["state"], registry=r)
+        self.recovered = Gauge(
+            "ampelios_changelog_records_recovered",
+            "Changelog records read into local tables since the worker started",
+            ["table"],
+            registry=r,
+        )
 
     def render(
-        self, pending: Mapping[str, Any], models: Iterable[tuple[int, SegmentModel]], job_states: Iterable[str]
+        self,
+        pending: Mapping[str, Any],
+        models: Iterable[tuple[int, SegmentModel]],
+        job_states: Iterable[str],
+        recovered: Mapping[str, int],
     ) -> bytes:
         """The text exposition, after setting the gauges from the state given."""
+        for table, records in recovered.items():
+            self.recovered.labels(table).set(records)
         self.lag.labels("stream").set(pending["lag"])
         self.lag.labels("sink").set(pending["sink_lag"])
         self.segment_visitors.clear()

@@ -403,7 +403,8 @@ def register(p: Pipeline) -> None:
                 log.warning("/metrics: lag not known: %r", exc)
                 pending = {"lag": float("nan"), "sink_lag": float("nan")}
             models = [(int(key), SegmentModel.from_bytes(value)) for key, value in p.published.items()]
-            body = p.metrics.render(pending, models, [job.state for job in p.jobs.values()])
+            recovered = {table.name: table.recovered for table in (p.journeys, p.segments)}
+            body = p.metrics.render(pending, models, [job.state for job in p.jobs.values()], recovered)
             return self.bytes(body, headers={"Content-Type": METRICS_CONTENT_TYPE})
 
     @app.page("/files")

@@ -21,6 +21,7 @@ LABELS = [
     "ceiling: bare Faust, replay msgs",
     "ceiling: bare Faust, 1 event/msg",
     "Ampelios: replay end to end",
+    "Ampelios: takeover after SIGKILL",
     "Ampelios: 1 event/msg",
     "Ampelios: steady 200 ev/s, 1 event/msg",
 ]
@@ -67,7 +68,8 @@ def test_a_tiny_bench_reports_every_figure_consistently(tmp_path: Path, scratch:
     assert (report["events"], report["single_events"], report["partitions"]) == (3000, 500, 8)
     assert report["distinct_events"] == 3000 and 0 < report["visitors"] < 3000
     rows = report["rows"]
-    ids = ["limit.batched", "limit.single", "ceiling.batched", "ceiling.single", "replay", "single", "steady"]
+    ids = ["limit.batched", "limit.single", "ceiling.batched", "ceiling.single", "replay", "takeover"]
+    ids += ["single", "steady"]
     assert list(rows) == ids
     for row in rows.values():
         assert row["error"] is None and row["seconds"] >= 0 and {"events_per_s", "messages_per_s"} <= set(row), row
@@ -80,6 +82,11 @@ def test_a_tiny_bench_reports_every_figure_consistently(tmp_path: Path, scratch:
     replay = rows["replay"]
     assert replay["reflected_events"] == replay["expected_events"] == replay["events"] == 3000
     assert (replay["job_state"], replay["rows_rejected"], replay["visitors"]) == ("done", 0, report["visitors"])
+    takeover = rows["takeover"]
+    assert takeover["reflected_events"] == 3000 and takeover["stats_at_end"]["lag"] == 0
+    assert 0 < takeover["healthy_seconds"] <= takeover["seconds"]
+    recovered = takeover["changelog_records_recovered"]  # the killed worker's files were kept
+    assert recovered["journeys"] <= report["partitions"] and recovered["segment-state"] <= 1
     single = rows["single"]
     assert single["reflected_events"] == single["expected_events"] == 500
     for row in (replay, single):

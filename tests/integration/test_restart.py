@@ -11,7 +11,7 @@ from ampelios.config import Settings
 from ampelios.core.events import EventBatch
 from ampelios.core.generate import generate_events
 from ampelios.services.broker import EmbeddedBroker
-from ampelios.services.stack import http_json, wait_until_reflected
+from ampelios.services.stack import changelog_records_recovered, http_json, wait_until_reflected
 from tests.integration.conftest import Workers, batch_definition, replay, write_events
 
 pytestmark = pytest.mark.integration
@@ -25,22 +25,37 @@ def snapshot(base: str, visitors: list[int]) -> dict:
     }
 
 
-@pytest.mark.apache
-@pytest.mark.parametrize("keep_local_state", [True, False], ids=["local-rocksdb-kept", "from-changelogs-only"])
-def test_state_survives_a_worker_restart_and_keeps_learning(settings: Settings, workers: Workers, keep_local_state):
+ON_BOTH = pytest.mark.apache
+
+
+@pytest.mark.parametrize(
+    "stop", ["clean", pytest.param("sigkill", marks=ON_BOTH), pytest.param("new-machine", marks=ON_BOTH)]
+)
+def test_state_survives_a_worker_restart_and_keeps_learning(settings: Settings, workers: Workers, stop: str):
+    """A worker stopped cleanly or killed keeps its local tables: its successor reads only
+    the changelog records after them (at most the last one of each partition again). On a
+    new machine everything comes back from the changelogs."""
     first = generate_events(12_000, seed=1)
     write_events(settings.data_dir / "first.csv", first)
     worker = workers.start(settings)
     replay(worker.base_url, "first.csv")
     sample = np.random.default_rng(1).choice(np.unique(first.visitorid), 150, replace=False).tolist()
     before = snapshot(worker.base_url, sample)
-    assert worker.stop() == 0  # a clean shutdown
-
-    if not keep_local_state:  # a new machine: everything comes back from the changelogs
+    if stop == "sigkill":
+        worker.kill()
+    else:
+        assert worker.stop() == 0  # a clean shutdown
+    if stop == "new-machine":  # everything comes back from the changelogs
         shutil.rmtree(settings.worker_dir)
+
     worker = workers.start(settings)
     wait_until_reflected(worker.base_url, 1, timeout=300, stored=True)  # e.g. its first snapshot
     assert snapshot(worker.base_url, sample) == before
+    recovered = changelog_records_recovered(worker.base_url)
+    if stop == "new-machine":
+        assert recovered["journeys"] > 2 * settings.partitions
+    else:
+        assert recovered["journeys"] <= settings.partitions and recovered["segment-state"] <= 1
 
     # The restarted worker goes on from the recovered state: visitors of both files,
     # some in both, are each counted once and the model is updated, not re-seeded.
