@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import inspect
 import warnings
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -104,6 +104,29 @@ def steer_consumer(
     consumer._commit_tps = commit_tps  # type: ignore[method-assign]
 
 
+def divert_messages(consumer: Consumer, topic: str, deliver: Callable[[list[Any]], Awaitable[None]]) -> None:
+    """Hand the messages of ``topic`` that Faust's ``consumer`` fetches to ``await
+    deliver(messages)`` (those of one fetch at a time, in offset order per partition)
+    instead of to Faust's conductor and streams; other topics go on as before.
+
+    Faust's fetcher (``Consumer._drain_messages``) reads ``consumer.getmany`` once, when
+    it starts, and hands each message it yields to the conductor, awaiting two tasks per
+    message: call this before the fetcher starts."""
+    getmany = consumer.getmany
+
+    async def diverted(timeout: float) -> AsyncIterator[tuple[TopicPartition, Any]]:
+        taken: list[Any] = []
+        async for tp, message in getmany(timeout):
+            if tp.topic == topic:
+                taken.append(message)
+            else:
+                yield tp, message
+        if taken:
+            await deliver(taken)
+
+    consumer.getmany = diverted  # type: ignore[method-assign]
+
+
 def leave_even_the_first_generation(consumer: aiokafka.AIOKafkaConsumer) -> None:
     """Make ``consumer.stop()`` leave its group also in the group's first generation.
 
@@ -190,6 +213,8 @@ _ATTRIBUTES: list[tuple[type, str]] = [
     (faust.App, "_new_consumer"),
     (Store, "offset_key"),
     (Consumer, "perform_seek"),
+    (Consumer, "getmany"),
+    (Consumer, "_drain_messages"),
     (Consumer, "_commit_tps"),
     (Consumer, "_filter_committable_offsets"),
     (Consumer, "_commit_offsets"),

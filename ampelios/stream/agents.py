@@ -1,11 +1,13 @@
 """The agents and timers: events -> journeys -> population deltas -> the segment model.
 
 Wiring only. Each agent takes *runs* -- the messages of one partition that arrived
-together (up to RUN_MESSAGES within RUN_SECONDS) -- and hands them to the
-:class:`~ampelios.stream.exactly_once.ExactlyOnce` of its input topic, with the processor
-that turns them into steps. A run of hundreds of one-event messages costs about what one
-message of hundreds of events costs: one read of the state, one batch of numpy work, one
-write.
+together -- and hands them to the :class:`~ampelios.stream.exactly_once.ExactlyOnce` of
+its input topic, with the processor that turns them into steps. A run of hundreds of
+one-event messages costs about what one message of hundreds of events costs: one read of
+the state, one batch of numpy work, one write. The journeys agent takes its runs from the
+:class:`~ampelios.stream.intake.Intake` (what each fetch brought, bypassing Faust's
+per-message path); the two others from their Faust streams (up to RUN_MESSAGES within
+RUN_SECONDS).
 
 ==========  ======================  ==================  =================================
 agent       input                   processor           state
@@ -76,7 +78,9 @@ def register(p: Pipeline) -> None:
 
     @p.app.agent(p.events, name="journeys")
     async def journeys_agent(stream: Any) -> None:
-        async for taken in runs(stream):
+        """Faust subscribes the topic and assigns its partitions; the messages come from
+        the intake, not from ``stream`` (:mod:`ampelios.stream.intake`)."""
+        async for taken in p.intake.runs():
             await each_partition(taken, lambda run: journeys.process(run, journey_processor.steps))
 
     @p.app.agent(p.segment_updates, name="segments")

@@ -55,6 +55,7 @@ from ampelios.sinks.postgres import PostgresSink
 from ampelios.stream import agents, views
 from ampelios.stream.batch_table import BatchTable, PublishedTable
 from ampelios.stream.exactly_once import seek_stalled, steer
+from ampelios.stream.intake import Intake
 from ampelios.stream.pipeline import Pipeline
 from ampelios.stream.topology import Topology
 
@@ -101,6 +102,7 @@ class AmpeliosApp(internals.App):
         rather than by Faust's acknowledgements (:mod:`ampelios.stream.exactly_once`)."""
         p = self.pipeline
         steer(consumer, p.processors, lambda: self.rebalancing, p.on_assigned)
+        internals.divert_messages(consumer, p.topology.events, p.intake.deliver)
 
     async def on_shutdown(self) -> None:
         await super().on_shutdown()
@@ -209,6 +211,7 @@ def create_pipeline(settings: Settings) -> Pipeline:
         history=history,
         event_codes=event_codes(settings.event_map),
         sink=PostgresSink(settings.broker_url, topology, history) if history is not None else None,
+        intake=Intake(lambda: app.consumer_generation_id),
     )
     app.pipeline = pipeline
 
@@ -217,6 +220,7 @@ def create_pipeline(settings: Settings) -> Pipeline:
         """Before a rebalance, once the agents have finished what they were applying."""
         if revoked:
             await app.before_rebalance()
+        pipeline.intake.drop(tp.partition for tp in revoked if tp.topic == topology.events)
         for processing in pipeline.processors:
             await processing.forget(revoked)
 

@@ -111,6 +111,9 @@ class ExactlyOnce:
         # applied and before its position is committed. Each partition's lock keeps the
         # resends and the runs apart.
         self._confirmed: set[int] = set()
+        # Partitions assigned to this worker since the last rebalance: a run of any other
+        # (taken before a rebalance and waiting for its lock meanwhile) is dropped.
+        self._held: set[int] = set()
         self._locks: defaultdict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
         self.positions = Positions(url, topic, table, position_key, self._confirmed.__contains__)
 
@@ -118,9 +121,12 @@ class ExactlyOnce:
         """Apply delivered ``messages`` of one partition (offset order) exactly once:
         ``apply(partition, admitted)`` is given the messages not applied yet, in order
         (those skipped by the delivery included), and yields the steps to store and send;
-        it resumes after each step is stored and its outbox sent."""
+        it resumes after each step is stored and its outbox sent. A run of a partition
+        this worker does not hold (any more) is dropped: its next holder applies it."""
         partition = messages[0].partition
         async with self._locks[partition]:
+            if partition not in self._held:
+                return
             await self._confirm(partition)
             admitted = await self.positions.admit(messages)
             if admitted:
@@ -168,10 +174,13 @@ class ExactlyOnce:
         self._confirmed.add(partition)
 
     async def resend(self, assigned: set[TopicPartition]) -> None:
-        """After an assignment, before the worker serves again: send the stored outbox of
+        """After an assignment, before the worker serves again: hold the assigned
+        partitions, and send the stored outbox of
         every assigned partition now, not only when its next message arrives (there may be
         none)."""
-        for partition in sorted(tp.partition for tp in assigned if tp.topic == self.topic):
+        partitions = sorted(tp.partition for tp in assigned if tp.topic == self.topic)
+        self._held.update(partitions)
+        for partition in partitions:
             async with self._locks[partition]:
                 await self._confirm(partition)
 
@@ -196,6 +205,7 @@ class ExactlyOnce:
         for partition in sorted(tp.partition for tp in revoked if tp.topic == self.topic):
             async with self._locks[partition]:  # a run under way finishes first
                 self._confirmed.discard(partition)
+                self._held.discard(partition)
 
 
 def stored_positions(processors: Sequence[ExactlyOnce], assigned: set[TopicPartition]) -> dict[TopicPartition, int]:

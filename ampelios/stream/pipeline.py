@@ -21,6 +21,7 @@ from ampelios.sinks.history import History
 from ampelios.sinks.postgres import PostgresSink
 from ampelios.stream.batch_table import BatchTable, PublishedTable
 from ampelios.stream.exactly_once import ExactlyOnce, forwarded_key
+from ampelios.stream.intake import Intake
 from ampelios.stream.metrics import Metrics
 from ampelios.stream.topology import Topology
 
@@ -43,6 +44,7 @@ class Pipeline:
     published: PublishedTable
     history: History | None
     sink: PostgresSink | None
+    intake: Intake  # the messages of events, taken from Faust's consumer as fetched
     jobs: dict[str, Any] = field(default_factory=dict)
     event_codes: dict[str, int] = field(default_factory=dict)  # names read, see event_codes
     processors: list[ExactlyOnce] = field(default_factory=list)  # one per agent, see agents
