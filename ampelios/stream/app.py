@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
 from typing import Any
 
@@ -69,6 +70,7 @@ JOURNEYS_ROCKSDB = {"write_buffer_size": 16 * 2**20, "block_cache_size": 64 * 2*
 EXIT_RECOVERY_STUCK = 70  # table recovery did not finish in AMPELIOS_RECOVERY_TIMEOUT_SECONDS
 EXIT_BROKER_EMPTIED = 75  # the broker lost the data the local state was built on
 EPOCH_CHECK_BEFORE_REBALANCE_SECONDS = 10.0
+STOP_DEADLINE_SECONDS = 8.0  # a stop that takes longer (a broker gone) ends the process
 
 
 class AmpeliosApp(internals.App):
@@ -103,6 +105,26 @@ class AmpeliosApp(internals.App):
         p = self.pipeline
         steer(consumer, p.processors, lambda: self.rebalancing, p.on_assigned)
         internals.divert_messages(consumer, p.topology.events, p.intake.deliver)
+
+    async def on_stop(self) -> None:
+        """Stopping starts: make sure it ends within STOP_DEADLINE_SECONDS. With its broker
+        gone, Faust's consumer thread waits a minute for a coordinator that does not answer;
+        ending the process then loses nothing, as every write holds the position and
+        changelog offset it reflects (:class:`BatchTable`)."""
+        deadline = threading.Timer(STOP_DEADLINE_SECONDS, self._stop_now)
+        deadline.daemon = True
+        deadline.start()
+        await super().on_stop()
+
+    @staticmethod
+    def _stop_now() -> None:
+        log.warning(
+            "The worker did not stop within %.0f s (is the broker unreachable?); exiting now. "
+            "Its local state is kept and the next start goes on from it.",
+            STOP_DEADLINE_SECONDS,
+        )
+        logging.shutdown()
+        os._exit(0)
 
     async def on_shutdown(self) -> None:
         await super().on_shutdown()

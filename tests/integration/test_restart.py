@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 
 import numpy as np
 import pytest
@@ -118,6 +119,25 @@ def test_a_running_worker_stops_when_the_broker_comes_back_empty(settings: Setti
         assert http_json("GET", f"{worker.base_url}/stats?source_id=1")[1]["events"] == 0
         replay(worker.base_url, "events.csv")
         assert http_json("GET", f"{worker.base_url}/stats?source_id=1")[1]["events"] == len(events)
+    finally:
+        workers.stop_all()
+        broker.stop()
+
+
+def test_a_worker_asked_to_stop_stops_even_when_its_broker_is_gone(settings: Settings, workers: Workers, tmp_path):
+    """Faust's consumer thread waits a minute for a coordinator that is gone; the worker
+    ends itself STOP_DEADLINE_SECONDS (8 s) after SIGTERM instead, and keeps its state."""
+    events = generate_events(2_000, seed=7)
+    write_events(settings.data_dir / "events.csv", events)
+    broker = EmbeddedBroker(tmp_path / "own-broker.log").start()
+    try:
+        worker = workers.start(settings.with_(broker=broker.url))
+        replay(worker.base_url, "events.csv")
+        broker.stop()
+        assert worker.process is not None
+        worker.process.send_signal(signal.SIGTERM)
+        assert worker.process.wait(timeout=30) == 0  # not the minute Faust alone takes
+        assert "did not stop within 8 s" in workers.log_text()
     finally:
         workers.stop_all()
         broker.stop()
