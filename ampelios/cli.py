@@ -42,7 +42,7 @@ def up() -> None:
     """Start everything in the foreground: an embedded broker unless AMPELIOS_BROKER is
     set, an embedded Postgres unless AMPELIOS_DATABASE_URL is set, and a worker with its
     web server on AMPELIOS_WEB_PORT. Ctrl-C stops all of it."""
-    from ampelios.services.stack import Stack, StopRequested, stop_on_signals
+    from ampelios.services.stack import Stack, StackError, StopRequested, stop_on_signals
 
     settings = load_settings()
     try:
@@ -54,6 +54,8 @@ def up() -> None:
             raise click.ClickException(f"the worker exited with code {code}; see its log above")
     except StopRequested:
         click.echo("Stopped worker, broker and database.")
+    except (StackError, RuntimeError, TimeoutError) as exc:  # said in one line; the logs have the rest
+        raise click.ClickException(str(exc)) from None
 
 
 @main.command()
@@ -63,12 +65,24 @@ def up() -> None:
 )
 @click.option("--file-order", is_flag=True, help="Send rows in file order instead of event-time order.")
 def replay(file: Path, source_id: int, file_order: bool) -> None:
-    """Stream a CSV (Retailrocket schema) into the events topic of AMPELIOS_BROKER."""
+    """Stream a CSV (Retailrocket schema) into the events topic of AMPELIOS_BROKER, or of
+    the stack ``ampelios up`` runs on AMPELIOS_STATE_DIR."""
+    from aiokafka.errors import KafkaError
+
     from ampelios.core.events import event_codes, read_csv
+    from ampelios.services.stack import RunningStack
     from ampelios.stream.replay import ReplayProgress, replay_parsed
     from ampelios.stream.topology import Topology
 
     settings = load_settings()
+    if settings.broker is None:
+        running = RunningStack.find(settings.state_dir)
+        if running is None:
+            raise click.ClickException(
+                f"no broker to replay to: no Ampelios stack runs on {settings.state_dir} "
+                "(start `ampelios up`, or set AMPELIOS_BROKER)"
+            )
+        settings = settings.with_(broker=running.broker)
     click.echo(f"Reading {file} ...")
     try:
         parsed = read_csv(file, source_id, event_codes(settings.event_map))
@@ -79,17 +93,20 @@ def replay(file: Path, source_id: int, file_order: bool) -> None:
         def on_progress(progress: ReplayProgress) -> None:
             bar.update(progress.sent - bar.pos)
 
-        result = asyncio.run(
-            replay_parsed(
-                settings.broker_url,
-                Topology.of(settings),
-                parsed,
-                source_id,
-                batch_events=settings.replay_batch_events,
-                in_time_order=not file_order,
-                on_progress=on_progress,
+        try:
+            result = asyncio.run(
+                replay_parsed(
+                    settings.broker_url,
+                    Topology.of(settings),
+                    parsed,
+                    source_id,
+                    batch_events=settings.replay_batch_events,
+                    in_time_order=not file_order,
+                    on_progress=on_progress,
+                )
             )
-        )
+        except KafkaError as exc:
+            raise click.ClickException(f"the broker at {settings.broker_url} cannot be used: {exc}") from None
     click.echo(
         f"Sent {result.sent} events in {result.messages} messages; rejected {result.rejected} of {result.rows} rows."
     )
@@ -143,14 +160,22 @@ def demo(n_events: int, keep_running: bool) -> None:
 
 @main.command()
 @click.option("--source-id", default=1, show_default=True, type=click.IntRange(0, 2**31 - 1), help="The site.")
-@click.option("--url", help="The worker's web server [default: http://AMPELIOS_WEB_HOST:AMPELIOS_WEB_PORT].")
+@click.option(
+    "--url",
+    help="The worker's web server [default: that of the stack `ampelios up` runs on AMPELIOS_STATE_DIR, "
+    "else http://AMPELIOS_WEB_HOST:AMPELIOS_WEB_PORT].",
+)
 def status(source_id: int, url: str | None) -> None:
     """Print the segments of a running worker: labels, sizes, shares, what their members
     do and what to do about them."""
     from ampelios.services.report import segment_report, stats_line
-    from ampelios.services.stack import http_json
+    from ampelios.services.stack import RunningStack, http_json
 
-    base = (url or load_settings().web_url).rstrip("/")
+    if url is None:
+        settings = load_settings()
+        running = RunningStack.find(settings.state_dir)
+        url = running.web_url if running is not None else settings.web_url
+    base = url.rstrip("/")
 
     def get(path: str) -> Any:
         try:

@@ -19,6 +19,13 @@ class ConfigError(ValueError):
     """A setting has a value Ampelios cannot use; the message names the variable."""
 
 
+def _port(name: str, raw: str) -> int:
+    value = _positive_int(name, raw)
+    if value > 65535:
+        raise ConfigError(f"{name} must be a TCP port (1-65535), got {value}")
+    return value
+
+
 def _positive_int(name: str, raw: str) -> int:
     try:
         value = int(raw)
@@ -159,7 +166,7 @@ class Settings:
             "AMPELIOS_BROKER": ("broker", _broker_url),
             "AMPELIOS_DATABASE_URL": ("database_url", _text),
             "AMPELIOS_WEB_HOST": ("web_host", _text),
-            "AMPELIOS_WEB_PORT": ("web_port", _positive_int),
+            "AMPELIOS_WEB_PORT": ("web_port", _port),
             "AMPELIOS_WEB_BIND": ("web_bind", _text),
             "AMPELIOS_STATE_DIR": ("state_dir", lambda n, r: Path(_text(n, r))),
             "AMPELIOS_DATA_DIR": ("data_dir", lambda n, r: Path(_text(n, r))),
@@ -202,10 +209,16 @@ class Settings:
         return replace(self, **changes)
 
 
+class SettingsError(click.ClickException):
+    """A bad ``AMPELIOS_*`` setting, as a command reports it: one line, exit code 2."""
+
+    exit_code = 2
+
+
 def load_settings() -> Settings:
-    """``Settings.from_env()`` for a command: a bad setting is a usage error that names
-    the variable (printed as one line, no traceback)."""
+    """``Settings.from_env()`` for a command: a bad setting ends it with one line that
+    names the variable (no traceback, no usage text: the command line was right)."""
     try:
         return Settings.from_env()
     except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
+        raise SettingsError(str(exc)) from None

@@ -71,7 +71,7 @@ from ampelios.services.broker import (
     ensure_topics,
     plain_consumer,
 )
-from ampelios.services.processes import free_port, stop_process
+from ampelios.services.processes import die_with_parent, free_port, stop_process
 from ampelios.services.stack import (
     Stack,
     StopRequested,
@@ -477,7 +477,13 @@ def run_bare_faust(
     ]
     with log_path.open("ab") as log:
         started = time.time()
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=die_with_parent(signal.SIGTERM),
+        )
         try:
             while not report.exists():
                 if process.poll() is not None:

@@ -37,7 +37,7 @@ from aiokafka.structs import ConsumerRecord, TopicPartition
 from faust.transport.drivers import TRANSPORTS
 
 from ampelios.internals import transport_with
-from ampelios.services.processes import free_port, stop_process, wait_for_port
+from ampelios.services.processes import die_with_parent, free_port, stop_process, wait_for_port
 
 log = logging.getLogger(__name__)
 
@@ -302,6 +302,7 @@ class EmbeddedBroker:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C reaches Ampelios, which stops us in order
+                preexec_fn=die_with_parent(signal.SIGINT),
             )
         wait_for_port(self.port, timeout, self.process, self.log_path)
         log.info("embedded broker (pid %d) listening on %s", self.process.pid, self.url)

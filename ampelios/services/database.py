@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from ampelios.internals import postgres_bin_path
-from ampelios.services.processes import free_port, stop_process, wait_for_port
+from ampelios.services.processes import die_with_parent, free_port, running_as, stop_process, wait_for_port
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,7 @@ class EmbeddedPostgres:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
     def start(self, timeout: float = 30.0) -> EmbeddedPostgres:
+        self._wait_for_earlier_server(10.0)
         user = self._prepare_data_dir()
         if not (self.data_dir / "PG_VERSION").exists():
             subprocess.run(
@@ -73,11 +74,25 @@ class EmbeddedPostgres:
                 stderr=subprocess.STDOUT,
                 user=user,
                 start_new_session=True,
+                preexec_fn=die_with_parent(signal.SIGINT),  # fast shutdown
             )
         wait_for_port(self.port, timeout, self.process, self.log_path)
         self._wait_until_ready(timeout)
         log.info("embedded Postgres (pid %d) on %s", self.process.pid, self.url)
         return self
+
+    def _wait_for_earlier_server(self, timeout: float) -> None:
+        """A server of an earlier run still on ``data_dir`` (its parent was killed: it is
+        shutting down) is given ``timeout`` seconds to go; then this start fails in one line."""
+        try:
+            pid = int((self.data_dir / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return
+        deadline = time.monotonic() + timeout
+        while running_as(pid, "postgres"):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"a Postgres of an earlier run (pid {pid}) still uses {self.data_dir}; stop it")
+            time.sleep(0.1)
 
     def _wait_until_ready(self, timeout: float) -> None:
         """The port opens before recovery ends ("the database system is starting up")."""

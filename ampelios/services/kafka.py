@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO
 
-from ampelios.services.processes import free_port
+from ampelios.services.processes import die_with_parent, free_port
 
 # 4.3.1 and 4.4.0 skipped the COMMIT/ABORT markers of a partition whose leader was still
 # offline after a broker SIGKILL ("Couldn't find leader endpoint ... skipped"), corrupting
@@ -318,6 +318,7 @@ class ApacheKafka:
                 stdout=self._log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=die_with_parent(signal.SIGTERM),
             )
         except BaseException:
             self._cleanup()

@@ -1,17 +1,56 @@
 """Child processes Ampelios starts (broker, Postgres, workers): ports, readiness, stopping.
 
 Every process is started in its own session, so a Ctrl-C reaches only Ampelios, which
-then stops its children in order, each by its own PID.
+then stops its children in order, each by its own PID; and each is told by the kernel to
+stop when Ampelios dies (:func:`die_with_parent`), so that even a SIGKILL of Ampelios
+leaves no orphan.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(sig: int) -> Callable[[], None]:
+    """A ``preexec_fn`` for :class:`subprocess.Popen`: the child gets ``sig`` when the
+    thread that started it ends, however it ends (Linux ``PR_SET_PDEATHSIG``; kept across
+    ``exec``). Start children from the main thread."""
+
+    def request() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+
+    return request
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Whether something listens on ``host:port`` already (or it cannot be bound)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def reachable(host: str, port: int, timeout: float = 5.0) -> bool:
+    """Whether a TCP connection to ``host:port`` opens within ``timeout`` seconds."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def free_port() -> int:
@@ -26,7 +65,8 @@ def wait_for_port(port: int, timeout: float, process: subprocess.Popen[bytes], l
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"{process.args[0]} exited with {process.returncode}; see {log_path}")
+            name = Path(str(process.args[0])).name
+            raise RuntimeError(f"{name} exited with {process.returncode} ({last_line(log_path)}); see {log_path}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 return
@@ -34,6 +74,23 @@ def wait_for_port(port: int, timeout: float, process: subprocess.Popen[bytes], l
             time.sleep(0.02)
     stop_process(process, signal.SIGKILL, 1.0)
     raise TimeoutError(f"{process.args[0]} did not listen on port {port} within {timeout}s; see {log_path}")
+
+
+def last_line(path: Path) -> str:
+    """The last non-empty line of a log file ("" when there is none)."""
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1].strip() if lines else ""
+
+
+def running_as(pid: int, name: str) -> bool:
+    """Whether process ``pid`` runs the program ``name``."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip() == name
+    except OSError:
+        return False
 
 
 def stop_process(process: subprocess.Popen[bytes] | None, sig: int, grace: float) -> None:

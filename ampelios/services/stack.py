@@ -17,15 +17,17 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from ampelios.config import Settings
-from ampelios.services.broker import EmbeddedBroker
+from ampelios.services.broker import EmbeddedBroker, bootstrap_servers
 from ampelios.services.database import EmbeddedPostgres
-from ampelios.services.processes import stop_process
+from ampelios.services.processes import die_with_parent, port_in_use, reachable, stop_process
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +105,7 @@ class WorkerProcess:
             stdout=self.output,
             stderr=subprocess.STDOUT if self.output is not None else None,
             start_new_session=True,
+            preexec_fn=die_with_parent(signal.SIGTERM),
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -138,6 +141,83 @@ class WorkerProcess:
         stop_process(process, sig, grace)
         self.process = None
         return process.returncode if process is not None else None
+
+
+RUNNING_FILE = "running.json"  # in AMPELIOS_STATE_DIR while a stack runs there
+
+
+class StackError(Exception):
+    """The stack cannot start; the message is one line that says why."""
+
+
+@dataclass(frozen=True)
+class RunningStack:
+    """What a running stack records in its state directory, so that a second ``up`` on
+    it, ``ampelios replay`` and ``ampelios status`` find it: the pid of the process that
+    runs it, its worker's web URL, its broker and database URLs."""
+
+    pid: int
+    web_url: str
+    broker: str
+    database_url: str | None
+
+    @classmethod
+    def find(cls, state_dir: Path) -> RunningStack | None:
+        """The stack running on ``state_dir``, or ``None`` (a record left by a stack that
+        was killed is removed)."""
+        path = state_dir / RUNNING_FILE
+        try:
+            running = cls(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+        if _is_ampelios(running.pid):
+            return running
+        path.unlink(missing_ok=True)
+        return None
+
+    def record(self, state_dir: Path) -> None:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        partial = state_dir / (RUNNING_FILE + ".partial")
+        partial.write_text(json.dumps(self.__dict__))
+        partial.replace(state_dir / RUNNING_FILE)
+
+    @staticmethod
+    def forget(state_dir: Path) -> None:
+        """Remove this process's record from ``state_dir``."""
+        running = RunningStack.find(state_dir)
+        if running is not None and running.pid == os.getpid():
+            (state_dir / RUNNING_FILE).unlink(missing_ok=True)
+
+
+def _is_ampelios(pid: int) -> bool:
+    """Whether process ``pid`` runs and is an Ampelios command (not a reused pid)."""
+    try:
+        return b"ampelios" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def check_can_start(settings: Settings) -> None:
+    """Raise :class:`StackError` unless a stack can start with ``settings``: none runs on
+    its state directory, its web port is free, a configured broker and database answer."""
+    running = RunningStack.find(settings.state_dir)
+    if running is not None:
+        raise StackError(
+            f"Ampelios is already running on {settings.state_dir}: pid {running.pid}, web at {running.web_url}"
+        )
+    if port_in_use(settings.web_bind_address, settings.web_port):
+        raise StackError(
+            f"the web port {settings.web_port} on {settings.web_bind_address} is in use: "
+            "stop what uses it or set AMPELIOS_WEB_PORT"
+        )
+    if settings.broker is not None:
+        servers = [s.rsplit(":", 1) for s in bootstrap_servers(settings.broker).split(",")]
+        if not any(reachable(host, int(port)) for host, port in servers):
+            raise StackError(f"the broker at {settings.broker} (AMPELIOS_BROKER) cannot be reached")
+    if settings.database_url is not None:
+        url = urllib.parse.urlsplit(settings.database_url)
+        if not reachable(url.hostname or "127.0.0.1", url.port or 5432):
+            raise StackError(f"the database at {settings.database_url} (AMPELIOS_DATABASE_URL) cannot be reached")
 
 
 class StopRequested(BaseException):
@@ -193,6 +273,10 @@ class Stack:
         return self.settings.state_dir / "logs"
 
     def start(self) -> None:
+        """Start what is not configured, then the worker; record the stack in its state
+        directory (:class:`RunningStack`). Raises :class:`StackError` before starting
+        anything when :func:`check_can_start` says no."""
+        check_can_start(self.settings)
         # Each service is kept before it starts, so that stop() ends it even when its start
         # is interrupted (Ctrl-C while waiting for it to be ready).
         if self.settings.broker is None:
@@ -203,8 +287,11 @@ class Stack:
             self.settings = self.settings.with_(database_url=self.database.start().url)
         self.worker = WorkerProcess(self.settings, self.worker_output)
         self.worker.start()
+        s = self.settings
+        RunningStack(os.getpid(), self.worker.base_url, s.broker_url, s.database_url).record(s.state_dir)
 
     def stop(self) -> None:
         for service in (self.worker, self.broker, self.database):
             if service is not None:
                 service.stop()
+        RunningStack.forget(self.settings.state_dir)

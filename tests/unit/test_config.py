@@ -38,6 +38,7 @@ def test_a_worker_binds_where_asked_and_is_reached_by_its_host_name():
     ("env", "words"),
     [
         ({"AMPELIOS_WEB_PORT": "http"}, "AMPELIOS_WEB_PORT must be an integer"),
+        ({"AMPELIOS_WEB_PORT": "70000"}, "AMPELIOS_WEB_PORT must be a TCP port (1-65535)"),
         ({"AMPELIOS_K": "0"}, "AMPELIOS_K must be positive"),
         ({"AMPELIOS_K": "5,6"}, "default k twice"),
         ({"AMPELIOS_K": "5,x=3"}, "not a source id"),
