@@ -86,9 +86,10 @@ def last_line(path: Path) -> str:
 
 
 def running_as(pid: int, name: str) -> bool:
-    """Whether process ``pid`` runs the program ``name``."""
+    """Whether process ``pid`` runs and its command line names ``name`` (a pid reused
+    by another program does not)."""
     try:
-        return Path(f"/proc/{pid}/comm").read_text().strip() == name
+        return name.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
 

@@ -27,7 +27,7 @@ from typing import IO, Any
 from ampelios.config import Settings
 from ampelios.services.broker import EmbeddedBroker, bootstrap_servers
 from ampelios.services.database import EmbeddedPostgres
-from ampelios.services.processes import die_with_parent, port_in_use, reachable, stop_process
+from ampelios.services.processes import die_with_parent, port_in_use, reachable, running_as, stop_process
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ class RunningStack:
             running = cls(**json.loads(path.read_text()))
         except (OSError, ValueError, TypeError):
             return None
-        if _is_ampelios(running.pid):
+        if running_as(running.pid, "ampelios"):
             return running
         path.unlink(missing_ok=True)
         return None
@@ -187,14 +187,6 @@ class RunningStack:
         running = RunningStack.find(state_dir)
         if running is not None and running.pid == os.getpid():
             (state_dir / RUNNING_FILE).unlink(missing_ok=True)
-
-
-def _is_ampelios(pid: int) -> bool:
-    """Whether process ``pid`` runs and is an Ampelios command (not a reused pid)."""
-    try:
-        return b"ampelios" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
 
 
 def check_can_start(settings: Settings) -> None:

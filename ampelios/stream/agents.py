@@ -96,7 +96,7 @@ def register(p: Pipeline) -> None:
 
     @p.app.timer(CONFIRM_SECONDS)
     async def confirm_held_partitions() -> None:
-        await journeys.confirm_held(p.local_partitions(), lambda q: p.ready() and q in p.local_partitions())
+        await journeys.confirm_held()
 
     @p.app.timer(p.settings.snapshot_seconds)
     async def request_wall_snapshots() -> None:

@@ -184,16 +184,14 @@ class ExactlyOnce:
             async with self._locks[partition]:
                 await self._confirm(partition)
 
-    async def confirm_held(self, partitions: list[int], still_held: Callable[[int], bool]) -> None:
-        """Send again the stored outboxes of held ``partitions`` not known to be sent (the
+    async def confirm_held(self) -> None:
+        """Send again the stored outboxes of held partitions not known to be sent (the
         send after an assignment or a run failed) rather than wait for a next message that
-        may never come. Stops at a partition no longer ``still_held`` (a rebalance: the
-        next assignment decides); a failed send is tried at the next call."""
-        for partition in partitions:
-            if partition in self._confirmed:
-                continue
+        may never come. Stops at a partition no longer held (a rebalance: the next
+        assignment decides); a failed send is tried at the next call."""
+        for partition in sorted(self._held - self._confirmed):
             async with self._locks[partition]:
-                if not still_held(partition):
+                if partition not in self._held:
                     return
                 try:
                     await self._confirm(partition)
