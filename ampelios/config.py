@@ -90,6 +90,12 @@ def _event_map(name: str, raw: str) -> dict[str, str]:
     return pairs
 
 
+def _local_broker(name: str, raw: str) -> str:
+    if raw not in ("kafka", "tansu"):
+        raise ConfigError(f"{name} must be kafka (keeps its state) or tansu (in memory), got {raw!r}")
+    return raw
+
+
 def _text(name: str, raw: str) -> str:
     if not raw.strip():
         raise ConfigError(f"{name} must not be empty")
@@ -105,6 +111,7 @@ class Settings:
     """
 
     broker: str | None = None
+    local_broker: str = "kafka"
     database_url: str | None = None
     web_host: str = "127.0.0.1"
     web_port: int = 6066
@@ -164,6 +171,7 @@ class Settings:
         env = os.environ if env is None else env
         parsers: dict[str, tuple[str, Callable[[str, str], Any]]] = {
             "AMPELIOS_BROKER": ("broker", _broker_url),
+            "AMPELIOS_LOCAL_BROKER": ("local_broker", _local_broker),
             "AMPELIOS_DATABASE_URL": ("database_url", _text),
             "AMPELIOS_WEB_HOST": ("web_host", _text),
             "AMPELIOS_WEB_PORT": ("web_port", _port),

@@ -66,7 +66,7 @@ from ampelios.core.events import VIEW, EventBatch, encode_each_event, encode_eve
 from ampelios.core.generate import generate_events
 from ampelios.core.partitioning import partitions_for, visitor_key
 from ampelios.services.broker import (
-    EmbeddedBroker,
+    TansuBroker,
     TopicSpec,
     ensure_topics,
     plain_consumer,
@@ -270,7 +270,7 @@ async def consume(url: str, topic: str, partitions: int, expected: int, timeout:
 @contextlib.contextmanager
 def fresh_broker(workdir: Path) -> Iterator[str]:
     """A new embedded broker logging to ``workdir``; its URL. Stopped at exit."""
-    broker = EmbeddedBroker(workdir / "broker.log")
+    broker = TansuBroker(workdir / "broker.log")
     try:
         yield broker.start().url
     finally:

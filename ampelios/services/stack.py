@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from ampelios.config import Settings
-from ampelios.services.broker import EmbeddedBroker, bootstrap_servers
+from ampelios.services.broker import LocalBroker, TansuBroker, bootstrap_servers
 from ampelios.services.database import EmbeddedPostgres
+from ampelios.services.kafka import ApacheKafka
 from ampelios.services.processes import die_with_parent, port_in_use, reachable, running_as, stop_process
 
 log = logging.getLogger(__name__)
@@ -212,6 +213,19 @@ def check_can_start(settings: Settings) -> None:
             raise StackError(f"the database at {settings.database_url} (AMPELIOS_DATABASE_URL) cannot be reached")
 
 
+LOCAL_KAFKA_HEAP = "512m"
+
+
+def local_broker(settings: Settings) -> LocalBroker:
+    """The broker ``up`` starts when none is configured (``AMPELIOS_LOCAL_BROKER``):
+    Apache Kafka with its log in ``state_dir/kafka``, so that a restart finds every topic
+    and the worker its state, or an in-memory Tansu broker."""
+    log_path = settings.state_dir / "logs" / "broker.log"
+    if settings.local_broker == "tansu":
+        return TansuBroker(log_path)
+    return ApacheKafka(log_path, settings.state_dir / "kafka", heap=LOCAL_KAFKA_HEAP)
+
+
 class StopRequested(BaseException):
     """Ctrl-C or SIGTERM arrived: unwind, stopping every child process on the way."""
 
@@ -245,7 +259,7 @@ class Stack:
     def __init__(self, settings: Settings, worker_output: IO[bytes] | None = None) -> None:
         self.settings = settings
         self.worker_output = worker_output
-        self.broker: EmbeddedBroker | None = None
+        self.broker: LocalBroker | None = None
         self.database: EmbeddedPostgres | None = None
         self.worker: WorkerProcess | None = None
 
@@ -272,7 +286,7 @@ class Stack:
         # Each service is kept before it starts, so that stop() ends it even when its start
         # is interrupted (Ctrl-C while waiting for it to be ready).
         if self.settings.broker is None:
-            self.broker = EmbeddedBroker(self.logs / "broker.log")
+            self.broker = local_broker(self.settings)
             self.settings = self.settings.with_(broker=self.broker.start().url)
         if self.settings.database_url is None:
             self.database = EmbeddedPostgres(self.settings.state_dir / "postgres", self.logs / "postgres.log")

@@ -22,7 +22,7 @@ import pytest
 from ampelios.config import Settings
 from ampelios.core.events import EventBatch, write_csv
 from ampelios.core.journeys import features_of, sessionize
-from ampelios.services.broker import EmbeddedBroker
+from ampelios.services.broker import TansuBroker
 from ampelios.services.database import EmbeddedPostgres
 from ampelios.services.kafka import ApacheKafka
 from ampelios.services.processes import free_port
@@ -68,7 +68,7 @@ def database_url(postgres: EmbeddedPostgres) -> Iterator[str]:
     _admin(postgres.url, f"DROP DATABASE {name} WITH (FORCE)")
 
 
-Broker = EmbeddedBroker | ApacheKafka
+Broker = TansuBroker | ApacheKafka
 
 
 @pytest.fixture
@@ -81,7 +81,7 @@ def new_broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Calla
         if request.config.getoption("--broker") == "apache":
             server: Broker = ApacheKafka(tmp_path / f"{name}.log", tmp_path / name)
         else:
-            server = EmbeddedBroker(tmp_path / f"{name}.log")
+            server = TansuBroker(tmp_path / f"{name}.log")
         started.append(server)
         return server.start()
 

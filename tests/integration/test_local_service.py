@@ -1,5 +1,6 @@
-"""``ampelios up`` as a service: found by ``replay`` and ``status``, refused a second time in
-one line, leaving nothing behind when it is SIGKILLed."""
+"""``ampelios up`` as a service: its state survives every way it can end, it is found by
+``replay`` and ``status``, refused a second time in one line, and leaves nothing behind
+when it is SIGKILLed."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ from pathlib import Path
 import pytest
 
 from ampelios.core.generate import generate_events
-from ampelios.services.processes import free_port
-from ampelios.services.stack import RUNNING_FILE, RunningStack, wait_until_reflected
-from tests.integration.conftest import write_events
+from ampelios.services.broker import bootstrap_servers
+from ampelios.services.processes import free_port, reachable
+from ampelios.services.stack import RUNNING_FILE, RunningStack, http_json, wait_until_reflected
+from tests.integration.conftest import replay, write_events
 
 pytestmark = pytest.mark.integration
 
@@ -50,6 +52,74 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+def leftovers(pids: list[int], addresses: list[str]) -> list[object]:
+    """The processes still alive and the ``host:port`` addresses still listening (a
+    killed process's threads may hold its sockets a moment after it is a zombie)."""
+    listening = [a for a in addresses if reachable(a.rsplit(":", 1)[0], int(a.rsplit(":", 1)[1]), timeout=1.0)]
+    return [pid for pid in pids if alive(pid)] + listening
+
+
+def start_up(env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes], RunningStack]:
+    """``ampelios up`` in the background, once it says it runs; and its record."""
+    with log.open("wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "ampelios", "up"], env=env, stdout=out, stderr=out)
+    deadline = time.monotonic() + 120
+    while b"Running." not in log.read_bytes():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(log.read_text())
+        time.sleep(0.2)
+    running = RunningStack.find(Path(env["AMPELIOS_STATE_DIR"]))
+    assert running is not None and running.pid == process.pid
+    return process, running
+
+
+def answers(base: str, visitor: int) -> dict[str, object]:
+    """What a user reads of the stack: counts, segments, one visitor, the history."""
+    paths = ["/stats?source_id=1", "/view?source_id=1", f"/visitors/{visitor}?source_id=1", "/history?source_id=1"]
+    return {path: http_json("GET", base + path) for path in paths}
+
+
+def test_state_survives_every_way_up_ends_and_goes_on_exactly_once(tmp_path: Path):
+    """Ctrl-C, SIGTERM, a SIGKILL of the whole process tree: each time the next ``up`` on
+    the same state directory answers as the last one did, without a replay, and counts
+    the next file's events once."""
+    state, data = tmp_path / "state", tmp_path / "data"
+    data.mkdir()
+    files = [write_events(data / f"events-{n}.csv", generate_events(n, seed=n)) for n in (2_000, 1_000, 500, 300)]
+    visitor = int(generate_events(2_000, seed=2_000).visitorid[0])
+    env = clean_env(AMPELIOS_STATE_DIR=str(state), AMPELIOS_DATA_DIR=str(data), AMPELIOS_WEB_PORT=str(free_port()))
+    before: dict[str, object] | None = None
+    total = 0
+    for i, (ending, file) in enumerate(zip(["SIGINT", "SIGTERM", "SIGKILL", "SIGINT"], files, strict=True)):
+        process, running = start_up(env, tmp_path / f"up-{i}.log")
+        children = children_of(process.pid)
+        try:
+            assert running.broker.startswith("kafka://")  # the local broker keeps its log on disk
+            if before is not None:
+                assert answers(running.web_url, visitor) == before, f"after {ending}"
+            replay(running.web_url, file.name)
+            total += int(file.name.split("-")[1].split(".")[0])
+            assert wait_until_reflected(running.web_url, 1)["events"] == total
+            before = answers(running.web_url, visitor)
+            assert before[f"/visitors/{visitor}?source_id=1"][0] == 200
+        finally:
+            if ending == "SIGKILL":
+                for pid in [process.pid, *children]:
+                    os.kill(pid, signal.SIGKILL)
+                process.wait()
+            else:
+                process.send_signal(getattr(signal, ending))
+                assert process.wait(60) == 0, (tmp_path / f"up-{i}.log").read_text()
+        broker = bootstrap_servers(running.broker)
+        database = running.database_url.rsplit("@", 1)[1].split("/")[0] if running.database_url else ""
+        addresses = [running.web_url.split("//")[1], broker, database]
+        deadline = time.monotonic() + 30
+        while leftovers(children, addresses) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not leftovers(children, addresses), (ending, running)
+
+
 @pytest.fixture
 def up(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], dict[str, str], Path]]:
     """``ampelios up`` on a fresh state directory, running (killed at teardown if need be)."""
@@ -74,7 +144,7 @@ def up(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], dict[str, str]
 def test_replay_and_status_find_the_running_stack_and_a_second_up_is_refused_in_one_line(up):
     process, env, tmp_path = up
     running = RunningStack.find(Path(env["AMPELIOS_STATE_DIR"]))
-    assert running is not None and running.pid == process.pid and running.broker.startswith("tansu://")
+    assert running is not None and running.pid == process.pid and running.broker.startswith("kafka://")
 
     events = write_events(tmp_path / "events.csv", generate_events(3_000, seed=12))
     replayed = ampelios("replay", str(events), env=env)  # no AMPELIOS_BROKER: the stack's
@@ -129,3 +199,14 @@ def test_a_web_port_out_of_range_is_refused_before_anything_starts(tmp_path: Pat
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "AMPELIOS_WEB_PORT must be" in result.stderr
     assert not (tmp_path / "s").exists()
+
+
+def test_the_local_stack_script_prints_its_figures_at_a_tiny_size():
+    script = Path(__file__).resolve().parents[2] / "scripts" / "local_stack.py"
+    args = ["--events", "2000", "--replays", "1", "--local-broker", "tansu"]
+    result = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    starts = ["first start", "replay 1 of 2,000 events", "Ctrl-C: stopped", "start after Ctrl-C", "start after SIGKILL"]
+    assert len(lines) == len(starts) and all(map(str.startswith, lines, starts)), lines
+    assert "same /stats: False" in lines[-1]  # Tansu forgets; the default local broker does not

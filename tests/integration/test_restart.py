@@ -11,7 +11,7 @@ import pytest
 from ampelios.config import Settings
 from ampelios.core.events import EventBatch
 from ampelios.core.generate import generate_events
-from ampelios.services.broker import EmbeddedBroker
+from ampelios.services.broker import TansuBroker
 from ampelios.services.stack import changelog_records_recovered, http_json, wait_until_reflected
 from tests.integration.conftest import Workers, batch_definition, replay, write_events
 
@@ -86,7 +86,7 @@ def test_a_worker_notices_an_emptied_broker_and_starts_clean(settings: Settings,
     assert worker.stop() == 0
 
     # The embedded broker keeps nothing across its own restarts.
-    reborn = EmbeddedBroker(tmp_path / "broker-2.log").start()
+    reborn = TansuBroker(tmp_path / "broker-2.log").start()
     try:
         worker = workers.start(settings.with_(broker=reborn.url))
         assert "Starting clean" in workers.log_text()
@@ -103,13 +103,13 @@ def test_a_worker_notices_an_emptied_broker_and_starts_clean(settings: Settings,
 def test_a_running_worker_stops_when_the_broker_comes_back_empty(settings: Settings, workers: Workers, tmp_path):
     events = generate_events(3_000, seed=6)
     write_events(settings.data_dir / "events.csv", events)
-    broker = EmbeddedBroker(tmp_path / "own-broker.log").start()
+    broker = TansuBroker(tmp_path / "own-broker.log").start()
     try:
         settings = settings.with_(broker=broker.url)
         worker = workers.start(settings)
         replay(worker.base_url, "events.csv")
         broker.stop()  # the embedded broker restarts empty, on the same address
-        broker = EmbeddedBroker(tmp_path / "own-broker-2.log", port=broker.port).start()
+        broker = TansuBroker(tmp_path / "own-broker-2.log", port=broker.port).start()
         assert worker.process is not None
         assert worker.process.wait(timeout=300) == 75  # it says so and stops, rather than go on
         assert "came back without the data this worker's state was built on" in workers.log_text()
@@ -129,7 +129,7 @@ def test_a_worker_asked_to_stop_stops_even_when_its_broker_is_gone(settings: Set
     ends itself STOP_DEADLINE_SECONDS (8 s) after SIGTERM instead, and keeps its state."""
     events = generate_events(2_000, seed=7)
     write_events(settings.data_dir / "events.csv", events)
-    broker = EmbeddedBroker(tmp_path / "own-broker.log").start()
+    broker = TansuBroker(tmp_path / "own-broker.log").start()
     try:
         worker = workers.start(settings.with_(broker=broker.url))
         replay(worker.base_url, "events.csv")
