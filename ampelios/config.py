@@ -96,6 +96,26 @@ def _local_broker(name: str, raw: str) -> str:
     return raw
 
 
+def _names(name: str, raw: str) -> tuple[str, ...]:
+    """``a, b`` -> ``("a", "b")``: a comma-separated list without empty items."""
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _origins(name: str, raw: str) -> tuple[str, ...]:
+    origins = _names(name, raw)
+    for origin in origins:
+        scheme, sep, rest = origin.partition("://")
+        if scheme not in ("http", "https") or not sep or not rest or "/" in rest:
+            raise ConfigError(f"{name}: {origin!r} must be an origin such as https://shop.example.com")
+    return origins
+
+
+def _flag(name: str, raw: str) -> bool:
+    if raw.strip().lower() not in ("true", "false", "1", "0"):
+        raise ConfigError(f"{name} must be true or false, got {raw!r}")
+    return raw.strip().lower() in ("true", "1")
+
+
 def _text(name: str, raw: str) -> str:
     if not raw.strip():
         raise ConfigError(f"{name} must not be empty")
@@ -130,6 +150,9 @@ class Settings:
     recovery_timeout_seconds: float = 600.0
     event_map: Mapping[str, str] = field(default_factory=dict)
     api_token: str | None = None
+    protect_visitors: bool = False
+    allowed_hosts: tuple[str, ...] = ()
+    cors_origins: tuple[str, ...] = ()
     log_level: str = "info"
 
     @property
@@ -189,6 +212,9 @@ class Settings:
             "AMPELIOS_RECOVERY_TIMEOUT_SECONDS": ("recovery_timeout_seconds", _positive_float),
             "AMPELIOS_EVENT_MAP": ("event_map", _event_map),
             "AMPELIOS_API_TOKEN": ("api_token", _text),
+            "AMPELIOS_PROTECT_VISITORS": ("protect_visitors", _flag),
+            "AMPELIOS_ALLOWED_HOSTS": ("allowed_hosts", _names),
+            "AMPELIOS_CORS_ORIGINS": ("cors_origins", _origins),
             "AMPELIOS_LOG_LEVEL": ("log_level", _text),
         }
         unknown = sorted(k for k in env if k.startswith("AMPELIOS_") and k not in parsers)
@@ -197,6 +223,8 @@ class Settings:
         values = {attr: parse(name, env[name]) for name, (attr, parse) in parsers.items() if env.get(name, "") != ""}
         if "k" in values:
             values["k"], values["k_by_source"] = values["k"]
+        if values.get("protect_visitors") and "api_token" not in values:
+            raise ConfigError("AMPELIOS_PROTECT_VISITORS needs AMPELIOS_API_TOKEN: the token is what protects them")
         return cls(**values)
 
     def to_env(self) -> dict[str, str]:
@@ -210,6 +238,10 @@ class Settings:
                 value = ",".join([str(value), *(f"{s}={k}" for s, k in sorted(self.k_by_source.items()))])
             elif f.name == "event_map":
                 value = ",".join(f"{name}={target}" for name, target in value.items())
+            elif isinstance(value, tuple):
+                value = ",".join(value)
+            elif isinstance(value, bool):
+                value = str(value).lower()
             env[f"AMPELIOS_{f.name.upper()}"] = str(value)
         return env
 

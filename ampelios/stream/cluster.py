@@ -46,10 +46,12 @@ def own_url(app: Any) -> str:
     return str(app.conf.canonical_url)
 
 
-async def ask(app: Any, url: str, path_qs: str) -> tuple[int, Any]:
-    """GET ``path_qs`` (path and query) from the worker at ``url``: status and JSON body."""
+async def ask(app: Any, url: str, path_qs: str, token: str | None = None) -> tuple[int, Any]:
+    """GET ``path_qs`` (path and query) from the worker at ``url`` (with the API token, when
+    there is one, for reads it protects): status and JSON body."""
+    headers = {FORWARDED: "1", **({"Authorization": f"Bearer {token}"} if token else {})}
     try:
-        async with app.http_client.get(url.rstrip("/") + path_qs, headers={FORWARDED: "1"}, timeout=PEER_TIMEOUT) as r:
+        async with app.http_client.get(url.rstrip("/") + path_qs, headers=headers, timeout=PEER_TIMEOUT) as r:
             return r.status, orjson.loads(await r.read())
     except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError) as exc:
         raise PeerUnavailable(f"worker {url} did not answer {path_qs}: {exc!r:.200}") from None

@@ -27,9 +27,11 @@ class PathMissing(FileNotFoundError):
 
 
 def resolve_data_path(data_dir: Path, requested: str) -> Path:
-    """The regular file ``requested`` names under ``data_dir``; nothing outside it, ever.
+    """The regular ``.csv`` file ``requested`` names under ``data_dir`` (what
+    :func:`data_files` lists); nothing outside it, ever.
 
-    Refused (without opening anything): empty or absolute paths, any ``..`` part, paths
+    Refused (without opening anything): empty or absolute paths, any ``..`` part, names
+    that do not end in ``.csv``, paths
     that leave the data directory through a symlink, and anything that is not a regular
     file (directories, devices, pipes, sockets).
     """
@@ -42,6 +44,8 @@ def resolve_data_path(data_dir: Path, requested: str) -> Path:
         raise PathRefused("events_path must be relative to the data directory")
     if ".." in relative.parts:
         raise PathRefused("events_path must not contain '..'")
+    if relative.suffix != ".csv":
+        raise PathRefused(f"events_path must name a .csv file, as GET /files lists them, got {requested[:80]!r}")
     try:
         root = data_dir.resolve()
         target = (root / relative).resolve()

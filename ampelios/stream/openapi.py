@@ -37,8 +37,11 @@ def _errors(*statuses: int) -> dict[str, Any]:
     meaning = {
         400: "a parameter or the body is not valid",
         401: "AMPELIOS_API_TOKEN is set and the request does not carry it as a bearer token",
+        403: "a write from a web page of another origin (AMPELIOS_CORS_ORIGINS does not list it)",
         404: "unknown source, visitor, job or file",
+        408: "the body did not arrive in time",
         413: f"the body is larger than {MAX_BODY_BYTES} bytes",
+        415: "the body is not sent as Content-Type: application/json",
         503: (
             "the worker is recovering its state, a rebalance is under way, another worker did not answer, "
             "or Postgres is unavailable: retry"
@@ -180,8 +183,9 @@ _SCHEMAS: dict[str, Any] = {
 }
 
 
-def openapi_document(token_required: bool) -> dict[str, Any]:
-    """The API's OpenAPI 3.1 document; ``token_required`` when AMPELIOS_API_TOKEN is set."""
+def openapi_document(token_required: bool, visitors_protected: bool = False) -> dict[str, Any]:
+    """The API's OpenAPI 3.1 document; ``token_required`` when AMPELIOS_API_TOKEN is set,
+    ``visitors_protected`` when AMPELIOS_PROTECT_VISITORS is set too."""
     moment = {"type": "string", "format": "date-time", "description": "an RFC 3339 time (or Unix milliseconds)"}
     return {
         "openapi": "3.1.0",
@@ -219,7 +223,7 @@ def openapi_document(token_required: bool) -> dict[str, Any]:
                     ],
                     "responses": {
                         "200": _answer("one entry per segment", {"type": "array", "items": _ref("Segment")}),
-                        **_errors(400, 404, 503),
+                        **_errors(*((400, 401, 404, 503) if visitors_protected else (400, 404, 503))),
                     },
                 }
             },
@@ -230,7 +234,11 @@ def openapi_document(token_required: bool) -> dict[str, Any]:
                         {"name": "visitorid", "in": "path", "required": True, "schema": _INT64},
                         _SOURCE,
                     ],
-                    "responses": {"200": _answer("the visitor", _ref("Visitor")), **_errors(400, 404, 503)},
+                    "security": [{"bearer": []}] if visitors_protected else [],
+                    "responses": {
+                        "200": _answer("the visitor", _ref("Visitor")),
+                        **_errors(*((400, 401, 404, 503) if visitors_protected else (400, 404, 503))),
+                    },
                 }
             },
             "/history": {
@@ -280,9 +288,9 @@ def openapi_document(token_required: bool) -> dict[str, Any]:
                                             "type": "string",
                                             "minLength": 1,
                                             "maxLength": 255,
-                                            "pattern": "^[^/\\s\\x00][^\\x00]*$",
-                                            "description": "a regular file under AMPELIOS_DATA_DIR, relative "
-                                            "to it, with no '..' part",
+                                            "pattern": "^[^/\\s\\x00][^\\x00]*\\.csv$",
+                                            "description": "a regular .csv file under AMPELIOS_DATA_DIR, "
+                                            "relative to it, with no '..' part (GET /files lists them)",
                                         },
                                     },
                                 }
@@ -298,7 +306,9 @@ def openapi_document(token_required: bool) -> dict[str, Any]:
                                 "properties": {"job": {"type": "string"}, "status_url": {"type": "string"}},
                             },
                         ),
-                        **_errors(*((400, 401, 404, 413) if token_required else (400, 404, 413))),
+                        **_errors(
+                            *((400, 401, 403, 404, 408, 413, 415) if token_required else (400, 403, 404, 408, 413, 415))
+                        ),
                     },
                 }
             },

@@ -27,7 +27,6 @@ rebalance, or Postgres is unavailable: retry); never a traceback.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,6 +37,7 @@ import orjson
 from aiohttp import web
 from faust.web import Request, Response, View
 
+from ampelios import internals
 from ampelios.core.events import MAX_SOURCE_ID, UNKNOWN_SOURCE
 from ampelios.core.journeys import JourneyState
 from ampelios.core.labels import action, advice, summary
@@ -50,6 +50,7 @@ from ampelios.stream.journey_store import local_journeys, read_journey
 from ampelios.stream.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ampelios.stream.openapi import MAX_BODY_BYTES, MAX_USER_LIMIT, openapi_document
 from ampelios.stream.pipeline import Pipeline, snapshot_request
+from ampelios.stream.web_guard import BODY_SECONDS, authorized, connection_options, guard
 
 log = logging.getLogger(__name__)
 
@@ -108,10 +109,7 @@ def _flag(request: Request, name: str) -> bool:
 
 
 def _authorize(request: Request, token: str | None) -> None:
-    if token is None:
-        return
-    given = request.headers.get("Authorization", "")
-    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+    if token is not None and not authorized(request.headers.get("Authorization", ""), token):
         raise HttpError(401, "this endpoint needs the header Authorization: Bearer $AMPELIOS_API_TOKEN")
 
 
@@ -119,7 +117,10 @@ async def _json_body(request: Request) -> dict[str, Any]:
     """The request's JSON object body, at most MAX_BODY_BYTES."""
     if (request.content_length or 0) > MAX_BODY_BYTES:
         raise HttpError(413, f"the body must be at most {MAX_BODY_BYTES} bytes")
-    raw = await request.content.read(MAX_BODY_BYTES + 1)
+    try:
+        raw = await asyncio.wait_for(request.content.read(MAX_BODY_BYTES + 1), BODY_SECONDS)
+    except TimeoutError:
+        raise HttpError(408, f"the body did not arrive within {BODY_SECONDS:.0f} s") from None
     if len(raw) > MAX_BODY_BYTES:
         raise HttpError(413, f"the body must be at most {MAX_BODY_BYTES} bytes")
     try:
@@ -144,15 +145,16 @@ async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse
         return web.Response(body=body, status=exc.status, content_type="application/json", headers=headers)
 
 
-def _endpoint(p: Pipeline, *, needs_state: bool = True, writes: bool = False) -> Any:
+def _endpoint(p: Pipeline, *, needs_state: bool = True, writes: bool = False, visitors: bool = False) -> Any:
     """Turn ``async (view, request, ...) -> (status, body)`` into a JSON view; answer 503
     while the worker is still recovering the tables the view reads; with ``writes``,
-    require the API token when one is configured."""
+    require the API token when one is configured, and with ``visitors`` (the view shows
+    visitors) when ``AMPELIOS_PROTECT_VISITORS`` is set too."""
 
     def decorate(method: Any) -> Any:
         async def handler(self: View, request: Request, **kwargs: Any) -> Response:
             try:
-                if writes:
+                if writes or (visitors and p.settings.protect_visitors):
                     _authorize(request, p.settings.api_token)
                 if needs_state and not p.ready():
                     raise HttpError(503, "the worker is recovering its state; retry shortly")
@@ -173,7 +175,8 @@ def _endpoint(p: Pipeline, *, needs_state: bool = True, writes: bool = False) ->
 
 def register(p: Pipeline) -> None:
     app = p.app
-    app.web.web_app.middlewares.append(_json_errors)
+    app.web.web_app.middlewares.extend([guard(p.settings), _json_errors])
+    internals.serve_connections_with(app.web, connection_options())
 
     journeys_topic = p.journeys.changelog_topic.get_topic_name()
 
@@ -184,7 +187,7 @@ def register(p: Pipeline) -> None:
 
     async def _from_peer(url: str, path_qs: str) -> tuple[int, Any]:
         try:
-            return await ask(app, url, path_qs)
+            return await ask(app, url, path_qs, p.settings.api_token)
         except PeerUnavailable as exc:
             raise HttpError(503, f"{exc}; retry") from None
 
@@ -220,6 +223,8 @@ def register(p: Pipeline) -> None:
             """Segments of a source: id, users (count, or ids with verbose=true), centroid."""
             source_id = _source_id(request)
             verbose = _flag(request, "verbose")
+            if verbose and p.settings.protect_visitors:
+                _authorize(request, p.settings.api_token)
             limit = _int(request.query.get("limit", DEFAULT_USER_LIMIT), "limit", 1, MAX_USER_LIMIT)
             model = p.published_model(source_id)
             if model is None:
@@ -264,7 +269,7 @@ def register(p: Pipeline) -> None:
 
     @app.page("/visitors/{visitorid}")
     class Visitor(View):
-        @_endpoint(p)
+        @_endpoint(p, visitors=True)
         async def get(self, request: Request, visitorid: str) -> tuple[int, Any]:
             """One visitor's sessions, state vector, six features and segment."""
             source_id = _source_id(request)
@@ -362,7 +367,8 @@ def register(p: Pipeline) -> None:
         @_endpoint(p, needs_state=False)
         async def get(self, request: Request) -> tuple[int, Any]:
             """The OpenAPI document of this API."""
-            return 200, openapi_document(token_required=p.settings.api_token is not None)
+            token_required = p.settings.api_token is not None
+            return 200, openapi_document(token_required, visitors_protected=p.settings.protect_visitors)
 
     @app.page("/trigger")
     class Trigger(View):
@@ -370,7 +376,12 @@ def register(p: Pipeline) -> None:
         async def post(self, request: Request) -> tuple[int, Any]:
             """Replay a CSV under the data directory into the events topic."""
             body = await _json_body(request)
-            source_id = _int(body.get("source_id"), "source_id", 0, MAX_SOURCE_ID)
+            raw_source = body.get("source_id")
+            if type(raw_source) is float and raw_source.is_integer():  # JSON Schema's integer: 1.0 is 1
+                raw_source = int(raw_source)
+            if type(raw_source) is not int:
+                raise HttpError(400, f"source_id must be a JSON integer, e.g. 1, got {orjson.dumps(raw_source)[:40]!r}")
+            source_id = _int(raw_source, "source_id", 0, MAX_SOURCE_ID)
             name = body.get("events_path")
             if not isinstance(name, str):
                 raise HttpError(400, 'events_path must be a string, e.g. "events.csv"')

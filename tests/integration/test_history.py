@@ -7,6 +7,7 @@ import asyncio
 import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import orjson
@@ -292,3 +293,14 @@ def test_visitor_updates_written_together_leave_the_rows_of_writing_them_one_by_
         (s, v): (views, sessions, last, active) for s, v, views, sessions, last, active in asyncio.run(write_and_read())
     }
     assert written == expected
+
+
+def test_the_embedded_postgres_lets_in_only_who_has_its_password(database_url: str):
+    """No other user of the machine reads or changes the history: no password, or a
+    wrong one, is refused; the stack's URL carries the right one."""
+    url = urlsplit(database_url)
+    assert url.password and (Path(url.path).name.startswith("t_"))
+    for credentials in ("postgres", "postgres:wrong", "root"):
+        with pytest.raises(psycopg2.OperationalError, match="password"):
+            psycopg2.connect(url._replace(netloc=f"{credentials}@{url.hostname}:{url.port}").geturl()).close()
+    psycopg2.connect(database_url).close()

@@ -118,9 +118,10 @@ def test_http_answers_bad_requests_clearly(settings: Settings, worker: WorkerPro
     outside = tmp_path / "secret.csv"
     outside.write_text("timestamp,visitorid,event\n")
     (settings.data_dir / "escape.csv").symlink_to(outside)
-    (settings.data_dir / "sub").mkdir()
-    os.mkfifo(settings.data_dir / "pipe")  # opening it would block the worker forever
-    (settings.data_dir / "null").symlink_to("/dev/null")
+    (settings.data_dir / "sub.csv").mkdir()
+    os.mkfifo(settings.data_dir / "pipe.csv")  # opening it would block the worker forever
+    (settings.data_dir / "null.csv").symlink_to("/dev/null")
+    (settings.data_dir / "notes.txt").write_text("timestamp,visitorid,event\n")
 
     for body, status, words in [
         ({"source_id": 1, "events_path": str(outside)}, 400, "relative"),
@@ -128,12 +129,16 @@ def test_http_answers_bad_requests_clearly(settings: Settings, worker: WorkerPro
         ({"source_id": 1, "events_path": "sub/../../secret.csv"}, 400, ".."),
         ({"source_id": 1, "events_path": "escape.csv"}, 400, "leaves the data directory"),
         ({"source_id": 1, "events_path": "missing.csv"}, 404, "no file"),
-        ({"source_id": 1, "events_path": "sub"}, 400, "not a regular file"),
-        ({"source_id": 1, "events_path": "pipe"}, 400, "not a regular file"),
-        ({"source_id": 1, "events_path": "null"}, 400, "leaves the data directory"),
+        ({"source_id": 1, "events_path": "sub.csv"}, 400, "not a regular file"),
+        ({"source_id": 1, "events_path": "pipe.csv"}, 400, "not a regular file"),
+        ({"source_id": 1, "events_path": "null.csv"}, 400, "leaves the data directory"),
+        ({"source_id": 1, "events_path": "notes.txt"}, 400, "must name a .csv file, as GET /files lists them"),
         ({"source_id": 1, "events_path": "a\x00b"}, 400, "NUL"),
-        ({"source_id": 1, "events_path": "x" * 5000}, 400, "cannot be used"),
+        ({"source_id": 1, "events_path": "x" * 5000 + ".csv"}, 400, "cannot be used"),
         ({"source_id": -1, "events_path": "x.csv"}, 400, "source_id"),
+        ({"source_id": "1", "events_path": "x.csv"}, 400, "source_id must be a JSON integer"),
+        ({"source_id": 1.5, "events_path": "x.csv"}, 400, "source_id must be a JSON integer"),
+        ({"source_id": True, "events_path": "x.csv"}, 400, "source_id must be a JSON integer"),
         ({"events_path": "x.csv"}, 400, "source_id"),
         ({"source_id": 1}, 400, "events_path"),
     ]:

@@ -211,7 +211,14 @@ async function lookUp(event) {
   const id = $("visitor").value;
   const out = $("visitor-result");
   if (id === "") return;
+  if (token === null && !$("token-row").hidden) token = $("token").value || null;
   const { status, body } = await api(`/visitors/${id}?source_id=${source()}`);
+  if (status === 401) {
+    $("token-row").hidden = false;
+    token = null;
+    out.textContent = "This server shows visitors only with its API token: enter it above and look up again.";
+    return;
+  }
   if (status !== 200) {
     out.textContent = body.error;
     return;
