@@ -108,8 +108,15 @@ def replay(file: Path, source_id: int, file_order: bool) -> None:
         except KafkaError as exc:
             raise click.ClickException(f"the broker at {settings.broker_url} cannot be used: {exc}") from None
     click.echo(
-        f"Sent {result.sent} events in {result.messages} messages; rejected {result.rejected} of {result.rows} rows."
+        f"Sent {result.sent} events in {result.messages} messages; rejected {result.rejected} "
+        f"and ignored {result.ignored} of {result.rows} rows."
     )
+    for reason in result.reasons.report(limit=5):
+        example = reason["examples"][0]
+        click.echo(f"  {reason['count']:,} x {reason['reason']} (e.g. {example['position']}: {example['raw'][:60]!r})")
+    failure = result.all_rejected()
+    if failure is not None:
+        raise click.ClickException(failure)
 
 
 @main.command()

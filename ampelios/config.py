@@ -78,12 +78,15 @@ def _segments(name: str, raw: str) -> tuple[int, dict[int, int]]:
 
 
 def _event_map(name: str, raw: str) -> dict[str, str]:
-    """``product_view=view,purchase=transaction``: a site's event names -> Ampelios's."""
+    """``product_view=view,purchase=transaction,page_view=ignore``: a site's event names ->
+    Ampelios's, or ``ignore`` (read and counted, not rejected)."""
     pairs: dict[str, str] = {}
     for part in (p.strip() for p in raw.split(",") if p.strip()):
         source, sep, target = (x.strip() for x in part.partition("="))
-        if not sep or not source or target not in ("view", "addtocart", "transaction"):
-            raise ConfigError(f"{name}: {part!r} must look like name=view, name=addtocart or name=transaction")
+        if not sep or not source or target not in ("view", "addtocart", "transaction", "ignore"):
+            raise ConfigError(
+                f"{name}: {part!r} must look like name=view, name=addtocart, name=transaction or name=ignore"
+            )
         if source in pairs:
             raise ConfigError(f"{name} maps {source!r} twice")
         pairs[source] = target

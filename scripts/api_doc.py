@@ -38,7 +38,28 @@ of 30,000 generated events (long lists are cut to their first items, marked `"..
 Errors are `{"error": "..."}` with a status that says what to do: 400 (fix the request),
 401 (`POST /trigger` without the token, when `AMPELIOS_API_TOKEN` is set), 404 (unknown
 source, visitor, job or file), 413 (a body over 64 KiB), 503 (the worker is recovering or
-rebalancing, another worker did not answer, or Postgres is down: retry).
+rebalancing, another worker did not answer, or Postgres is down: retry). Writes must be
+`Content-Type: application/json` (415 otherwise) and come from the worker's own origin or
+one of `AMPELIOS_CORS_ORIGINS` (403); a `Host` that is not the worker's is refused (403).
+
+A source that has sent nothing is not an error where the answer is a count: `/stats` and
+`/rejections` answer 200 with zeros; where there is nothing to show, `/view`, `/history`
+and `/visitors/{id}` answer 404 with the reason.
+"""
+
+
+SITE_EXPORT = """timestamp,visitorid,event,itemid,transactionid
+1433221332117,257597,view,355908,
+1433221332118,257597,page_view,,
+1433223236124,257597,addtocart,355908,
+1433223236125,257597,add_to_wishlist,355908,
+1433224214164,7,view,248676,
+2015-06-02,7,view,248676,
+1433224214165,-7,view,248676,
+"""
+UNREADABLE = """timestamp,visitorid,event
+1433221332117;257597;view
+1433221332118;257598;view
 """
 
 
@@ -63,7 +84,15 @@ def main() -> int:
         data.mkdir()
         with (data / "events.csv").open("wb") as f:
             write_csv(generate_events(30_000, seed=5, purchase_drop=(JULY, AUGUST)), f)
-        settings = Settings(state_dir=Path(root) / "state", data_dir=data, web_port=free_port(), partitions=4)
+        (data / "site-export.csv").write_text(SITE_EXPORT)
+        (data / "unreadable.csv").write_text(UNREADABLE)
+        settings = Settings(
+            state_dir=Path(root) / "state",
+            data_dir=data,
+            web_port=free_port(),
+            partitions=4,
+            event_map={"page_view": "ignore"},
+        )
         with Stack(settings) as stack:
             assert stack.worker is not None
             base = stack.worker.base_url
@@ -96,6 +125,14 @@ def record(base: str) -> dict[tuple[str, str], list[tuple[str, Any, int, Any]]]:
     ask("GET", "/stats", "/stats?source_id=1&local=true")
     ask("GET", "/health", "/health")
     ask("GET", "/view", "/view?source_id=9")  # an error
+    ask("GET", "/stats", "/stats?source_id=9")  # a source with no events: counts are 0
+    for name in ("site-export.csv", "unreadable.csv"):  # some rows rejected or ignored; every row rejected
+        job = http_json("POST", base + "/trigger", {"source_id": 2, "events_path": name})[1]
+        wait_for_job(base, job["job"], timeout=600)
+        ask("GET", "/trigger/{job}", f"/trigger/{job['job']}")
+    wait_until_reflected(base, 2, timeout=600)
+    ask("GET", "/rejections", "/rejections?source_id=2&limit=5")
+    ask("GET", "/rejections", "/rejections?source_id=9")
     status, metrics = text_get(base + "/metrics")
     lines = [line for line in metrics.splitlines() if line.startswith("ampelios_") and "_bucket" not in line]
     examples[("GET", "/metrics")] = [("/metrics", None, status, "\n".join(lines))]

@@ -29,7 +29,7 @@ was and why, and everything else goes on.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -39,19 +39,24 @@ import orjson
 VIEW, ADDTOCART, TRANSACTION = 0, 1, 2
 EVENT_NAMES: tuple[str, ...] = ("view", "addtocart", "transaction")
 EVENT_CODES: dict[str, int] = {name: code for code, name in enumerate(EVENT_NAMES)}
+IGNORE = "ignore"  # what a site's event name maps to when Ampelios should skip it
+IGNORED = 254  # the code of such an event: read, counted as ignored, never a journey's
 
 
 def event_codes(event_map: Mapping[str, str]) -> dict[str, int]:
     """The event names Ampelios reads, with their codes: its own (``EVENT_NAMES``) and a
-    site's names mapped onto them (``AMPELIOS_EVENT_MAP``); any other name is rejected.
+    site's names mapped onto them or onto ``ignore`` (``AMPELIOS_EVENT_MAP``); any other
+    name is rejected.
 
-    >>> event_codes({"purchase": "transaction"})["purchase"]
-    2
+    >>> codes = event_codes({"purchase": "transaction", "page_view": "ignore"})
+    >>> codes["purchase"], codes["page_view"] == IGNORED
+    (2, True)
     """
-    unknown = sorted(set(event_map.values()) - set(EVENT_NAMES))
+    unknown = sorted(set(event_map.values()) - {*EVENT_NAMES, IGNORE})
     if unknown:
-        raise ValueError(f"events can map only to {', '.join(EVENT_NAMES)}, not {', '.join(unknown)}")
-    return {**EVENT_CODES, **{name: EVENT_CODES[target] for name, target in event_map.items()}}
+        raise ValueError(f"events can map only to {', '.join(EVENT_NAMES)} or {IGNORE}, not {', '.join(unknown)}")
+    targets = {**EVENT_CODES, IGNORE: IGNORED}
+    return {**EVENT_CODES, **{name: targets[target] for name, target in event_map.items()}}
 
 
 MIN_TIMESTAMP_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
@@ -141,7 +146,7 @@ def valid_rows(batch: EventBatch) -> tuple[np.ndarray, list[str | None]]:
             "timestamp outside 2000-01-01..2100-01-01 (expected Unix milliseconds)",
         ),
         (batch.visitorid >= 0, "visitorid is negative"),
-        (batch.event < len(EVENT_NAMES), "unknown event"),
+        ((batch.event < len(EVENT_NAMES)) | (batch.event == IGNORED), "unknown event"),
         (batch.itemid >= -1, "itemid is negative"),
         (batch.transactionid >= -1, "transactionid is negative"),
     )
@@ -163,7 +168,8 @@ class ParsedCsv:
 
     events: EventBatch
     rejections: list[Rejection]
-    rows: int  # data rows seen (good + rejected), header excluded
+    rows: int  # data rows seen (good + rejected + ignored), header excluded
+    ignored: int = 0  # rows whose event name AMPELIOS_EVENT_MAP maps to ignore
 
 
 class CsvError(ValueError):
@@ -192,7 +198,8 @@ def parse_csv_lines(
     Rows are positioned as ``name:line`` (1-based, the header is line 1). A row with the
     wrong number of fields, a value that is not an integer or out of range, an unknown
     event name (not in ``codes``, see :func:`event_codes`) or an empty line is rejected;
-    the good rows are kept in file order.
+    a row whose event ``codes`` ignore is counted and skipped; the good rows are kept in
+    file order.
     """
     if not 0 <= source_id <= MAX_SOURCE_ID:
         raise ValueError(f"source_id must be in 0..{MAX_SOURCE_ID}, got {source_id}")
@@ -213,7 +220,7 @@ def parse_csv_lines(
     item: list[int] = []
     tx: list[int] = []
     rejections: list[Rejection] = []
-    rows = 0
+    rows = ignored = 0
     for number, line in enumerate(lines, start=2):
         rows += 1
         fields = line.rstrip(b"\r\n").split(b",")
@@ -230,6 +237,9 @@ def parse_csv_lines(
                 code = byte_codes.get(fields[i_ev].strip())
                 if code is None:
                     reason = f"unknown event {fields[i_ev][:40].decode('utf-8', 'replace')!r}"
+                elif code == IGNORED:
+                    ignored += 1
+                    continue
                 elif not lo <= t < hi:
                     reason = "timestamp outside 2000-01-01..2100-01-01 (expected Unix milliseconds)"
                 elif not 0 <= v < top:
@@ -246,7 +256,7 @@ def parse_csv_lines(
         raw = line[:_RAW_PREVIEW].decode("utf-8", "replace").rstrip("\r\n")
         rejections.append(Rejection(f"{name}:{number}", reason, raw))
     events = EventBatch.from_columns(np.full(len(ts), source_id), ts, vid, ev, item, tx)
-    return ParsedCsv(events, rejections, rows)
+    return ParsedCsv(events, rejections, rows, ignored)
 
 
 def _integer_problem(fields: list[bytes], columns: dict[str, int]) -> str:
@@ -393,6 +403,14 @@ class DecodedRun:
     events: EventBatch
     message: np.ndarray  # (n,) index of each event's message, ascending
     rejections: list[tuple[int, Rejection]]
+    ignored_source: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))  # per ignored event
+    ignored_message: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))  # ascending
+
+    def ignored_in(self, start: int, end: int) -> dict[int, int]:
+        """Events of messages ``start <= i < end`` that were ignored, per source."""
+        rows = slice(*np.searchsorted(self.ignored_message, [start, end]))
+        sources, counts = np.unique(self.ignored_source[rows], return_counts=True)
+        return dict(zip(sources.tolist(), counts.tolist(), strict=True))
 
     def groups(self, messages: int, max_events: int, period_ms: int) -> list[tuple[int, int]]:
         """Split the ``messages`` into consecutive groups ``[start, end)`` to apply as one
@@ -433,7 +451,8 @@ def decode_run(
     """Decode consecutive Kafka messages (``positions[i]`` says where message ``i`` was):
     as :func:`decode_events` would one by one, but one-event messages -- what most
     producers send -- are gathered and validated together, with no per-message arrays.
-    A message that cannot be read is one rejection of source ``UNKNOWN_SOURCE``.
+    A message that cannot be read is one rejection of source ``UNKNOWN_SOURCE``; events
+    whose name ``codes`` ignore are left out and counted (:meth:`DecodedRun.ignored_in`).
 
     >>> run = decode_run([b'{"source_id": 1, "timestamp": 1433221332117, "visitorid": 7, "event": "view"}',
     ...                   b'not json'], ["events:0:0", "events:0:1"])
@@ -475,7 +494,11 @@ def decode_run(
         return DecodedRun(EventBatch.empty(), np.empty(0, dtype=np.int64), rejections)
     message = np.concatenate(batch_messages)
     order = np.argsort(message, kind="stable")
-    return DecodedRun(EventBatch.concat(batches).take(order), message[order], rejections)
+    events, message = EventBatch.concat(batches).take(order), message[order]
+    skip = events.event == IGNORED
+    if not skip.any():
+        return DecodedRun(events, message, rejections)
+    return DecodedRun(events.take(~skip), message[~skip], rejections, events.source_id[skip], message[skip])
 
 
 def _loads_or_none(value: bytes | None) -> Any:

@@ -108,6 +108,8 @@ class ReplayJob:
             "rows": p.rows,
             "rows_sent": p.sent,
             "rows_rejected": p.rejected,
+            "rows_ignored": p.ignored,
+            "rejections": p.reasons.report(limit=10),
             "events": p.events,
             "error": self.error,
             "started_at": self.started_at,
@@ -136,9 +138,13 @@ def start_job(
 
     async def run() -> None:
         try:
-            await replay_file(
+            progress = await replay_file(
                 url, topology, path, source_id, batch_events=batch_events, codes=codes, on_progress=on_progress
             )
+            failure = progress.all_rejected()
+            if failure is not None:
+                job.state, job.error = "failed", failure
+                return
             await finish(job)
             job.state = "done"
         except (CsvError, OSError) as exc:

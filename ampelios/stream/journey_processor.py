@@ -38,7 +38,7 @@ from ampelios.core.population import PopulationDelta
 from ampelios.stream.exactly_once import Step
 from ampelios.stream.journey_store import read_journeys, store
 from ampelios.stream.outbox import Outbox
-from ampelios.stream.pipeline import Pipeline, counts_key
+from ampelios.stream.pipeline import Pipeline, counts_key, ignored_key
 from ampelios.stream.replay import rejection_record
 
 log = logging.getLogger(__name__)
@@ -76,8 +76,17 @@ class JourneyProcessor:
         for start, end in run.groups(len(messages), RUN_EVENTS, self.period_ms):
             started = time.perf_counter()
             rows = slice(*np.searchsorted(run.message, [start, end]))
-            yield await self.step(partition, messages[start:end], run.events.take(rows))
+            step = await self.step(partition, messages[start:end], run.events.take(rows))
+            if len(run.ignored_message):
+                step.writes.update(self.ignored(partition, run.ignored_in(start, end)))
+            yield step
             p.metrics.batch_seconds.labels("journeys").observe(time.perf_counter() - started)
+
+    def ignored(self, partition: int, counts: dict[int, int]) -> Writes:
+        """The partition's counts of ignored events (AMPELIOS_EVENT_MAP) plus ``counts``."""
+        keys = [ignored_key(source) for source in counts]
+        stored = self.p.journeys.get_many(partition, keys)
+        return {key: b"%d" % (int(old or 0) + n) for key, old, n in zip(keys, stored, counts.values(), strict=True)}
 
     async def dead_letter(self, source_id: int, rejections: list[Rejection]) -> None:
         """Dead-letter rejections, acknowledged (before the position that says so is stored)."""

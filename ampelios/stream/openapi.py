@@ -10,6 +10,7 @@ from typing import Any
 
 from ampelios import __version__
 from ampelios.core.events import MAX_SOURCE_ID
+from ampelios.core.rejections import MAX_REASONS
 
 MAX_USER_LIMIT = 10_000  # visitor ids per segment that /view?verbose=true may list
 MAX_BODY_BYTES = 64 * 1024  # request bodies (POST /trigger)
@@ -63,7 +64,42 @@ _LOCAL = _query(
 
 _SOURCE = _query("source_id", {"type": "integer", "minimum": 0, "maximum": MAX_SOURCE_ID}, "the site", True)
 
+_IGNORED = {"type": "integer", "minimum": 0, "description": "events whose name AMPELIOS_EVENT_MAP ignores"}
+
 _SCHEMAS: dict[str, Any] = {
+    "Reason": {
+        "type": "object",
+        "required": ["reason", "count", "examples"],
+        "properties": {
+            "reason": {"type": "string"},
+            "count": {"type": "integer", "minimum": 1},
+            "examples": {
+                "type": "array",
+                "maxItems": 3,
+                "description": "the first rows or messages rejected for this reason",
+                "items": {
+                    "type": "object",
+                    "required": ["position", "raw"],
+                    "properties": {
+                        "position": {"type": "string", "description": "file:line, or topic:partition:offset"},
+                        "raw": {
+                            "type": "string",
+                            "description": "what the row or message held (its first 200 characters)",
+                        },
+                    },
+                },
+            },
+        },
+    },
+    "Rejections": {
+        "type": "object",
+        "required": ["source_id", "rejected", "reasons"],
+        "properties": {
+            "source_id": {"type": "integer"},
+            "rejected": {"type": "integer", "minimum": 0},
+            "reasons": {"type": "array", "items": _ref("Reason")},
+        },
+    },
     "Error": {
         "type": "object",
         "required": ["error"],
@@ -131,11 +167,22 @@ _SCHEMAS: dict[str, Any] = {
     },
     "Stats": {
         "type": "object",
-        "required": ["events", "visitors", "rejected", "forwarded", "model_version", "lag", "sink_lag", "sink_error"],
+        "required": [
+            "events",
+            "visitors",
+            "rejected",
+            "ignored",
+            "forwarded",
+            "model_version",
+            "lag",
+            "sink_lag",
+            "sink_error",
+        ],
         "properties": {
             "events": {"type": "integer", "minimum": 0},
             "visitors": {"type": "integer", "minimum": 0},
             "rejected": {"type": "integer", "minimum": 0},
+            "ignored": _IGNORED,
             "forwarded": {
                 "type": "integer",
                 "minimum": 0,
@@ -150,11 +197,12 @@ _SCHEMAS: dict[str, Any] = {
     "LocalStats": {
         "type": "object",
         "description": "with local=true: the counts of this worker's partitions only",
-        "required": ["events", "visitors", "rejected", "forwarded", "partitions"],
+        "required": ["events", "visitors", "rejected", "ignored", "forwarded", "partitions"],
         "properties": {
             "events": {"type": "integer", "minimum": 0},
             "visitors": {"type": "integer", "minimum": 0},
             "rejected": {"type": "integer", "minimum": 0},
+            "ignored": _IGNORED,
             "forwarded": {
                 "type": "integer",
                 "minimum": 0,
@@ -174,6 +222,8 @@ _SCHEMAS: dict[str, Any] = {
             "rows": {"type": "integer"},
             "rows_sent": {"type": "integer"},
             "rows_rejected": {"type": "integer"},
+            "rows_ignored": {"type": "integer", "description": "rows whose event AMPELIOS_EVENT_MAP ignores"},
+            "rejections": {"type": "array", "items": _ref("Reason"), "description": "the 10 most frequent reasons"},
             "events": {"type": "integer"},
             "error": {"type": ["string", "null"]},
             "started_at": {"type": "number"},
@@ -268,6 +318,30 @@ def openapi_document(token_required: bool, visitors_protected: bool = False) -> 
                     "responses": {
                         "200": _answer("the counts", {"anyOf": [_ref("Stats"), _ref("LocalStats")]}),
                         **_errors(400, 503),
+                    },
+                }
+            },
+            "/rejections": {
+                "get": {
+                    "summary": "Why rows and messages of a source were rejected, with examples",
+                    "security": [{"bearer": []}] if visitors_protected else [],
+                    "parameters": [
+                        _query(
+                            "source_id",
+                            {"type": "integer", "minimum": -1, "maximum": MAX_SOURCE_ID},
+                            "the site (-1: messages whose source could not be read)",
+                            True,
+                        ),
+                        _query(
+                            "limit",
+                            {"type": "integer", "minimum": 1, "maximum": MAX_REASONS},
+                            "most frequent reasons to list (default 20)",
+                        ),
+                        _LOCAL,
+                    ],
+                    "responses": {
+                        "200": _answer("the reasons, most frequent first", _ref("Rejections")),
+                        **_errors(*((400, 401, 503) if visitors_protected else (400, 503))),
                     },
                 }
             },

@@ -16,6 +16,7 @@ from aiokafka.structs import TopicPartition
 
 from ampelios.config import Settings
 from ampelios.core.model import SegmentModel
+from ampelios.core.rejections import RejectionSummary
 from ampelios.services.broker import committed_offsets, end_offsets
 from ampelios.sinks.history import History
 from ampelios.sinks.postgres import PostgresSink
@@ -67,21 +68,32 @@ class Pipeline:
         return sorted(tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == topic)
 
     def source_stats(self, source_id: int) -> dict[str, int]:
-        """Events and visitors reflected, rejections, and events forwarded to the
-        partition that owns their visitor, summed over local partitions."""
-        totals = {"events": 0, "visitors": 0, "rejected": 0, "forwarded": 0}
+        """Events and visitors reflected, rejections, events ignored (AMPELIOS_EVENT_MAP),
+        and events forwarded to the partition that owns their visitor, summed over local
+        partitions."""
+        totals = {"events": 0, "visitors": 0, "rejected": 0, "ignored": 0, "forwarded": 0}
         for partition in self.local_partitions():
-            keys = [counts_key(source_id), rejected_key(source_id), forwarded_key(source_id)]
-            counts, rejected, forwarded = self.journeys.get_many(partition, keys)
+            keys = [counts_key(source_id), rejected_key(source_id), ignored_key(source_id), forwarded_key(source_id)]
+            counts, rejected, ignored, forwarded = self.journeys.get_many(partition, keys)
             if counts is not None:
                 events, visitors = counts.split(b",")
                 totals["events"] += int(events)
                 totals["visitors"] += int(visitors)
             if rejected is not None:
                 totals["rejected"] += int(rejected)
+            if ignored is not None:
+                totals["ignored"] += int(ignored)
             if forwarded is not None:
                 totals["forwarded"] += int(forwarded)
         return totals
+
+    def rejection_summary(self, source_id: int) -> RejectionSummary:
+        """The reasons a source's rows and messages were rejected, over local partitions."""
+        summary = RejectionSummary()
+        for partition in self.local_partitions():
+            (raw,) = self.journeys.get_many(partition, [rejections_key(source_id)])
+            summary.merge(RejectionSummary.from_bytes(raw))
+        return summary
 
     async def pending(self) -> dict[str, Any]:
         """Records not yet processed: ``lag`` (events, rejections and segment updates
@@ -113,6 +125,16 @@ def counts_key(source_id: int) -> bytes:
 def rejected_key(source_id: int) -> bytes:
     """journeys key (per partition) of the rejections counted for a source."""
     return b"~rejected:%d" % source_id
+
+
+def rejections_key(source_id: int) -> bytes:
+    """journeys key (per partition) of a source's :class:`RejectionSummary` (reasons)."""
+    return b"~rejections:%d" % source_id
+
+
+def ignored_key(source_id: int) -> bytes:
+    """journeys key (per partition) of a source's events ignored by AMPELIOS_EVENT_MAP."""
+    return b"~ignored:%d" % source_id
 
 
 def snapshot_request(source_id: int, reason: str) -> bytes:

@@ -20,6 +20,7 @@ import orjson
 
 from ampelios.core.events import EVENT_CODES, EventBatch, ParsedCsv, Rejection, encode_events, read_csv
 from ampelios.core.partitioning import partitions_for
+from ampelios.core.rejections import RejectionSummary
 from ampelios.services.broker import MAX_MESSAGE_BYTES, bootstrap_servers, ensure_topics
 from ampelios.stream.topology import Topology
 
@@ -30,10 +31,18 @@ class ReplayProgress:
 
     rows: int = 0  # data rows in the file
     rejected: int = 0  # rows sent to the dead-letter topic
+    ignored: int = 0  # rows whose event AMPELIOS_EVENT_MAP ignores
     events: int = 0  # good events in the file
     sent: int = 0  # good events acknowledged by the broker
     messages: int = 0
-    rejections: list[Rejection] = field(default_factory=list)
+    reasons: RejectionSummary = field(default_factory=RejectionSummary)  # why rows were rejected
+
+    def all_rejected(self) -> str | None:
+        """Why the replay is a failure when no row of the file could be used, else ``None``."""
+        if self.events or not self.rejected:
+            return None
+        top = "; ".join(f"{r['reason']} ({r['count']:,})" for r in self.reasons.report(limit=3))
+        return f"every row was rejected: {top}"
 
 
 def plan_messages(
@@ -67,11 +76,25 @@ def rejection_record(source_id: int, rejection: Rejection, stage: str) -> bytes:
     return orjson.dumps({"source_id": source_id, "stage": stage, **rejection.to_dict()})
 
 
+def ignored_record(source_id: int, ignored: int) -> bytes:
+    """The dead-letter topic's record of the rows of a file whose event was ignored
+    (AMPELIOS_EVENT_MAP): a count for ``/stats``, no rejection."""
+    return orjson.dumps({"source_id": source_id, "stage": "replay", "ignored": ignored})
+
+
 async def send_rejections(
-    producer: aiokafka.AIOKafkaProducer, topic: str, source_id: int, rejections: list[Rejection], stage: str
+    producer: aiokafka.AIOKafkaProducer,
+    topic: str,
+    source_id: int,
+    rejections: list[Rejection],
+    stage: str,
+    ignored: int = 0,
 ) -> None:
+    """Dead-letter ``rejections`` (and the count of ``ignored`` rows), acknowledged."""
     key = b"%d" % source_id
     futures = [await producer.send(topic, rejection_record(source_id, r, stage), key=key) for r in rejections]
+    if ignored:
+        futures.append(await producer.send(topic, ignored_record(source_id, ignored), key=key))
     await asyncio.gather(*futures)
 
 
@@ -98,14 +121,22 @@ async def replay_parsed(
     on_progress: Callable[[ReplayProgress], None] = lambda p: None,
 ) -> ReplayProgress:
     """Send parsed rows to the broker at ``url``; return what was sent."""
+    reasons = RejectionSummary()
+    await asyncio.to_thread(reasons.add, parsed.rejections)
     progress = ReplayProgress(
-        rows=parsed.rows, rejected=len(parsed.rejections), events=len(parsed.events), rejections=parsed.rejections
+        rows=parsed.rows,
+        rejected=len(parsed.rejections),
+        ignored=parsed.ignored,
+        events=len(parsed.events),
+        reasons=reasons,
     )
     await ensure_topics(url, topology.topics())
     producer = new_producer(url)
     await producer.start()
     try:
-        await send_rejections(producer, topology.dead_letters, source_id, parsed.rejections, "replay")
+        await send_rejections(
+            producer, topology.dead_letters, source_id, parsed.rejections, "replay", ignored=parsed.ignored
+        )
         on_progress(progress)
         window: list[tuple[asyncio.Future[object], int]] = []
         # Planning sorts millions of rows: in a thread, so the worker's agents go on meanwhile.

@@ -10,8 +10,9 @@ GET  /view                 per segment: id, label, users, share, centroid, and i
                            words summary, advice and action
 GET  /visitors/{id}        one visitor's journey, features, segment and transitions
 GET  /history              snapshots of the segments over event or wall time
-GET  /stats                events, visitors, rejected, forwarded, lag (records not yet reflected),
-                           sink_lag (records not yet in Postgres)
+GET  /stats                events, visitors, rejected, ignored, forwarded, lag (records not yet
+                           reflected), sink_lag (records not yet in Postgres)
+GET  /rejections           why rows were rejected: count per reason, with a few examples
 GET  /metrics              Prometheus metrics (text format)
 GET  /files                the CSV files of the data directory a replay can read
 GET  /health               ``{"status": "ok"}``
@@ -43,6 +44,7 @@ from ampelios.core.journeys import JourneyState
 from ampelios.core.labels import action, advice, summary
 from ampelios.core.model import SegmentModel
 from ampelios.core.partitioning import partition_for, visitor_key
+from ampelios.core.rejections import MAX_REASONS, RejectionSummary
 from ampelios.sinks.history import HistoryUnavailable
 from ampelios.stream.cluster import FORWARDED, PeerUnavailable, ask, holder_of, own_url, workers_of
 from ampelios.stream.jobs import PathMissing, PathRefused, ReplayJob, data_files, resolve_data_path, start_job
@@ -57,6 +59,7 @@ log = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent.parent / "web" / "static"  # the dashboard's files
 
 DEFAULT_USER_LIMIT = 100
+DEFAULT_REASONS = 20
 
 
 class HttpError(Exception):
@@ -354,6 +357,21 @@ def register(p: Pipeline) -> None:
             model = p.published_model(source_id)
             version = model.version if model is not None else None
             return 200, {**totals, "model_version": version, **pending}
+
+    @app.page("/rejections")
+    class Rejections(View):
+        @_endpoint(p, visitors=True)
+        async def get(self, request: Request) -> tuple[int, Any]:
+            """Why a source's rows and messages were rejected: the count of each reason, most
+            frequent first, with its first examples (where, what the row held)."""
+            source_id = _source_id(request, lowest=UNKNOWN_SOURCE)
+            limit = _int(request.query.get("limit", DEFAULT_REASONS), "limit", 1, MAX_REASONS)
+            summary = p.rejection_summary(source_id)
+            if not _flag(request, "local"):
+                for url in _peers():
+                    path_qs = f"/rejections?source_id={source_id}&limit={MAX_REASONS}&local=true"
+                    summary.merge(RejectionSummary.from_report((await _peer_answer(url, path_qs))["reasons"]))
+            return 200, {"source_id": source_id, "rejected": summary.total, "reasons": summary.report(limit)}
 
     async def snapshot_when_reflected(job: ReplayJob) -> None:
         """Wait until the job's events are in the segments, then ask for a snapshot."""

@@ -11,7 +11,7 @@ import pytest
 from ampelios.config import Settings
 from ampelios.services.broker import bootstrap_servers
 from ampelios.services.stack import WorkerProcess, http_json, wait_for_job, wait_until_reflected
-from tests.integration.conftest import replay
+from tests.integration.conftest import Workers, replay
 
 pytestmark = pytest.mark.integration
 
@@ -96,3 +96,47 @@ def test_files_without_rows_fail_or_finish_empty_with_the_reason(settings: Setti
     assert states["header-only.csv"] == ("done", 0, None)
     assert states["no-header.csv"][0] == "failed" and "the header must name the columns" in states["no-header.csv"][2]
     assert http_json("GET", f"{worker.base_url}/health") == (200, {"status": "ok"})
+
+
+def test_rejections_are_explained_and_ignored_event_names_are_counted_apart(workers: Workers, settings: Settings):
+    """What a user sees without Kafka tools: each reason with its count and first rows, in
+    the job and in /rejections; a site's names mapped to ``ignore`` counted as ignored."""
+    worker = workers.start(settings.with_(event_map={"page_view": "ignore", "product_view": "view"}))
+    rows = [
+        b"%d,1,view,5," % T,
+        b"%d,1,page_view,," % T,  # ignored, not rejected
+        b"%d,2,click,5," % T,
+        b"%d,2,product_view,5," % (T + 1),
+        b"%d,3,click,6," % T,
+        b"",
+        b"%d,3,page_view,," % (T + 2),
+    ]
+    header = b"timestamp,visitorid,event,itemid,transactionid\n"
+    (settings.data_dir / "site.csv").write_bytes(header + b"\n".join(rows) + b"\n")
+    job = replay(worker.base_url, "site.csv")
+    assert (job["rows"], job["rows_sent"], job["rows_rejected"], job["rows_ignored"]) == (7, 2, 3, 2)
+    click = {
+        "reason": "unknown event 'click'",
+        "count": 2,
+        "examples": [
+            {"position": "site.csv:4", "raw": rows[2].decode()},
+            {"position": "site.csv:6", "raw": rows[4].decode()},
+        ],
+    }
+    assert job["rejections"] == [
+        click,
+        {"reason": "empty line", "count": 1, "examples": [{"position": "site.csv:7", "raw": ""}]},
+    ]
+
+    one = orjson.dumps({"source_id": 1, "timestamp": T + 9, "visitorid": 42, "event": "page_view"})
+    several = orjson.dumps({"source_id": 1, "timestamp": [T, T], "visitorid": [42, 42], "event": ["view", "page_view"]})
+    asyncio.run(produce(settings.broker_url, [one, several]))
+    stats = wait_until_reflected(worker.base_url, 1, timeout=120)
+    assert (stats["events"], stats["rejected"], stats["ignored"]) == (3, 3, 4)
+    code, answer = http_json("GET", f"{worker.base_url}/rejections?source_id=1&limit=1")
+    assert code == 200 and answer == {"source_id": 1, "rejected": 3, "reasons": [click]}
+
+    (settings.data_dir / "wrong.csv").write_bytes(header + b"%d,1,click,5,\n%d,2,click,5,\n" % (T, T))
+    code, answer = http_json("POST", f"{worker.base_url}/trigger", {"source_id": 1, "events_path": "wrong.csv"})
+    status = wait_for_job(worker.base_url, answer["job"], timeout=120)
+    assert (status["state"], status["error"]) == ("failed", "every row was rejected: unknown event 'click' (2)")

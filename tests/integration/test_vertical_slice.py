@@ -36,6 +36,7 @@ def test_a_replayed_file_is_reflected_in_segments_visitors_stats_and_history(set
         "events": 20_000,
         "visitors": len(visitors),
         "rejected": 0,
+        "ignored": 0,
         "forwarded": 0,  # a replay sends every event to the partition owning its visitor
         "lag": 0,
         "sink_lag": 0,

@@ -18,13 +18,13 @@ def test_defaults_and_round_trip_through_the_environment():
             "AMPELIOS_STATE_DIR": "/tmp/x",
             "AMPELIOS_BROKER": "kafka://h:9092",
             "AMPELIOS_PARTITIONS": "3",
-            "AMPELIOS_EVENT_MAP": "product_view=view, purchase=transaction",
+            "AMPELIOS_EVENT_MAP": "product_view=view, purchase=transaction, page_view=ignore",
             "AMPELIOS_LOCAL_BROKER": "tansu",
         }
     )
     assert (settings.local_broker, custom.local_broker) == ("kafka", "tansu")
     assert (custom.k_for(1), custom.k_for(2), custom.state_dir, custom.partitions) == (6, 8, Path("/tmp/x"), 3)
-    assert custom.event_map == {"product_view": "view", "purchase": "transaction"}
+    assert custom.event_map == {"product_view": "view", "purchase": "transaction", "page_view": "ignore"}
     assert Settings.from_env(custom.to_env()) == custom
 
 
@@ -47,7 +47,7 @@ def test_a_worker_binds_where_asked_and_is_reached_by_its_host_name():
         ({"AMPELIOS_BROKER": "localhost:9092"}, "kafka://host:port"),
         ({"AMPELIOS_SESSION_GAP_MINUTES": "-1"}, "must be positive"),
         ({"AMPELIOS_PARTITON": "8"}, "unknown setting(s) AMPELIOS_PARTITON"),
-        ({"AMPELIOS_EVENT_MAP": "purchase=buy"}, "name=transaction"),
+        ({"AMPELIOS_EVENT_MAP": "purchase=buy"}, "name=transaction or name=ignore"),
         ({"AMPELIOS_EVENT_MAP": "purchase"}, "must look like name=view"),
         ({"AMPELIOS_EVENT_MAP": "a=view,a=addtocart"}, "maps 'a' twice"),
         ({"AMPELIOS_LOCAL_BROKER": "memory"}, "must be kafka (keeps its state) or tansu (in memory)"),
