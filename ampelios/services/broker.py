@@ -287,6 +287,11 @@ class LocalBroker(Protocol):
         """The broker URL a worker is given (``kafka://`` or ``tansu://``)."""
         ...
 
+    @property
+    def pid(self) -> int | None:
+        """The broker's process id while it runs."""
+        ...
+
     def start(self) -> LocalBroker:
         """Start the broker and return once a client can use it."""
         ...
@@ -313,6 +318,10 @@ class TansuBroker:
     @property
     def url(self) -> str:
         return f"tansu://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
 
     def start(self, timeout: float = 10.0) -> TansuBroker:
         listener = f"tcp://127.0.0.1:{self.port}"

@@ -107,3 +107,21 @@ def test_a_tiny_bench_reports_every_figure_consistently(tmp_path: Path, scratch:
     assert list(scratch.iterdir()) == []  # the temporary directory is gone ...
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert str(scratch) not in ps  # ... and nothing started in it still runs
+
+
+def test_a_tiny_soak_samples_the_memory_of_the_local_stack(tmp_path: Path, scratch: Path):
+    """The soak phase runs only when named, on the local stack as ``ampelios up`` runs it
+    (Apache Kafka), and samples each process's memory at the start and at the end."""
+    out = tmp_path / "soak.json"
+    args = ("--events", "2000", "--single-events", "100", "--rate", "200", "--soak-seconds", "3", "--phases", "soak")
+    result = bench(*args, "--json", str(out), tmpdir=scratch)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (soak,) = json.loads(out.read_text())["rows"].values()
+    assert soak["local_broker"] == "kafka" and soak["messages"] == soak["events"] >= 400
+    samples = soak["samples_pss_mib"]
+    assert samples[0]["sent"] == 0 and samples[-1]["sent"] == soak["messages"]
+    for sample in samples:
+        assert sample["broker"] > 0 and sample["postgres"] > 0 and sample["worker"] > 0
+        assert sample["total"] == sample["broker"] + sample["postgres"] + sample["worker"]
+    assert soak["stats_at_end"]["events"] == soak["messages"] and soak["stats_at_end"]["lag"] == 0
+    assert list(scratch.iterdir()) == []
