@@ -147,6 +147,7 @@ class SegmentModel:
     version: int = 0
     fitted_total: int = 0  # visitors at the last full fit
     fitted_version: int = 0  # version of the last full fit
+    lineage: str = ""  # names the model's life since it was seeded: its segment ids mean one thing in it
 
     @property
     def k(self) -> int:
@@ -184,6 +185,7 @@ class SegmentModel:
                 "version": self.version,
                 "fitted_total": self.fitted_total,
                 "fitted_version": self.fitted_version,
+                "lineage": self.lineage,
             },
             option=orjson.OPT_SERIALIZE_NUMPY,
         )
@@ -202,6 +204,7 @@ class SegmentModel:
             version=int(obj["version"]),
             fitted_total=int(obj["fitted_total"]),
             fitted_version=int(obj["fitted_version"]),
+            lineage=str(obj.get("lineage", "")),
         )
 
 
@@ -237,13 +240,16 @@ def match_ids(current: np.ndarray, current_active: np.ndarray, candidate: np.nda
     return order
 
 
-def update(model: SegmentModel | None, population: Population, k: int, settle: bool = False) -> SegmentModel:
-    """The model after the population changed: seeded, refined or refitted (see the module
-    docstring). With ``settle``, a full fit of SETTLE_N_INIT starts replaces the centroids
-    whatever the path that led here, so that the segments (up to their ids) are a function
-    of the population alone: two replays of the same events end with the same segments
-    however their batches interleaved; a settle that changes nothing returns ``model``
-    itself (versions count changes). Deterministic for the same model and population."""
+def update(
+    model: SegmentModel | None, population: Population, k: int, settle: bool = False, lineage: str = ""
+) -> SegmentModel:
+    """The model after the population changed: seeded (named ``lineage``), refined or
+    refitted (keeping its lineage; see the module docstring). With ``settle``, a full fit
+    of SETTLE_N_INIT starts replaces the centroids whatever the path that led here, so
+    that the segments (up to their ids) are a function of the population alone: two
+    replays of the same events end with the same segments however their batches
+    interleaved; a settle that changes nothing returns ``model`` itself (versions count
+    changes). Deterministic for the same model, population and lineage."""
     raw, logged, weights = points_of(population)
     if len(weights) == 0:
         raise ValueError("the population is empty")
@@ -293,4 +299,5 @@ def update(model: SegmentModel | None, population: Population, k: int, settle: b
         version=version,
         fitted_total=fitted_total,
         fitted_version=fitted_version,
+        lineage=model.lineage if model is not None else lineage,
     )

@@ -50,7 +50,8 @@ class EmbeddedPostgres:
     def start(self, timeout: float = 30.0) -> EmbeddedPostgres:
         self._wait_for_earlier_server(10.0)
         user = self._prepare_data_dir()
-        if not (self.data_dir / "PG_VERSION").exists():
+        new_cluster = not (self.data_dir / "PG_VERSION").exists()
+        if new_cluster:
             subprocess.run(
                 [
                     str(postgres_bin_path() / "initdb"),
@@ -66,7 +67,7 @@ class EmbeddedPostgres:
                 capture_output=True,
                 user=user,
             )
-        self._require_password(user)
+        self._require_password(user, new_cluster)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as out:
             self.process = subprocess.Popen(
@@ -89,7 +90,12 @@ class EmbeddedPostgres:
             )
         wait_for_port(self.port, timeout, self.process, self.log_path)
         self._wait_until_ready(timeout)
-        log.info("embedded Postgres (pid %d) on %s", self.process.pid, self.url)
+        log.info(
+            "embedded Postgres (pid %d) on 127.0.0.1:%d (password in %s)",
+            self.process.pid,
+            self.port,
+            self.password_file,
+        )
         return self
 
     def _wait_for_earlier_server(self, timeout: float) -> None:
@@ -102,19 +108,24 @@ class EmbeddedPostgres:
         if not wait_until_gone(pid, "postgres", timeout):
             raise RuntimeError(f"a Postgres of an earlier run (pid {pid}) still uses {self.data_dir}; stop it")
 
-    def _require_password(self, user: str | None) -> None:
-        """Give the ``postgres`` role a password once (in single-user mode, before the
-        server starts: a data directory of an older Ampelios has none) and make every TCP
-        connection prove it; nothing else is accepted (``pg_hba.conf``)."""
-        if not self.password_file.exists():
-            password = secrets.token_urlsafe(24)  # letters, digits, - and _: nothing to escape
+    def _require_password(self, user: str | None, new_cluster: bool) -> None:
+        """Give the ``postgres`` role its password (in single-user mode, before the server
+        starts) when the cluster is new or has none yet (a data directory of an older
+        Ampelios), and make every TCP connection prove it; nothing else is accepted
+        (``pg_hba.conf``)."""
+        known = self.password_file.exists()
+        if new_cluster or not known:
+            # letters, digits, - and _: nothing to escape in SQL or in a URL
+            password = self.password_file.read_text().strip() if known else secrets.token_urlsafe(24)
             single = [str(postgres_bin_path() / "postgres"), "--single", "-D", str(self.data_dir), "postgres"]
             statement = f"ALTER ROLE postgres PASSWORD '{password}';\n"
             subprocess.run(single, input=statement.encode(), check=True, capture_output=True, user=user)
-            partial = self.password_file.with_name(self.password_file.name + ".partial")
-            partial.touch(mode=0o600)
-            partial.write_text(password + "\n")
-            partial.replace(self.password_file)
+            if not known:
+                partial = self.password_file.with_name(self.password_file.name + ".partial")
+                partial.unlink(missing_ok=True)
+                partial.touch(mode=0o600)
+                partial.write_text(password + "\n")
+                partial.replace(self.password_file)
         hba = "host all all 127.0.0.1/32 scram-sha-256\nhost all all ::1/128 scram-sha-256\n"
         (self.data_dir / "pg_hba.conf").write_text("# written by Ampelios at every start\n" + hba)
 

@@ -179,6 +179,7 @@ class RunningStack:
     def record(self, state_dir: Path) -> None:
         state_dir.mkdir(parents=True, exist_ok=True)
         partial = state_dir / (RUNNING_FILE + ".partial")
+        partial.unlink(missing_ok=True)
         partial.touch(mode=0o600)  # the database URL holds the embedded Postgres's password
         partial.write_text(json.dumps(self.__dict__))
         partial.replace(state_dir / RUNNING_FILE)

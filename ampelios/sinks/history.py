@@ -12,7 +12,15 @@ segment_shapes         journey shape of a source: the segment it belongs to in t
                        newest wall-clock snapshot
 visitor_segments       (view) active visitor with its current segment and label
 segment_transitions    time a visitor's own events moved it to another segment
+segment_lineages       model lineage of a source: a model's life from its seeding, within
+                       which segment ids keep their meaning (first and last seen)
+current_segment_*      (views) the snapshots and transitions of each source's current
+                       lineage, the one seen last
 =====================  ==============================================================
+
+Snapshots, transitions and the shape mapping carry the ``lineage`` of the model they
+were computed under; a new deployment or a broker that came back empty seeds a new
+lineage, and the older ones stay queryable beside it.
 
 The schema is created and migrated by Ampelios at start: versioned, idempotent, and safe
 with several workers (an advisory lock). Every write is idempotent, so the sink may
@@ -101,6 +109,45 @@ MIGRATIONS: Sequence[tuple[int, str]] = (
             model_version bigint      NOT NULL,
             PRIMARY KEY (source_id, visitorid, at)
         );
+        """,
+    ),
+    (
+        2,
+        """
+        -- Segment ids mean something only within one model lineage (a model's life from its
+        -- seeding): rows of two lineages never share a key, and each is kept.
+        ALTER TABLE segment_snapshots ADD COLUMN lineage text NOT NULL DEFAULT '';
+        ALTER TABLE segment_snapshots DROP CONSTRAINT segment_snapshots_pkey;
+        ALTER TABLE segment_snapshots ADD PRIMARY KEY (source_id, lineage, clock, taken_at, segment_id);
+        ALTER TABLE segment_transitions ADD COLUMN lineage text NOT NULL DEFAULT '';
+        ALTER TABLE segment_transitions DROP CONSTRAINT segment_transitions_pkey;
+        ALTER TABLE segment_transitions ADD PRIMARY KEY (source_id, lineage, visitorid, at);
+        ALTER TABLE segment_shapes ADD COLUMN lineage text NOT NULL DEFAULT '';
+
+        CREATE TABLE segment_lineages (
+            source_id     integer     NOT NULL,
+            lineage       text        NOT NULL,
+            first_seen_at timestamptz NOT NULL DEFAULT now(),
+            last_seen_at  timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (source_id, lineage)
+        );
+        INSERT INTO segment_lineages
+            SELECT source_id, lineage, now(), now() FROM segment_snapshots GROUP BY source_id, lineage;
+
+        CREATE VIEW current_lineages AS
+            SELECT DISTINCT ON (source_id) source_id, lineage
+            FROM segment_lineages ORDER BY source_id, last_seen_at DESC;
+        CREATE VIEW current_segment_snapshots AS
+            SELECT s.* FROM segment_snapshots s JOIN current_lineages USING (source_id, lineage);
+        CREATE VIEW current_segment_transitions AS
+            SELECT t.* FROM segment_transitions t JOIN current_lineages USING (source_id, lineage);
+        CREATE OR REPLACE VIEW visitor_segments AS
+            SELECT v.source_id, v.visitorid, s.segment_id, s.label, v.views, v.addtocarts,
+                   v.transactions, v.sessions, v.views_per_session, v.purchase_ratio,
+                   v.last_event_at, s.model_version, s.lineage
+            FROM visitors v
+            LEFT JOIN segment_shapes s USING (source_id, views, addtocarts, transactions, sessions)
+            WHERE v.active;
         """,
     ),
 )
@@ -207,17 +254,35 @@ class History:
 
     # ------------------------------------------------------------------- reads
 
-    async def snapshots(self, source_id: int, clock: str, since: datetime | None, until: datetime | None) -> list[dict]:
-        """Snapshots of a source on a clock, oldest first, each with its segments."""
+    async def lineages(self, source_id: int) -> list[dict]:
+        """The model lineages of a source, oldest first: id, when first and last seen."""
+
+        async def work(cur: Any) -> list[dict]:
+            await cur.execute(
+                "SELECT lineage, first_seen_at, last_seen_at FROM segment_lineages WHERE source_id = %s "
+                "ORDER BY first_seen_at, last_seen_at",
+                (source_id,),
+            )
+            return [
+                {"lineage": lin, "first_seen": first, "last_seen": last} for lin, first, last in await cur.fetchall()
+            ]
+
+        return await self._run(work)
+
+    async def snapshots(
+        self, source_id: int, clock: str, since: datetime | None, until: datetime | None, lineage: str
+    ) -> list[dict]:
+        """Snapshots of a source's model ``lineage`` on a clock, oldest first, each with
+        its segments."""
 
         async def work(cur: Any) -> list[dict]:
             await cur.execute(
                 "SELECT taken_at, model_version, reason, segment_id, label, size, share, centroid "
-                "FROM segment_snapshots WHERE source_id = %s AND clock = %s "
+                "FROM segment_snapshots WHERE source_id = %s AND lineage = %s AND clock = %s "
                 "AND taken_at >= coalesce(%s::timestamptz, '-infinity') "
                 "AND taken_at <= coalesce(%s::timestamptz, 'infinity') "
                 "ORDER BY taken_at, segment_id",
-                (source_id, clock, since, until),
+                (source_id, lineage, clock, since, until),
             )
             found: list[dict] = []
             for at, version, reason, segment, label, size, share, centroid in await cur.fetchall():
@@ -230,12 +295,14 @@ class History:
 
         return await self._run(work)
 
-    async def transitions(self, source_id: int, visitorid: int) -> list[dict]:
+    async def transitions(self, source_id: int, visitorid: int, lineage: str) -> list[dict]:
+        """The segment changes of a visitor under a model ``lineage``, oldest first."""
+
         async def work(cur: Any) -> list[dict]:
             await cur.execute(
                 "SELECT at, from_segment, to_segment, from_label, to_label FROM segment_transitions "
-                "WHERE source_id = %s AND visitorid = %s ORDER BY at",
-                (source_id, visitorid),
+                "WHERE source_id = %s AND lineage = %s AND visitorid = %s ORDER BY at",
+                (source_id, lineage, visitorid),
             )
             return [
                 {"at": at, "from": f, "to": t, "from_label": fl, "to_label": tl}
@@ -263,11 +330,17 @@ async def _write_snapshot(cur: Any, snapshot: dict[str, Any]) -> None:
         )
         for s in segments
     ]
-    values = ",".join(["(%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"] * len(rows))
+    lineage = snapshot.get("lineage", "")
+    values = ",".join(["(%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"] * len(rows))
     await cur.execute(
         "INSERT INTO segment_snapshots (source_id, clock, taken_at, model_version, segment_id, label, size, "
-        f"share, centroid, reason) VALUES {values} ON CONFLICT DO NOTHING",
-        [x for row in rows for x in row],
+        f"share, centroid, reason, lineage) VALUES {values} ON CONFLICT DO NOTHING",
+        [x for row in rows for x in (*row, lineage)],
+    )
+    await cur.execute(
+        "INSERT INTO segment_lineages (source_id, lineage) VALUES (%s, %s) "
+        "ON CONFLICT (source_id, lineage) DO UPDATE SET last_seen_at = now()",
+        (snapshot["source_id"], lineage),
     )
     shapes = snapshot.get("shapes")
     if shapes is not None:  # the shape -> segment mapping of a wall-clock snapshot
@@ -277,9 +350,9 @@ async def _write_snapshot(cur: Any, snapshot: dict[str, Any]) -> None:
             columns = list(zip(*shapes))
             labels = [segments[s]["label"] for s in columns[4]]
             await cur.execute(
-                "INSERT INTO segment_shapes SELECT %s, v, a, t, s, seg, label, %s FROM unnest(%s::int[], "
+                "INSERT INTO segment_shapes SELECT %s, v, a, t, s, seg, label, %s, %s FROM unnest(%s::int[], "
                 "%s::int[], %s::int[], %s::int[], %s::int[], %s::text[]) AS u(v, a, t, s, seg, label)",
-                (source, snapshot["model_version"], *map(_array, columns), _text_array(labels)),
+                (source, snapshot["model_version"], lineage, *map(_array, columns), _text_array(labels)),
             )
 
 
@@ -338,9 +411,10 @@ async def _write_transitions(cur: Any, transitions: Sequence[dict[str, Any]]) ->
     columns = [_array([t[name] for t in transitions]) for name in ("source_id", "visitorid", "at", "from", "to")]
     labels = [_text_array([t[name] for t in transitions]) for name in ("from_label", "to_label")]
     versions = _array([t["model_version"] for t in transitions])
+    lineages = _text_array([t.get("lineage", "") for t in transitions])
     await cur.execute(
-        "INSERT INTO segment_transitions SELECT src, vid, to_timestamp(at / 1000.0), f, t, fl, tl, ver FROM "
-        "unnest(%s::int[], %s::bigint[], %s::bigint[], %s::int[], %s::int[], %s::text[], %s::text[], %s::bigint[]) "
-        "AS u(src, vid, at, f, t, fl, tl, ver) ON CONFLICT DO NOTHING",
-        (*columns, *labels, versions),
+        "INSERT INTO segment_transitions SELECT src, vid, to_timestamp(at / 1000.0), f, t, fl, tl, ver, lin FROM "
+        "unnest(%s::int[], %s::bigint[], %s::bigint[], %s::int[], %s::int[], %s::text[], %s::text[], %s::bigint[], "
+        "%s::text[]) AS u(src, vid, at, f, t, fl, tl, ver, lin) ON CONFLICT DO NOTHING",
+        (*columns, *labels, versions, lineages),
     )

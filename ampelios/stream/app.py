@@ -96,7 +96,7 @@ class AmpeliosApp(internals.App):
         self._watchdog = asyncio.ensure_future(self._watch_recovery(settings.recovery_timeout_seconds))
         p = self.pipeline
         self._stall_watch = asyncio.ensure_future(seek_stalled(lambda: self.consumer, p.processors, p.ready))
-        self._epoch = (settings.state_dir / EPOCH_FILE).read_bytes()
+        self._epoch = p.broker_epoch = (settings.state_dir / EPOCH_FILE).read_bytes()
         self._epoch_watch = asyncio.ensure_future(self._watch_broker_epoch())
         await super().on_first_start()
 

@@ -233,5 +233,6 @@ class JourneyProcessor:
                     "to_label": model.labels[new],
                     "at": int(last_event[i]),
                     "model_version": model.version,
+                    "lineage": model.lineage,
                 }
                 outbox.add(self.p.topology.segment_changes, visitor_key(source_id, ids[i]), orjson.dumps(record))

@@ -64,7 +64,17 @@ _LOCAL = _query(
 
 _SOURCE = _query("source_id", {"type": "integer", "minimum": 0, "maximum": MAX_SOURCE_ID}, "the site", True)
 
-_IGNORED = {"type": "integer", "minimum": 0, "description": "events whose name AMPELIOS_EVENT_MAP ignores"}
+_COUNTS = {  # of /stats, whether of every worker or of one
+    "events": {"type": "integer", "minimum": 0},
+    "visitors": {"type": "integer", "minimum": 0},
+    "rejected": {"type": "integer", "minimum": 0},
+    "ignored": {"type": "integer", "minimum": 0, "description": "events whose name AMPELIOS_EVENT_MAP ignores"},
+    "forwarded": {
+        "type": "integer",
+        "minimum": 0,
+        "description": "events that arrived on a partition not owning their visitor, forwarded to the owner",
+    },
+}
 
 _SCHEMAS: dict[str, Any] = {
     "Reason": {
@@ -158,36 +168,32 @@ _SCHEMAS: dict[str, Any] = {
     },
     "History": {
         "type": "object",
-        "required": ["source_id", "clock", "snapshots"],
+        "required": ["source_id", "clock", "lineage", "lineages", "snapshots"],
         "properties": {
             "source_id": {"type": "integer"},
             "clock": {"enum": ["event", "wall"]},
+            "lineage": {"type": "string", "description": "the model lineage of these snapshots"},
+            "lineages": {
+                "type": "array",
+                "description": "every model lineage of the source, oldest first (segment ids mean one thing in one)",
+                "items": {
+                    "type": "object",
+                    "required": ["lineage", "first_seen", "last_seen"],
+                    "properties": {
+                        "lineage": {"type": "string"},
+                        "first_seen": {"type": "string", "format": "date-time"},
+                        "last_seen": {"type": "string", "format": "date-time"},
+                    },
+                },
+            },
             "snapshots": {"type": "array", "items": {"type": "object"}},
         },
     },
     "Stats": {
         "type": "object",
-        "required": [
-            "events",
-            "visitors",
-            "rejected",
-            "ignored",
-            "forwarded",
-            "model_version",
-            "lag",
-            "sink_lag",
-            "sink_error",
-        ],
+        "required": [*_COUNTS, "model_version", "lag", "sink_lag", "sink_error"],
         "properties": {
-            "events": {"type": "integer", "minimum": 0},
-            "visitors": {"type": "integer", "minimum": 0},
-            "rejected": {"type": "integer", "minimum": 0},
-            "ignored": _IGNORED,
-            "forwarded": {
-                "type": "integer",
-                "minimum": 0,
-                "description": "events that arrived on a partition not owning their visitor, forwarded to the owner",
-            },
+            **_COUNTS,
             "model_version": {"type": ["integer", "null"]},
             "lag": {"type": "integer", "minimum": 0},
             "sink_lag": {"type": "integer", "minimum": 0},
@@ -197,17 +203,9 @@ _SCHEMAS: dict[str, Any] = {
     "LocalStats": {
         "type": "object",
         "description": "with local=true: the counts of this worker's partitions only",
-        "required": ["events", "visitors", "rejected", "ignored", "forwarded", "partitions"],
+        "required": [*_COUNTS, "partitions"],
         "properties": {
-            "events": {"type": "integer", "minimum": 0},
-            "visitors": {"type": "integer", "minimum": 0},
-            "rejected": {"type": "integer", "minimum": 0},
-            "ignored": _IGNORED,
-            "forwarded": {
-                "type": "integer",
-                "minimum": 0,
-                "description": "events that arrived on a partition not owning their visitor, forwarded to the owner",
-            },
+            **_COUNTS,
             "partitions": {"type": "array", "items": {"type": "integer", "minimum": 0}},
         },
     },
@@ -299,6 +297,11 @@ def openapi_document(token_required: bool, visitors_protected: bool = False) -> 
                         _query("clock", {"enum": ["event", "wall"]}, "event time (default) or wall time"),
                         _query("since", moment, "first snapshot time"),
                         _query("until", moment, "last snapshot time"),
+                        _query(
+                            "lineage",
+                            {"type": "string", "maxLength": 64},
+                            "the model lineage (default: the current model's; `lineages` lists them)",
+                        ),
                     ],
                     "responses": {"200": _answer("oldest first", _ref("History")), **_errors(400, 404, 503)},
                 }

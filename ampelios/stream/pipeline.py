@@ -51,6 +51,7 @@ class Pipeline:
     processors: list[ExactlyOnce] = field(default_factory=list)  # one per agent, see agents
     on_assigned: list[Callable[[set[TopicPartition]], Awaitable[None]]] = field(default_factory=list)
     metrics: Metrics = field(default_factory=Metrics)
+    broker_epoch: bytes = b""  # the broker's life, as its epoch record names it (set at start)
 
     def ready(self) -> bool:
         """Table recovery has completed and no rebalance is under way."""

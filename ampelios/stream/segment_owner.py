@@ -21,6 +21,7 @@ sent again (after a crash or a rebalance of the journeys processors).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -61,6 +62,14 @@ def applied_key(source_id: int, partition: int) -> bytes:
     return b"applied:%d:%d" % (source_id, partition)
 
 
+def model_lineage(app_id: str, broker_epoch: bytes, source_id: int) -> str:
+    """The lineage of a source's model seeded in this deployment (app id) and life of the
+    broker (its epoch record): the same every time the seeding is applied again (after a
+    crash), another in a new deployment or after the broker came back empty, where the
+    model starts over and its segment ids mean other groups."""
+    return hashlib.sha256(b"%s:%s:%d" % (app_id.encode(), broker_epoch, source_id)).hexdigest()[:12]
+
+
 def snapshot_record(
     source_id: int, model: SegmentModel, clock: str, at_ms: int, reason: str, shapes: list[list[int]] | None = None
 ) -> bytes:
@@ -73,6 +82,7 @@ def snapshot_record(
             "at": at_ms,
             "reason": reason,
             "model_version": model.version,
+            "lineage": model.lineage,
             "segments": model.segments(),
             "shapes": shapes,
         }
@@ -238,7 +248,8 @@ class SegmentRun:
             owner = self.owner
             try:
                 k = owner.p.settings.k_for(source_id)
-                model = update(self.models[source_id], owner.population_of(source_id), k)
+                lineage = model_lineage(owner.p.settings.app_id, owner.p.broker_epoch, source_id)
+                model = update(self.models[source_id], owner.population_of(source_id), k, lineage=lineage)
             except Exception:  # the model stays as it was; the population is kept
                 log.exception("could not update the model of source %d", source_id)
             else:

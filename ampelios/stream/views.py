@@ -297,7 +297,8 @@ def register(p: Pipeline) -> None:
                 error = "no database is configured (AMPELIOS_DATABASE_URL)"
             else:
                 try:
-                    transitions = await p.history.transitions(source_id, vid)
+                    lineage = model.lineage if model is not None else await latest_lineage(source_id)
+                    transitions = await p.history.transitions(source_id, vid, lineage)
                 except HistoryUnavailable as exc:
                     error = str(exc)
             return 200, {
@@ -313,11 +314,19 @@ def register(p: Pipeline) -> None:
                 **({"transitions_error": error} if error else {}),
             }
 
+    async def latest_lineage(source_id: int) -> str:
+        """The lineage Postgres saw last for a source ("" when none): what a worker without
+        the source's model shows."""
+        assert p.history is not None
+        lineages = await p.history.lineages(source_id)
+        return max(lineages, key=lambda lin: lin["last_seen"])["lineage"] if lineages else ""
+
     @app.page("/history")
     class SegmentHistory(View):
         @_endpoint(p, needs_state=False)
         async def get(self, request: Request) -> tuple[int, Any]:
-            """Snapshots of a source's segments, oldest first, on event or wall time."""
+            """Snapshots of a source's segments, oldest first, on event or wall time, of one
+            model lineage: the current model's unless ``lineage`` names another."""
             source_id = _source_id(request)
             clock = request.query.get("clock", "event")
             if clock not in ("event", "wall"):
@@ -325,13 +334,21 @@ def register(p: Pipeline) -> None:
             since, until = _moment(request, "since"), _moment(request, "until")
             if p.history is None:
                 raise HttpError(503, "no database is configured (AMPELIOS_DATABASE_URL): no history is kept")
+            model = p.published_model(source_id)
             try:
-                snapshots = await p.history.snapshots(source_id, clock, since, until)
+                lineages = await p.history.lineages(source_id)
+                lineage = request.query.get("lineage")
+                if lineage is None:
+                    lineage = model.lineage if model is not None else await latest_lineage(source_id)
+                elif lineage not in {lin["lineage"] for lin in lineages}:
+                    raise HttpError(404, f"source {source_id} has no lineage {lineage!r:.40}")
+                snapshots = await p.history.snapshots(source_id, clock, since, until, lineage)
             except HistoryUnavailable as exc:
                 raise HttpError(503, str(exc)) from None
-            if not snapshots and p.published_model(source_id) is None:
+            if not snapshots and model is None and not lineages:
                 raise no_segments(source_id)
-            return 200, {"source_id": source_id, "clock": clock, "snapshots": snapshots}
+            answer = {"source_id": source_id, "clock": clock, "lineage": lineage, "lineages": lineages}
+            return 200, {**answer, "snapshots": snapshots}
 
     @app.page("/stats")
     class Stats(View):

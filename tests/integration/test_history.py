@@ -304,3 +304,41 @@ def test_the_embedded_postgres_lets_in_only_who_has_its_password(database_url: s
         with pytest.raises(psycopg2.OperationalError, match="password"):
             psycopg2.connect(url._replace(netloc=f"{credentials}@{url.hostname}:{url.port}").geturl()).close()
     psycopg2.connect(database_url).close()
+
+
+def test_a_new_deployment_starts_a_lineage_of_its_own_and_the_old_one_stays(settings: Settings, workers: Workers):
+    """The same file replayed into a new deployment (another app id: new topics, new local
+    state) that shares the database: its model is seeded anew, so its segment ids may mean
+    other groups. /history and the current_* SQL views show its lineage alone; the first
+    stays whole and queryable."""
+    write_events(settings.data_dir / "days.csv", generate_events(20_000, seed=8))
+    first = workers.start(settings)
+    replay(first.base_url, "days.csv")
+    before = http_json("GET", f"{first.base_url}/history?source_id=1")[1]
+    old = before["lineage"]
+    assert old and [lin["lineage"] for lin in before["lineages"]] == [old] and before["snapshots"]
+    first.stop()
+
+    second = workers.start(settings.with_(app_id="ampelios-next", state_dir=settings.state_dir.with_name("next")))
+    replay(second.base_url, "days.csv")
+    code, now = http_json("GET", f"{second.base_url}/history?source_id=1")
+    assert code == 200 and now["lineage"] not in ("", old)
+    assert [lin["lineage"] for lin in now["lineages"]] == [old, now["lineage"]]
+    assert [s["at"] for s in now["snapshots"]] == [s["at"] for s in before["snapshots"]]  # the same days, kept apart
+    assert (
+        http_json("GET", f"{second.base_url}/history?source_id=1&lineage={old}")[1]["snapshots"] == before["snapshots"]
+    )
+    code, answer = http_json("GET", f"{second.base_url}/history?source_id=1&lineage=nothing")
+    assert code == 404 and "no lineage 'nothing'" in answer["error"]
+    with psycopg2.connect(settings.database_url) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT lineage, count(*) FROM segment_snapshots WHERE source_id = 1 AND clock = 'event' GROUP BY 1"
+        )
+        assert dict(cur.fetchall()) == {
+            old: len(before["snapshots"]) * settings.k,
+            now["lineage"]: len(now["snapshots"]) * settings.k,
+        }
+        cur.execute("SELECT DISTINCT lineage FROM current_segment_snapshots WHERE source_id = 1")
+        assert cur.fetchall() == [(now["lineage"],)]
+        cur.execute("SELECT DISTINCT lineage FROM visitor_segments WHERE source_id = 1")
+        assert cur.fetchall() == [(now["lineage"],)]

@@ -183,3 +183,13 @@ def test_settling_a_settled_model_changes_nothing_not_even_the_version():
     grown = Population(dict(population.counts))
     grown.counts[(40, 3, 2, 5)] = 50
     assert update(settled, grown, 4, settle=True).version == settled.version + 1
+
+
+def test_a_model_keeps_the_lineage_it_was_seeded_with():
+    population = population_from(np.random.default_rng(4))
+    seeded = update(None, population, 2, lineage="abc")
+    refined = update(seeded, population, 2)
+    settled = update(refined, population, 3, settle=True)  # k changed: ids follow the groups, the lineage stays
+    assert seeded.lineage == refined.lineage == settled.lineage == "abc"
+    assert SegmentModel.from_bytes(settled.to_bytes()).lineage == "abc"
+    assert update(None, population, 2).lineage == ""  # unnamed
