@@ -122,10 +122,10 @@ def test_state_survives_every_way_up_ends_and_goes_on_exactly_once(tmp_path: Pat
         while leftovers(children, addresses) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not leftovers(children, addresses), (ending, running)
-    # Nothing that looks like an error and is not (no probe of a starting server, no unknown
-    # role); the SIGKILL's own mark is true.
-    log = (state / "logs" / "postgres.log").read_text().splitlines()
-    assert not [line for line in log if "FATAL" in line and "unexpected postmaster exit" not in line]
+    # Nothing that looks like an error and is not: no probe of a starting server, no unknown
+    # role. (What a stop or a kill ends is logged, truly, and not looked for here.)
+    log = (state / "logs" / "postgres.log").read_text()
+    assert "does not exist" not in log and "starting up" not in log and "not yet accepting" not in log
 
 
 @pytest.fixture
