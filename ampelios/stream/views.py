@@ -148,6 +148,12 @@ async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse
         return web.Response(body=body, status=exc.status, content_type="application/json", headers=headers)
 
 
+def latest(lineages: list[dict[str, Any]]) -> str:
+    """The lineage Postgres saw last ("" when none): what a worker without the source's
+    model shows."""
+    return max(lineages, key=lambda lin: lin["last_seen"])["lineage"] if lineages else ""
+
+
 def _endpoint(p: Pipeline, *, needs_state: bool = True, writes: bool = False, visitors: bool = False) -> Any:
     """Turn ``async (view, request, ...) -> (status, body)`` into a JSON view; answer 503
     while the worker is still recovering the tables the view reads; with ``writes``,
@@ -297,7 +303,7 @@ def register(p: Pipeline) -> None:
                 error = "no database is configured (AMPELIOS_DATABASE_URL)"
             else:
                 try:
-                    lineage = model.lineage if model is not None else await latest_lineage(source_id)
+                    lineage = model.lineage if model is not None else latest(await p.history.lineages(source_id))
                     transitions = await p.history.transitions(source_id, vid, lineage)
                 except HistoryUnavailable as exc:
                     error = str(exc)
@@ -313,13 +319,6 @@ def register(p: Pipeline) -> None:
                 "transitions": transitions,
                 **({"transitions_error": error} if error else {}),
             }
-
-    async def latest_lineage(source_id: int) -> str:
-        """The lineage Postgres saw last for a source ("" when none): what a worker without
-        the source's model shows."""
-        assert p.history is not None
-        lineages = await p.history.lineages(source_id)
-        return max(lineages, key=lambda lin: lin["last_seen"])["lineage"] if lineages else ""
 
     @app.page("/history")
     class SegmentHistory(View):
@@ -339,7 +338,7 @@ def register(p: Pipeline) -> None:
                 lineages = await p.history.lineages(source_id)
                 lineage = request.query.get("lineage")
                 if lineage is None:
-                    lineage = model.lineage if model is not None else await latest_lineage(source_id)
+                    lineage = model.lineage if model is not None else latest(lineages)
                 elif lineage not in {lin["lineage"] for lin in lineages}:
                     raise HttpError(404, f"source {source_id} has no lineage {lineage!r:.40}")
                 snapshots = await p.history.snapshots(source_id, clock, since, until, lineage)
