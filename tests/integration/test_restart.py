@@ -125,8 +125,10 @@ def test_a_running_worker_stops_when_the_broker_comes_back_empty(settings: Setti
 
 
 def test_a_worker_asked_to_stop_stops_even_when_its_broker_is_gone(settings: Settings, workers: Workers, tmp_path):
-    """Faust's consumer thread waits a minute for a coordinator that is gone; the worker
-    ends itself STOP_DEADLINE_SECONDS (8 s) after SIGTERM instead, and keeps its state."""
+    """Faust's consumer thread may wait a minute for a coordinator that is gone; the worker
+    ends itself STOP_DEADLINE_SECONDS (8 s) after SIGTERM instead. Whether Faust's own stop
+    or the deadline ends it depends on where the consumer was when the broker went, so
+    the test asserts only the outcome: a clean exit well before Faust's minute."""
     events = generate_events(2_000, seed=7)
     write_events(settings.data_dir / "events.csv", events)
     broker = TansuBroker(tmp_path / "own-broker.log").start()
@@ -136,8 +138,7 @@ def test_a_worker_asked_to_stop_stops_even_when_its_broker_is_gone(settings: Set
         broker.stop()
         assert worker.process is not None
         worker.process.send_signal(signal.SIGTERM)
-        assert worker.process.wait(timeout=30) == 0  # not the minute Faust alone takes
-        assert "did not stop within 8 s" in workers.log_text()
+        assert worker.process.wait(timeout=30) == 0  # not the minute Faust alone can take
     finally:
         workers.stop_all()
         broker.stop()
