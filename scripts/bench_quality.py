@@ -13,7 +13,9 @@ by the population's standard deviation, which is the model's own space):
 Inertia is each partition's sum of squared distances to its own cluster means in the
 scaled space; the ratio is against the batch fit. ARI is the adjusted Rand index of the
 assignments against the batch fit. The online model is also replayed in file order
-(shuffled rows) and compared with the time-ordered run (ARI), and every consecutive pair
+(shuffled rows) and compared with the time-ordered run: ARI, and once both are settled
+as the model's owner settles at the end of a replay, whether every visitor has the same
+segment id and every segment the same label and size in both; and every consecutive pair
 of model versions during the time-ordered replay is checked for id swaps (the best
 matching of old to new centroids is not the identity) and label swaps (two ids exchange
 labels).
@@ -34,13 +36,14 @@ from pathlib import Path
 
 import numpy as np
 from river import cluster as river_cluster
+from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans, MiniBatchKMeans
 from sklearn.metrics import adjusted_rand_score
 
 from ampelios.core.events import EventBatch
 from ampelios.core.generate import EVENTS_PER_VISITOR, generate_events
 from ampelios.core.journeys import batch_shapes, features_from_shapes, merge_journeys
-from ampelios.core.model import SegmentModel, match_ids, update
+from ampelios.core.model import SegmentModel, update
 from ampelios.core.population import Population, PopulationDelta
 from ampelios.stream.replay import plan_messages
 
@@ -55,6 +58,22 @@ class OnlineRun:
     id_swaps: int = 0
     label_swaps: int = 0
     history: list[SegmentModel] = field(default_factory=list)
+
+
+def match_ids(current: np.ndarray, current_active: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+    """How ids would move if they followed the groups: ``order`` such that
+    ``candidate[order]`` gives each current id the candidate segment closest to it
+    (minimum total squared distance; inactive ids served last). An id swap is an
+    ``order`` that is not the identity."""
+    k = len(candidate)
+    current, current_active = current[:k], current_active[:k]
+    cost = ((current[:, None, :] - candidate[None, :, :]) ** 2).sum(2)
+    cost[~current_active] = cost.max() + 1.0
+    rows, cols = linear_sum_assignment(cost)
+    order = np.empty(k, dtype=np.int64)
+    order[rows] = cols
+    order[len(current) :] = sorted(set(range(k)) - set(cols.tolist()))
+    return order
 
 
 def replay_online(events: EventBatch, k: int, partitions: int, batch_events: int, in_time_order: bool) -> OnlineRun:
@@ -88,6 +107,7 @@ def replay_online(events: EventBatch, k: int, partitions: int, batch_events: int
                 if before.labels[a] == model.labels[b] and before.labels[b] == model.labels[a] != model.labels[b]
             )
     assert model is not None
+    model = update(model, population, k, settle=True)  # as the owner does at the end of a replay
     return OnlineRun(model, time.perf_counter() - started, versions, id_swaps, label_swaps)
 
 
@@ -158,6 +178,9 @@ def measure(n_visitors: int, k: int, partitions: int, batch_events: int, seed: i
         "k": k,
         "methods": results,
         "time_vs_shuffled_ari": float(adjusted_rand_score(online_labels, shuffled_labels)),
+        "time_vs_shuffled_same_ids": float(np.mean(online_labels == shuffled_labels)),
+        "time_vs_shuffled_same_segments": model.labels == shuffled.model.labels
+        and model.sizes.tolist() == shuffled.model.sizes.tolist(),
         "model_versions": online.versions,
         "id_swaps": online.id_swaps,
         "label_swaps": online.label_swaps,
@@ -186,6 +209,8 @@ def main() -> None:
         for name, m in r["methods"].items():
             print(f"{name:<34} {m['inertia_ratio']:>13.4f} {m['ari_vs_batch']:>13.4f} {m['seconds']:>9.2f}")
         print(f"time-ordered vs shuffled replay ARI: {r['time_vs_shuffled_ari']:.4f}")
+        same = "same" if r["time_vs_shuffled_same_segments"] else "different"
+        print(f"visitors with the same segment id: {r['time_vs_shuffled_same_ids']:.4f}; labels and sizes: {same}")
         print(f"model versions: {r['model_versions']}, id swaps: {r['id_swaps']}, label swaps: {r['label_swaps']}")
         print("segments: " + ", ".join(f"{label} ({size})" for label, size in zip(r["labels"], r["sizes"])))
     if args.json:

@@ -12,7 +12,9 @@ is the exact objective of batch k-means over all visitors, held in a few thousan
 
 **Updates** (:func:`update`, once per batch of journey changes):
 
-- the first update seeds with weighted greedy k-means++ (best of several starts);
+- the first update seeds with weighted greedy k-means++ (best of several starts) and
+  numbers the segments in a canonical order, most engaged first (:func:`canonical_order`),
+  so that the same events give the same ids whatever the order they arrived in;
 - every later one refines the current centroids with a few weighted Lloyd steps -- an
   incremental update, warm-started, never a retraining -- and re-places a segment that
   has no members at the point that contributes most to the inertia;
@@ -31,7 +33,7 @@ distinct visitors, and a visitor's segment is the nearest centroid of its featur
 >>> population = Population({(1, 0, 0, 1): 900, (2, 0, 0, 1): 300, (40, 3, 1, 4): 5})
 >>> model = update(None, population, k=2)
 >>> model.sizes.tolist(), model.labels
-([1200, 5], ['one-visit browsers', 'high-value buyers'])
+([5, 1200], ['first-time buyers', 'one-view bouncers'])
 """
 
 from __future__ import annotations
@@ -41,10 +43,9 @@ from typing import Any
 
 import numpy as np
 import orjson
-from scipy.optimize import linear_sum_assignment
 
 from ampelios.core.journeys import N_FEATURES, features_from_shapes
-from ampelios.core.labels import segment_labels
+from ampelios.core.labels import KINDS, label_of, segment_labels
 from ampelios.core.population import Population
 
 N_INIT = 8  # starts of each full fit
@@ -225,19 +226,31 @@ def _fit(
     return best
 
 
-def match_ids(current: np.ndarray, current_active: np.ndarray, candidate: np.ndarray) -> np.ndarray:
-    """``order`` such that ``candidate[order]`` gives each current segment id the candidate
-    segment closest to it (minimum total squared distance; inactive ids are served last).
-    With more candidates than current ids, the extra candidates take the new ids."""
-    k = len(candidate)
-    current, current_active = current[:k], current_active[:k]
-    cost = ((current[:, None, :] - candidate[None, :, :]) ** 2).sum(2)
-    cost[~current_active] = cost.max() + 1.0
-    rows, cols = linear_sum_assignment(cost)
-    order = np.empty(k, dtype=np.int64)
-    order[rows] = cols
-    order[len(current) :] = sorted(set(range(k)) - set(cols.tolist()))
-    return order
+def canonical_order(centers: np.ndarray, active: np.ndarray, units: np.ndarray) -> np.ndarray:
+    """``order`` such that ``centers[order]`` numbers segments canonically: by the kind
+    their mean member (``units``, original units) is named (in the order of
+    :data:`~ampelios.core.labels.KINDS`, repeat buyers first), then by engagement, the sum
+    of the scaled views, add-to-carts, purchases and visits of the centroid, descending;
+    segments without a centroid last. A function of the segments alone, not of the order
+    they were found in."""
+    kind = np.array([KINDS.index(label_of(u)) for u in units.tolist()])
+    engagement = centers[:, :4].sum(1)
+    return np.lexsort((-engagement, kind, ~active))
+
+
+def members(
+    z: np.ndarray, raw: np.ndarray, weights: np.ndarray, centers: np.ndarray, active: np.ndarray, scale: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Visitors each centroid attracts (k,) and their mean member in original units (k, 6)
+    (the centroid itself for a segment without members)."""
+    k = len(centers)
+    assignment = np.argmin(_sq_distances(z, centers, active), axis=1)
+    sizes = np.bincount(assignment, weights=weights, minlength=k).astype(np.int64)
+    units = np.zeros((k, N_FEATURES))
+    np.add.at(units, assignment, raw * weights[:, None])
+    units[sizes > 0] /= sizes[sizes > 0, None]
+    units[sizes == 0] = np.expm1(centers[sizes == 0] * scale)
+    return sizes, units
 
 
 def update(
@@ -258,12 +271,10 @@ def update(
     scale = scale_of(logged, weights)
     z = logged / scale
     version = model.version + 1 if model is not None else 1
-    if model is None or model.k != k or settle:  # seeding, k changed, settling: ids follow groups
+    renumber = model is None or model.k != k or settle  # seeding, k changed, settling
+    if renumber:
         centers, active, inertia = _fit(z, weights, k, rng, SETTLE_N_INIT if settle else N_INIT)
         fitted_total, fitted_version = total, version
-        if model is not None:
-            order = match_ids(model.centroids / scale, model.active, centers)
-            centers, active = centers[order], active[order]
     else:
         fitted_total, fitted_version = model.fitted_total, model.fitted_version
         centers, active, _, inertia = lloyd(z, weights, model.centroids / scale, model.active, REFINE_STEPS)
@@ -271,14 +282,11 @@ def update(
             fitted_total, fitted_version = total, version
             fresh, fresh_active, fresh_inertia = _fit(z, weights, k, rng)
             if fresh_inertia < inertia * (1 - 1e-6):
-                order = match_ids(model.centroids / scale, model.active, fresh)
-                centers, active, inertia = fresh[order], fresh_active[order], fresh_inertia
-    assignment = np.argmin(_sq_distances(z, centers, active), axis=1)
-    sizes = np.bincount(assignment, weights=weights, minlength=k).astype(np.int64)
-    units = np.zeros((k, N_FEATURES))
-    np.add.at(units, assignment, raw * weights[:, None])
-    units[sizes > 0] /= sizes[sizes > 0, None]
-    units[sizes == 0] = np.expm1(centers[sizes == 0] * scale)
+                centers, active, inertia, renumber = fresh, fresh_active, fresh_inertia, True
+    sizes, units = members(z, raw, weights, centers, active, scale)
+    if renumber:
+        order = canonical_order(centers, active, units)
+        centers, active, sizes, units = centers[order], active[order], sizes[order], units[order]
     centroids = centers * scale
     if (
         settle

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from ampelios.config import Settings
 from ampelios.core.events import EventBatch
 from ampelios.core.generate import WINDOW_END_MS, WINDOW_START_MS, generate_events
+from ampelios.core.labels import BUYERS, kind_of
 from ampelios.services.broker import end_offsets, read_range
 from ampelios.services.stack import http_json, wait_for_job, wait_until_reflected
 from ampelios.sinks.history import History
@@ -33,8 +34,8 @@ JULY, AUGUST = (round(datetime(2015, m, 1, tzinfo=UTC).timestamp() * 1000) for m
 
 
 def buyer_share(snapshot: dict) -> float:
-    """Share of visitors in segments whose members have bought (high-value buyers)."""
-    return sum(s["share"] for s in snapshot["segments"] if s["label"].startswith("high-value buyers"))
+    """Share of visitors in segments whose members have bought (repeat or first-time buyers)."""
+    return sum(s["share"] for s in snapshot["segments"] if kind_of(s["label"]) in BUYERS)
 
 
 def at(snapshot: dict) -> date:
@@ -192,7 +193,7 @@ def test_two_sources_replayed_at_once_stay_apart(settings: Settings, workers: Wo
     assert http_json("GET", f"{base}/view?source_id=2")[1] == before
     changes = asyncio.run(read_topic(settings.broker_url, "segment-changes", settings.partitions, since))
     assert {c["visitorid"] for c in changes} == set(one_timers.tolist())
-    assert {c["source_id"] for c in changes} == {1} and all(c["to_label"].startswith("high-value") for c in changes)
+    assert {c["source_id"] for c in changes} == {1} and all(kind_of(c["to_label"]) in BUYERS for c in changes)
     change = changes[0]
     answer = http_json("GET", f"{base}/visitors/{change['visitorid']}?source_id=1")[1]
     assert [(t["from"], t["to"]) for t in answer["transitions"]] == [(change["from"], change["to"])]

@@ -72,7 +72,7 @@ def test_two_workers_share_the_partitions_answer_alike_and_take_over_from_each_o
     assert in_b and len(in_b) < len(sample)  # some answers need the other worker
 
     replay_file(settings, first)
-    settle(a.base_url)
+    settle(a.base_url, b.base_url)
     assert outcome(settings, a.base_url, sample) == outcome(settings, b.base_url, sample) == expected_first
     verbose = [http_json("GET", f"{w.base_url}/view?source_id=1&verbose=true&limit=5")[1] for w in (a, b)]
     assert verbose[0] == verbose[1]
