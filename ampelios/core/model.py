@@ -154,10 +154,15 @@ class SegmentModel:
     def k(self) -> int:
         return len(self.centroids)
 
+    def sq_distances(self, features: np.ndarray) -> np.ndarray:
+        """Squared distance (n, k) of each feature vector (n, 6) to each centroid in the
+        model's space; ``inf`` to a segment without a centroid."""
+        z = np.log1p(features) / self.scale
+        return _sq_distances(z, self.centroids / self.scale, self.active)
+
     def assign(self, features: np.ndarray) -> np.ndarray:
         """The segment of each feature vector (n, 6): the nearest active centroid."""
-        z = np.log1p(features) / self.scale
-        return np.argmin(_sq_distances(z, self.centroids / self.scale, self.active), axis=1)
+        return np.argmin(self.sq_distances(features), axis=1)
 
     def segments(self) -> list[dict[str, Any]]:
         """Every segment: id, label, size, share of the visitors, centroid (mean member)."""

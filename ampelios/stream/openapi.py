@@ -162,8 +162,53 @@ _SCHEMAS: dict[str, Any] = {
             "segment": {"type": ["integer", "null"]},
             "active": {"type": "boolean"},
             "label": {"type": ["string", "null"]},
+            "why": {
+                "oneOf": [_ref("Why"), {"type": "null"}],
+                "description": "why the visitor is in its segment (null when it is in none)",
+            },
             "transitions": {"type": ["array", "null"], "items": {"type": "object"}},
             "transitions_error": {"type": "string"},
+        },
+    },
+    "Why": {
+        "type": "object",
+        "required": ["segment", "distances", "nearest_other", "reasons"],
+        "properties": {
+            "segment": {"type": "integer"},
+            "distances": {
+                "type": "array",
+                "description": "distance to every segment with members in the model's space, nearest first",
+                "items": {
+                    "type": "object",
+                    "required": ["segment", "label", "distance"],
+                    "properties": {
+                        "segment": {"type": "integer"},
+                        "label": {"type": "string"},
+                        "distance": {"type": "number", "minimum": 0},
+                    },
+                },
+            },
+            "nearest_other": {
+                "type": ["object", "null"],
+                "properties": {"segment": {"type": "integer"}, "label": {"type": "string"}},
+            },
+            "reasons": {
+                "type": "array",
+                "maxItems": 3,
+                "description": "the features that place the visitor here rather than in the nearest other segment",
+                "items": {
+                    "type": "object",
+                    "required": ["feature", "visitor", "segment_mean", "other_mean", "share", "says"],
+                    "properties": {
+                        "feature": {"type": "string"},
+                        "visitor": {"type": "number", "description": "the visitor's value"},
+                        "segment_mean": {"type": "number", "description": "its segment's mean member"},
+                        "other_mean": {"type": "number", "description": "the nearest other segment's mean member"},
+                        "share": {"type": "number", "minimum": 0, "maximum": 1},
+                        "says": {"type": "string", "description": "the same in words"},
+                    },
+                },
+            },
         },
     },
     "History": {

@@ -8,7 +8,8 @@ POST /trigger              202 ``{"job", "status_url"}``: replay a CSV of the da
 GET  /trigger/{job}        the job: state (running/done/failed), rows sent, rejected
 GET  /view                 per segment: id, label, users, share, centroid, and in plain
                            words summary, advice and action
-GET  /visitors/{id}        one visitor's journey, features, segment and transitions
+GET  /visitors/{id}        one visitor's journey, features, segment, why it is there, and
+                           its transitions
 GET  /history              snapshots of the segments over event or wall time
 GET  /stats                events, visitors, rejected, ignored, forwarded, lag (records not yet
                            reflected), sink_lag (records not yet in Postgres)
@@ -40,6 +41,7 @@ from faust.web import Request, Response, View
 
 from ampelios import internals
 from ampelios.core.events import MAX_SOURCE_ID, UNKNOWN_SOURCE
+from ampelios.core.explain import why
 from ampelios.core.journeys import JourneyState
 from ampelios.core.labels import action, advice, summary
 from ampelios.core.model import SegmentModel
@@ -280,7 +282,7 @@ def register(p: Pipeline) -> None:
     class Visitor(View):
         @_endpoint(p, visitors=True)
         async def get(self, request: Request, visitorid: str) -> tuple[int, Any]:
-            """One visitor's sessions, state vector, six features and segment."""
+            """One visitor's sessions, state vector, six features, segment and why it is there."""
             source_id = _source_id(request)
             vid = _int(visitorid, "visitorid")
             partition = partition_for(source_id, vid, p.settings.partitions)
@@ -316,6 +318,7 @@ def register(p: Pipeline) -> None:
                 "segment": segment,
                 "active": journey.active,
                 "label": model.labels[segment] if model is not None and segment is not None else None,
+                "why": why(model, features) if model is not None and segment is not None else None,
                 "transitions": transitions,
                 **({"transitions_error": error} if error else {}),
             }

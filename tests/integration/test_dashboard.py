@@ -87,6 +87,9 @@ def test_the_dashboard_shows_the_segments_and_runs_a_replay(
     browser.find_element(By.ID, "visitor").send_keys(str(int(events.visitorid[0])))
     browser.find_element(By.CSS_SELECTOR, "#lookup button").click()
     wait.until(lambda b: text(b.find_element(By.ID, "visitor-result")).startswith(f"Visitor {events.visitorid[0]}:"))
+    answer = http_json("GET", f"{base}/visitors/{events.visitorid[0]}?source_id=1")[1]
+    reasons = [text(li) for li in browser.find_elements(By.CSS_SELECTOR, "#visitor-result .why li")]
+    assert reasons == [r["says"] for r in answer["why"]["reasons"]] and reasons
 
     browser.execute_script("window.scrollTo(0, 0)")
     shot = tmp_path / "dashboard.png"

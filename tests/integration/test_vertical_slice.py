@@ -65,6 +65,12 @@ def test_a_replayed_file_is_reflected_in_segments_visitors_stats_and_history(set
         assert answer["state"] == features[:3].tolist()
         assert 0 <= answer["segment"] < settings.k
         assert answer["label"] == segments[answer["segment"]]["label"]
+        why = answer["why"]  # nearest first: its own segment, then the one it would otherwise be in
+        assert why["distances"][0]["segment"] == answer["segment"] == why["segment"]
+        other = why["nearest_other"]
+        assert other == {"segment": why["distances"][1]["segment"], "label": segments[other["segment"]]["label"]}
+        says = [r["says"] for r in why["reasons"]]
+        assert says and all(answer["label"] in said and other["label"] in said for said in says)
         users_by_segment[answer["segment"]] += 1
 
     # verbose=true lists visitor ids instead of counts, each id in its own segment.

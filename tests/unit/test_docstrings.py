@@ -9,6 +9,7 @@ import pytest
 
 MODULES = [
     "ampelios.core.events",
+    "ampelios.core.explain",
     "ampelios.core.generate",
     "ampelios.core.journeys",
     "ampelios.core.labels",

@@ -224,9 +224,26 @@ async function lookUp(event) {
     return;
   }
   const [views, carts, buys] = body.state;
-  out.textContent =
+  const summary = element(
+    "p",
+    "visitor-summary",
     `Visitor ${body.visitorid}: ${body.label ? `in “${body.label}”` : "in no segment (inactive)"}; ` +
-    `${body.sessions.length} visits, ${number(views)} views, ${number(carts)} add-to-carts, ${number(buys)} purchases.`;
+      `${counted(body.sessions.length, "visit")}, ${counted(views, "view")}, ${counted(carts, "add-to-cart")}, ` +
+      `${counted(buys, "purchase")}.`,
+  );
+  out.replaceChildren(summary);
+  const why = body.why;
+  if (why && why.nearest_other) {
+    out.append(element("p", "why-title", `Why here rather than in “${why.nearest_other.label}”:`));
+    const reasons = element("ul", "why");
+    for (const reason of why.reasons) reasons.append(element("li", "", reason.says));
+    out.append(reasons);
+  }
+}
+
+// "1 visit", "2 visits": the noun in the singular only for exactly one.
+function counted(n, noun) {
+  return `${number(n)} ${n === 1 ? noun : `${noun}s`}`;
 }
 
 $("replay").addEventListener("click", startReplay);
