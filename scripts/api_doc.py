@@ -73,6 +73,12 @@ def cut(value: Any, items: int = 2) -> Any:
     return value
 
 
+def cut_text(text: str, lines: int = 4) -> str:
+    """The first ``lines`` lines of ``text``, and "..." if there were more."""
+    kept = text.splitlines()
+    return "\n".join(kept[:lines] + (["..."] if len(kept) > lines else []))
+
+
 def text_get(url: str) -> tuple[int, str]:
     with urllib.request.urlopen(url, timeout=30) as response:
         return response.status, response.read().decode()
@@ -120,6 +126,11 @@ def record(base: str) -> dict[tuple[str, str], list[tuple[str, Any, int, Any]]]:
     ask("GET", "/view", "/view?source_id=1&verbose=true&limit=3")
     visitor = http_json("GET", base + "/view?source_id=1&verbose=true&limit=1")[1][0]["users"][0]
     ask("GET", "/visitors/{visitorid}", f"/visitors/{visitor}?source_id=1")
+    members = "/segments/{segment}/members"
+    page = ask("GET", members, "/segments/0/members?source_id=1&limit=2")
+    ask("GET", members, f"/segments/0/members?source_id=1&limit=2&after={page['next']}")
+    status, rows = text_get(base + "/segments/0/members?source_id=1&format=csv")
+    examples[("GET", members)].append(("/segments/0/members?source_id=1&format=csv", None, status, cut_text(rows)))
     ask("GET", "/history", "/history?source_id=1&clock=event&since=2015-07-01&until=2015-07-03")
     ask("GET", "/stats", "/stats?source_id=1")
     ask("GET", "/stats", "/stats?source_id=1&local=true")
@@ -155,6 +166,8 @@ def api_document(examples: dict[tuple[str, str], list[tuple[str, Any, int, Any]]
     parts.append("The dashboard is `GET /` (HTML, with its files under `/static/`); it uses the operations below.")
     for method, path, op in operations:
         section = [f"## {method} {path}", "", op["summary"] + "."]
+        if "description" in op:
+            section += ["", op["description"]]
         parameters = op.get("parameters", [])
         if parameters:
             section += ["", "| parameter | in | required | meaning |", "|---|---|---|---|"]

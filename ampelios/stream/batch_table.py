@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import faust
@@ -76,14 +76,16 @@ class BatchTable(faust.Table):  # type: ignore[misc]
         db = self._db(partition)
         return [db.get(k) for k in keys]
 
-    def items_between(self, partition: int, start: bytes, stop: bytes) -> list[tuple[bytes, bytes]]:
-        """Every (key, value) of ``partition`` with ``start <= key < stop``, in key order."""
-        found = []
+    def scan(self, partition: int, start: bytes, stop: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """(key, value) of ``partition`` with ``start <= key < stop``, in key order, lazily."""
         for key, value in self._db(partition).items(from_key=start):
             if key >= stop:
-                break
-            found.append((key, value))
-        return found
+                return
+            yield key, value
+
+    def items_between(self, partition: int, start: bytes, stop: bytes) -> list[tuple[bytes, bytes]]:
+        """Every (key, value) of ``partition`` with ``start <= key < stop``, in key order."""
+        return list(self.scan(partition, start, stop))
 
     def items_with_prefix(self, partition: int, prefix: bytes) -> list[tuple[bytes, bytes]]:
         """Every (key, value) of ``partition`` whose key starts with ``prefix``, in key order."""

@@ -14,6 +14,7 @@ rather than pass a request back and forth.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -54,4 +55,21 @@ async def ask(app: Any, url: str, path_qs: str, token: str | None = None) -> tup
         async with app.http_client.get(url.rstrip("/") + path_qs, headers=headers, timeout=PEER_TIMEOUT) as r:
             return r.status, orjson.loads(await r.read())
     except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError) as exc:
+        raise PeerUnavailable(f"worker {url} did not answer {path_qs}: {exc!r:.200}") from None
+
+
+STREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60)
+
+
+async def relay(app: Any, url: str, path_qs: str, token: str | None = None) -> AsyncIterator[bytes]:
+    """GET ``path_qs`` from the worker at ``url`` and yield its body as it arrives (for
+    answers too large to hold); PeerUnavailable if it does not answer 200."""
+    headers = {FORWARDED: "1", **({"Authorization": f"Bearer {token}"} if token else {})}
+    try:
+        async with app.http_client.get(url.rstrip("/") + path_qs, headers=headers, timeout=STREAM_TIMEOUT) as r:
+            if r.status != 200:
+                raise PeerUnavailable(f"worker {url} answered {r.status} to {path_qs}: {(await r.read())[:200]!r}")
+            async for piece in r.content.iter_chunked(2**16):
+                yield piece
+    except (aiohttp.ClientError, TimeoutError) as exc:
         raise PeerUnavailable(f"worker {url} did not answer {path_qs}: {exc!r:.200}") from None

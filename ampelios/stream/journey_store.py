@@ -40,13 +40,17 @@ def read_journey(table: BatchTable, key: bytes) -> bytes | None:
     return join_journey(value, [table.get(chunk_key(key, c)) for c in range(n)])
 
 
-def local_journeys(table: BatchTable, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
-    """(key, whole journey) of every local journey whose key starts with ``prefix``."""
-    for key, value in table.items():
-        if key.startswith(prefix) and b"#" not in key:
-            whole = read_journey(table, key) if chunk_count(value) else value
-            assert whole is not None
-            yield key, whole
+def scan_journeys(table: BatchTable, partition: int, start: bytes, stop: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """(key, whole journey) of every journey of ``partition`` with ``start <= key < stop``,
+    in key order, lazily (a long journey's chunks are read with its head)."""
+    for key, value in table.scan(partition, start, stop):
+        if b"#" in key:
+            continue  # a chunk, read with its head
+        if value[1] & CHUNKED:
+            value = join_journey(
+                value, table.get_many(partition, [chunk_key(key, c) for c in range(chunk_count(value))])
+            )
+        yield key, value
 
 
 def store(

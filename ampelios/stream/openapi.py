@@ -13,9 +13,11 @@ from ampelios.core.events import MAX_SOURCE_ID
 from ampelios.core.rejections import MAX_REASONS
 
 MAX_USER_LIMIT = 10_000  # visitor ids per segment that /view?verbose=true may list
+MAX_MEMBERS = 10_000  # members per page of /segments/{segment}/members
 MAX_BODY_BYTES = 64 * 1024  # request bodies (POST /trigger)
 
 _INT64 = {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}
+_SEGMENT = {"type": "integer", "minimum": 0, "maximum": 2**16 - 1}
 _NUMBER_OR_NULL = {"type": ["number", "null"]}
 _FEATURES = {
     "type": "array",
@@ -133,6 +135,25 @@ _SCHEMAS: dict[str, Any] = {
             },
             "share": {"type": "number", "minimum": 0, "maximum": 1},
             "centroid": _FEATURES,
+        },
+    },
+    "Members": {
+        "type": "object",
+        "required": ["source_id", "segment", "label", "model_version", "members", "next"],
+        "properties": {
+            "source_id": {"type": "integer"},
+            "segment": {"type": "integer"},
+            "label": {"type": "string"},
+            "model_version": {"type": "integer", "description": "the model every page of this listing uses"},
+            "members": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["visitorid", "features"],
+                    "properties": {"visitorid": _INT64, "features": _FEATURES},
+                },
+            },
+            "next": {"type": ["string", "null"], "description": "pass as after for the next page; null: no more"},
         },
     },
     "Session": {
@@ -306,7 +327,12 @@ def openapi_document(token_required: bool, visitors_protected: bool = False) -> 
                     "summary": "The segments of a source",
                     "parameters": [
                         _SOURCE,
-                        _query("verbose", {"type": "boolean"}, "list visitor ids instead of counts"),
+                        _query(
+                            "verbose",
+                            {"type": "boolean"},
+                            "list visitor ids instead of counts: the first `limit` of each segment (at most "
+                            f"{MAX_USER_LIMIT:,}); every member, with its features, is at /segments/{{id}}/members",
+                        ),
                         _query(
                             "limit",
                             {"type": "integer", "minimum": 1, "maximum": MAX_USER_LIMIT},
@@ -320,9 +346,55 @@ def openapi_document(token_required: bool, visitors_protected: bool = False) -> 
                     },
                 }
             },
+            "/segments/{segment}/members": {
+                "get": {
+                    "summary": "Every member of a segment with its six features, page by page or whole",
+                    "description": (
+                        "format=json (default) answers a page of `limit` members and `next`, the cursor of the "
+                        "following page (null after the last): pass it as `after`. Every page of one listing "
+                        "classifies under the model of its first page (`model_version`), so no visitor appears "
+                        "twice; the order is the store's (partition, then visitor id as text). format=csv or "
+                        "ndjson streams every member of the segment (from `after`, when given) in one answer."
+                    ),
+                    "parameters": [
+                        {
+                            "name": "segment",
+                            "in": "path",
+                            "required": True,
+                            "schema": _SEGMENT,
+                            "description": "the segment's id, as in /view",
+                        },
+                        _SOURCE,
+                        _query("format", {"enum": ["json", "csv", "ndjson"]}, "a page (json) or the whole segment"),
+                        _query(
+                            "limit",
+                            {"type": "integer", "minimum": 1, "maximum": MAX_MEMBERS},
+                            "members per page (default 1000)",
+                        ),
+                        _query("after", {"type": "string"}, "the `next` cursor of the previous page"),
+                        _query(
+                            "local",
+                            {"type": "boolean"},
+                            "the cursor's partition only, which this worker must hold (what workers ask each other)",
+                        ),
+                    ],
+                    "security": [{"bearer": []}] if visitors_protected else [],
+                    "responses": {
+                        "200": {
+                            "description": "a page of members (json), or every member (csv, ndjson)",
+                            "content": {
+                                "application/json": {"schema": _ref("Members")},
+                                "text/csv": {"schema": {"type": "string"}},
+                                "application/x-ndjson": {"schema": {"type": "string"}},
+                            },
+                        },
+                        **_errors(*((400, 401, 404, 503) if visitors_protected else (400, 404, 503))),
+                    },
+                }
+            },
             "/visitors/{visitorid}": {
                 "get": {
-                    "summary": "One visitor's journey, features, segment and transitions",
+                    "summary": "One visitor's journey, features, segment, why it is there, and transitions",
                     "parameters": [
                         {"name": "visitorid", "in": "path", "required": True, "schema": _INT64},
                         _SOURCE,

@@ -8,6 +8,8 @@ POST /trigger              202 ``{"job", "status_url"}``: replay a CSV of the da
 GET  /trigger/{job}        the job: state (running/done/failed), rows sent, rejected
 GET  /view                 per segment: id, label, users, share, centroid, and in plain
                            words summary, advice and action
+GET  /segments/{id}/members every member of a segment with its features: paged JSON, or the
+                           whole segment as CSV or NDJSON
 GET  /visitors/{id}        one visitor's journey, features, segment, why it is there, and
                            its transitions
 GET  /history              snapshots of the segments over event or wall time
@@ -48,11 +50,12 @@ from ampelios.core.model import SegmentModel
 from ampelios.core.partitioning import partition_for, visitor_key
 from ampelios.core.rejections import MAX_REASONS, RejectionSummary
 from ampelios.sinks.history import HistoryUnavailable
-from ampelios.stream.cluster import FORWARDED, PeerUnavailable, ask, holder_of, own_url, workers_of
+from ampelios.stream.cluster import FORWARDED, PeerUnavailable, ask, holder_of, own_url, relay, workers_of
 from ampelios.stream.jobs import PathMissing, PathRefused, ReplayJob, data_files, resolve_data_path, start_job
-from ampelios.stream.journey_store import local_journeys, read_journey
+from ampelios.stream.journey_store import read_journey
+from ampelios.stream.members import CONTENT_TYPES, CSV_HEADER, FORMATS, MemberCursor, first_members, read_members
 from ampelios.stream.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from ampelios.stream.openapi import MAX_BODY_BYTES, MAX_USER_LIMIT, openapi_document
+from ampelios.stream.openapi import MAX_BODY_BYTES, MAX_MEMBERS, MAX_USER_LIMIT, openapi_document
 from ampelios.stream.pipeline import Pipeline, snapshot_request
 from ampelios.stream.web_guard import BODY_SECONDS, authorized, connection_options, guard
 
@@ -61,7 +64,13 @@ log = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent.parent / "web" / "static"  # the dashboard's files
 
 DEFAULT_USER_LIMIT = 100
+DEFAULT_MEMBERS = 1000  # members per page of /segments/{id}/members
 DEFAULT_REASONS = 20
+
+
+class StreamCut(Exception):
+    """A streamed answer failed after it began: the connection is cut, so that the client
+    sees an incomplete transfer rather than a short file."""
 
 
 class HttpError(Exception):
@@ -169,9 +178,14 @@ def _endpoint(p: Pipeline, *, needs_state: bool = True, writes: bool = False, vi
                     _authorize(request, p.settings.api_token)
                 if needs_state and not p.ready():
                     raise HttpError(503, "the worker is recovering its state; retry shortly")
-                status, body = await method(self, request, **kwargs)
+                answer = await method(self, request, **kwargs)
+                if isinstance(answer, web.StreamResponse):
+                    return answer  # streamed; an error once it has begun cuts the connection
+                status, body = answer
             except HttpError as exc:
                 status, body = exc.status, {"error": str(exc)}
+            except StreamCut:
+                raise
             except Exception as exc:
                 log.exception("%s %s failed", request.method, request.path)
                 status, body = 500, {"error": f"internal error: {exc!r:.200}"}
@@ -242,7 +256,11 @@ def register(p: Pipeline) -> None:
                 raise no_segments(source_id)
             users: list[Any] = model.sizes.tolist()
             if verbose:
-                users = members(source_id, model, limit)
+                gap_ms, window_ms = p.settings.session_gap_ms, p.settings.active_window_ms
+                local = p.local_partitions()
+                users = await asyncio.to_thread(
+                    first_members, p.journeys, local, source_id, model, limit, gap_ms, window_ms
+                )
                 if not _flag(request, "local"):
                     for url in _peers():
                         path_qs = f"/view?source_id={source_id}&verbose=true&limit={limit}&local=true"
@@ -261,22 +279,6 @@ def register(p: Pipeline) -> None:
                 }
                 for s in range(model.k)
             ]
-
-    def members(source_id: int, model: SegmentModel, limit: int) -> list[list[int]]:
-        """Up to ``limit`` visitor ids per segment (scans the local journeys in key order)."""
-        found: list[list[int]] = [[] for _ in range(model.k)]
-        prefix = b"%d:" % source_id
-        gap_ms, window_ms = p.settings.session_gap_ms, p.settings.active_window_ms
-        for key, value in local_journeys(p.journeys, prefix):
-            journey = JourneyState.from_bytes(value)
-            if not journey.active:
-                continue
-            segment = int(model.assign(journey.features(gap_ms, window_ms)[None, :])[0])
-            if len(found[segment]) < limit:
-                found[segment].append(int(key[len(prefix) :]))
-                if all(len(f) >= min(limit, n) for f, n in zip(found, model.sizes.tolist())):
-                    break
-        return [sorted(ids) for ids in found]
 
     @app.page("/visitors/{visitorid}")
     class Visitor(View):
@@ -322,6 +324,124 @@ def register(p: Pipeline) -> None:
                 "transitions": transitions,
                 **({"transitions_error": error} if error else {}),
             }
+
+    @app.page("/segments/{segment}/members")
+    class SegmentMembers(View):
+        @_endpoint(p, visitors=True)
+        async def get(self, request: Request, segment: str) -> tuple[int, Any] | web.StreamResponse:
+            """Every member of a segment with its six features: a page of ``limit`` after the
+            cursor ``after`` (JSON), or the whole segment (``format=csv`` or ``ndjson``)."""
+            source_id = _source_id(request)
+            fmt = request.query.get("format", "json")
+            if fmt not in FORMATS:
+                raise HttpError(400, f"format must be one of {', '.join(FORMATS)}, got {fmt!r:.40}")
+            cursor = member_cursor(request, source_id, _int(segment, "segment", 0, 2**16 - 1))
+            local = _flag(request, "local")
+            if fmt == "json":
+                limit = _int(request.query.get("limit", DEFAULT_MEMBERS), "limit", 1, MAX_MEMBERS)
+                found, after = await members_page(cursor, limit, local)
+                return 200, {
+                    "source_id": source_id,
+                    "segment": cursor.segment,
+                    "label": cursor.model.labels[cursor.segment],
+                    "model_version": cursor.model.version,
+                    "members": found,
+                    "next": after.token() if after is not None else None,
+                }
+            name = f"source-{source_id}-segment-{cursor.segment}.{fmt}"
+            response = web.StreamResponse(
+                headers={"Content-Type": CONTENT_TYPES[fmt], "Content-Disposition": f'attachment; filename="{name}"'}
+            )
+            await response.prepare(request)
+            try:
+                if fmt == "csv" and not local:
+                    await response.write(CSV_HEADER)
+                await stream_partition(response, cursor, fmt)
+                for partition in range(cursor.partition + 1, p.settings.partitions if not local else 0):
+                    await stream_partition(response, cursor.at(partition), fmt)
+                await response.write_eof()
+            except Exception as exc:
+                log.warning(
+                    "streaming the members of segment %d of source %d failed: %r", cursor.segment, source_id, exc
+                )
+                raise StreamCut(str(exc)) from exc
+            return response
+
+    def member_cursor(request: Request, source_id: int, segment: int) -> MemberCursor:
+        """The request's cursor (``after``), or the first one under the current model."""
+        if "after" in request.query:
+            try:
+                cursor = MemberCursor.parse(request.query["after"])
+            except ValueError as exc:
+                raise HttpError(400, str(exc)) from None
+            if (cursor.source_id, cursor.segment) != (source_id, segment):
+                raise HttpError(400, "after is a cursor of another segment or source")
+            if cursor.partition >= p.settings.partitions:
+                raise HttpError(400, "after is a cursor of another deployment (more partitions)")
+            return cursor
+        model = p.published_model(source_id)
+        if model is None:
+            raise no_segments(source_id)
+        if segment >= model.k:
+            raise HttpError(404, f"source {source_id} has segments 0 to {model.k - 1}, not {segment}")
+        return MemberCursor.first(source_id, segment, model)
+
+    def holder(partition: int) -> str:
+        url = holder_of(app, journeys_topic, partition)
+        if url is None or url == own_url(app):
+            raise HttpError(503, f"no worker holds partition {partition} right now (a rebalance is under way); retry")
+        return url
+
+    def members_path(cursor: MemberCursor, query: str) -> str:
+        return (
+            f"/segments/{cursor.segment}/members?source_id={cursor.source_id}&after={cursor.token()}&local=true&{query}"
+        )
+
+    async def members_page(cursor: MemberCursor, limit: int, local: bool) -> tuple[list[Any], MemberCursor | None]:
+        """Up to ``limit`` members from the cursor on and the cursor after them (``None``:
+        no more); with ``local``, of the cursor's partition only, which must be held here."""
+        found: list[Any] = []
+        gap_ms, window_ms = p.settings.session_gap_ms, p.settings.active_window_ms
+        at: MemberCursor | None = cursor
+        while at is not None and len(found) < limit:
+            following: MemberCursor | None
+            if at.partition in p.local_partitions():
+                read = await asyncio.to_thread(read_members, p.journeys, at, gap_ms, window_ms)
+                read = read.head(limit - len(found))
+                found += read.page()
+                following = at.at(at.partition, read.last) if read.last is not None else None
+            elif local:
+                raise HttpError(503, f"partition {at.partition} is not held here (a rebalance is under way); retry")
+            else:
+                answer = await _peer_answer(holder(at.partition), members_path(at, f"limit={limit - len(found)}"))
+                found += answer["members"]
+                following = MemberCursor.parse(answer["next"]) if answer["next"] else None
+            if following is None and not local and at.partition + 1 < p.settings.partitions:
+                following = at.at(at.partition + 1)
+            at = following
+        return found, at
+
+    async def stream_partition(response: web.StreamResponse, cursor: MemberCursor, fmt: str) -> None:
+        """Write every member of the cursor's partition from the cursor on, read here or
+        relayed from the worker that holds the partition."""
+        if cursor.partition not in p.local_partitions():
+            async for piece in relay(
+                app, holder(cursor.partition), members_path(cursor, f"format={fmt}"), p.settings.api_token
+            ):
+                await response.write(piece)
+            return
+        gap_ms, window_ms = p.settings.session_gap_ms, p.settings.active_window_ms
+
+        def chunk(at: MemberCursor) -> tuple[bytes, int | None]:
+            read = read_members(p.journeys, at, gap_ms, window_ms)
+            return read.csv() if fmt == "csv" else read.ndjson(), read.last
+
+        at: MemberCursor | None = cursor
+        while at is not None:
+            body, last = await asyncio.to_thread(chunk, at)
+            if body:
+                await response.write(body)
+            at = at.at(at.partition, last) if last is not None else None
 
     @app.page("/history")
     class SegmentHistory(View):

@@ -125,3 +125,17 @@ def test_a_tiny_soak_samples_the_memory_of_the_local_stack(tmp_path: Path, scrat
         assert sample["total"] == sample["broker"] + sample["postgres"] + sample["worker"]
     assert soak["stats_at_end"]["events"] == soak["messages"] and soak["stats_at_end"]["lag"] == 0
     assert list(scratch.iterdir()) == []
+
+
+def test_the_export_benchmark_streams_the_largest_segment_whole_in_every_format(tmp_path: Path, scratch: Path):
+    out = tmp_path / "export.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AMPELIOS_")} | {"TMPDIR": str(scratch)}
+    command = [sys.executable, str(ROOT / "scripts" / "bench_export.py"), "--events", "5000", "--json", str(out)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(out.read_text())
+    assert [r["format"] for r in report["rows"]] == ["csv", "ndjson", "json pages of 10,000"]
+    for row in report["rows"]:
+        assert row["members"] == row["expected"] == report["segment"]["users"] > 0
+        assert row["mib"] > 0 and row["worker_rss_mib_peak"] >= row["worker_rss_mib_before"] > 0
+    assert list(scratch.iterdir()) == []

@@ -7,6 +7,7 @@ README's picture of the dashboard comes from here."""
 from __future__ import annotations
 
 import shutil
+import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -70,6 +71,10 @@ def test_the_dashboard_shows_the_segments_and_runs_a_replay(
         assert f"{segment['users']:,}" in text(card.find_element(By.CSS_SELECTOR, ".size"))
         assert text(card.find_element(By.CSS_SELECTOR, ".advice")) == segment["advice"]
         assert segment["action"] in card.get_attribute("class")
+        link = card.find_element(By.CSS_SELECTOR, "a.download")  # the whole segment, as CSV
+        assert link.get_attribute("href") == f"{base}/segments/{segment['id']}/members?source_id=1&format=csv"
+        rows = urllib.request.urlopen(link.get_attribute("href"), timeout=60).read().decode().splitlines()
+        assert len(rows) == 1 + segment["users"] and f"{segment['users']:,} members" in text(link)
     before = http_json("GET", f"{base}/stats?source_id=1")[1]["events"]
     assert browser.find_element(By.ID, "status").get_attribute("data-events") == str(before)
 

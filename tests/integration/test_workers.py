@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +78,17 @@ def test_two_workers_share_the_partitions_answer_alike_and_take_over_from_each_o
     verbose = [http_json("GET", f"{w.base_url}/view?source_id=1&verbose=true&limit=5")[1] for w in (a, b)]
     assert verbose[0] == verbose[1]
     assert any(partition_for(1, v, settings.partitions) in held_b for s in verbose[0] for v in s["users"])
+    # a whole segment from either worker: the same rows, half of them relayed from the other
+    segment = max(http_json("GET", f"{a.base_url}/view?source_id=1")[1], key=lambda s: s["users"])
+    path = f"/segments/{segment['id']}/members?source_id=1"
+    streamed = [urllib.request.urlopen(w.base_url + path + "&format=csv", timeout=60).read() for w in (a, b)]
+    assert streamed[0] == streamed[1] and streamed[0].count(b"\n") == 1 + segment["users"]
+    paged, after = [], ""
+    while after is not None:
+        page = http_json("GET", f"{b.base_url}{path}&limit=5000{after and f'&after={after}'}")[1]
+        paged += [m["visitorid"] for m in page["members"]]
+        after = page["next"]
+    assert paged == [int(line.split(b",")[0]) for line in streamed[0].splitlines()[1:]]
 
     producer = replay_with_cli(settings, second)
     time.sleep(1.0)  # b stops while the second file is being processed

@@ -18,6 +18,7 @@ from ampelios.core.journeys import (
     merge_journeys,
     sessionize,
     store_journey,
+    stored_features,
 )
 
 GAP = 20 * 60_000
@@ -219,3 +220,18 @@ def test_long_journeys_are_stored_in_chunks_and_only_changed_chunks_are_rewritte
     if n + more > chunk:  # stored in chunks now
         first_changed = 0 if n <= chunk else n // chunk if more else -(-n // chunk)
         assert rewritten == list(range(first_changed, -(-(n + more) // chunk)))
+
+
+@given(visitor_events, st.one_of(st.none(), st.integers(1, 200)), st.lists(st.booleans(), min_size=6, max_size=6))
+def test_stored_features_of_many_journeys_equal_each_journeys_own(by_visitor, window_minutes, inactive):
+    rows = sorted((v, m, e, i) for v, evs in by_visitor.items() for (m, e, i) in evs)
+    events = as_batch(rows)
+    visitors, owner = np.unique(events.visitorid, return_inverse=True)
+    values = merge_journeys([None] * len(visitors), events, owner, GAP).encode(np.arange(len(visitors)))
+    values = [JourneyState(JourneyState.from_bytes(v).events, not off).to_bytes() for v, off in zip(values, inactive)]
+    window = window_minutes * 60_000 if window_minutes else None
+    features, active = stored_features(values, GAP, window)
+    for i, value in enumerate(values):
+        journey = JourneyState.from_bytes(value)
+        np.testing.assert_allclose(features[i], journey.features(GAP, window))
+        assert active[i] == journey.active

@@ -57,6 +57,12 @@ function renderCards(segments) {
     const size = element("p", "size", number(s.users));
     size.append(element("span", "share", ` visitors · ${percent(s.share)}`));
     card.append(size, element("p", "summary", s.summary), element("p", "advice", s.advice));
+    if (s.users > 0) {
+      const download = element("a", "download", `Download the ${number(s.users)} ${s.users === 1 ? "member" : "members"} (CSV)`);
+      download.href = `/segments/${s.id}/members?source_id=${source()}&format=csv`;
+      download.download = `${s.label}.csv`;
+      card.append(download);
+    }
     cards.append(card);
   }
 }
