@@ -172,10 +172,15 @@ def demo(n_events: int, keep_running: bool) -> None:
     help="The worker's web server [default: that of the stack `ampelios up` runs on AMPELIOS_STATE_DIR, "
     "else http://AMPELIOS_WEB_HOST:AMPELIOS_WEB_PORT].",
 )
-def status(source_id: int, url: str | None) -> None:
+@click.option(
+    "--evaluate",
+    is_flag=True,
+    help="Also print how well k = 2..10 segment the visitors now, and the k AMPELIOS_K=auto chooses.",
+)
+def status(source_id: int, url: str | None, evaluate: bool) -> None:
     """Print the segments of a running worker: labels, sizes, shares, what their members
     do and what to do about them."""
-    from ampelios.services.report import segment_report, stats_line
+    from ampelios.services.report import k_report, segment_report, stats_line
     from ampelios.services.stack import RunningStack, http_json
 
     if url is None:
@@ -189,7 +194,7 @@ def status(source_id: int, url: str | None) -> None:
             code, answer = http_json("GET", base + path)
         except OSError as exc:
             raise click.ClickException(f"no Ampelios worker answers at {base} ({exc}); is it running?") from None
-        if code == 404 and path.startswith("/view"):
+        if code == 404 and path.startswith(("/view", "/segments")):
             raise click.ClickException(f"site {source_id} has no segments yet: no event of it has been processed")
         if code != 200:
             raise click.ClickException(f"{base}{path} answered {code}: {answer.get('error')}")
@@ -199,6 +204,8 @@ def status(source_id: int, url: str | None) -> None:
     segments = get(f"/view?source_id={source_id}")
     click.echo(stats_line(source_id, stats) + "\n")
     click.echo(segment_report(segments))
+    if evaluate:
+        click.echo("\n" + k_report(get(f"/segments/quality?source_id={source_id}")))
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True}, add_help_option=False)

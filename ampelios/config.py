@@ -59,22 +59,27 @@ def _broker_url(name: str, raw: str) -> str:
     return raw
 
 
-def _segments(name: str, raw: str) -> tuple[int, dict[int, int]]:
-    """``5`` or ``5,2=8,3=4``: k for every source, then k for named sources."""
-    default: int | None = None
-    by_source: dict[int, int] = {}
+AUTO = "auto"  # AMPELIOS_K: the number of segments chosen by ampelios.core.k_choice
+
+
+def _segments(name: str, raw: str) -> tuple[int | None, dict[int, int | None]]:
+    """``5``, ``auto`` or ``5,2=8,3=auto``: k for every source, then k for named sources
+    (``None``: chosen by the rule of :mod:`ampelios.core.k_choice`)."""
+    default: int | None = 5
+    named_default = False
+    by_source: dict[int, int | None] = {}
     for part in (p.strip() for p in raw.split(",") if p.strip()):
         source, _, k = part.rpartition("=")
-        value = _positive_int(name, k)
+        value = None if k.strip() == AUTO else _positive_int(name, k)
         if source:
             if not source.strip().isdigit():
                 raise ConfigError(f"{name}: {source!r} is not a source id in {raw!r}")
             by_source[int(source)] = value
-        elif default is None:
-            default = value
+        elif not named_default:
+            default, named_default = value, True
         else:
             raise ConfigError(f"{name} names the default k twice in {raw!r}")
-    return default or 5, by_source
+    return default, by_source
 
 
 def _event_map(name: str, raw: str) -> dict[str, str]:
@@ -143,8 +148,8 @@ class Settings:
     data_dir: Path = Path("init-data")
     app_id: str = "ampelios"
     partitions: int = 8
-    k: int = 5
-    k_by_source: Mapping[int, int] = field(default_factory=dict)
+    k: int | None = 5  # None: AMPELIOS_K=auto
+    k_by_source: Mapping[int, int | None] = field(default_factory=dict)
     session_gap_minutes: float = 20.0
     replay_batch_events: int = 5000
     snapshot_seconds: float = 60.0
@@ -167,8 +172,8 @@ class Settings:
         """``AMPELIOS_ACTIVE_DAYS`` in milliseconds (``None``: every visitor stays active)."""
         return None if self.active_days is None else round(self.active_days * 86_400_000)
 
-    def k_for(self, source_id: int) -> int:
-        """Number of segments of a source."""
+    def k_for(self, source_id: int) -> int | None:
+        """Number of segments of a source (``None``: chosen by :mod:`ampelios.core.k_choice`)."""
         return self.k_by_source.get(source_id, self.k)
 
     @property
@@ -235,10 +240,11 @@ class Settings:
         env: dict[str, str] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if value is None or f.name == "k_by_source":
-                continue
             if f.name == "k":
-                value = ",".join([str(value), *(f"{s}={k}" for s, k in sorted(self.k_by_source.items()))])
+                ks = [value, *(f"{s}={AUTO if k is None else k}" for s, k in sorted(self.k_by_source.items()))]
+                value = ",".join(AUTO if k is None else str(k) for k in ks)
+            elif value is None or f.name == "k_by_source":
+                continue
             elif f.name == "event_map":
                 value = ",".join(f"{name}={target}" for name, target in value.items())
             elif isinstance(value, tuple):

@@ -126,6 +126,7 @@ def record(base: str) -> dict[tuple[str, str], list[tuple[str, Any, int, Any]]]:
     ask("GET", "/view", "/view?source_id=1&verbose=true&limit=3")
     visitor = http_json("GET", base + "/view?source_id=1&verbose=true&limit=1")[1][0]["users"][0]
     ask("GET", "/visitors/{visitorid}", f"/visitors/{visitor}?source_id=1")
+    ask("GET", "/segments/quality", "/segments/quality?source_id=1")
     members = "/segments/{segment}/members"
     page = ask("GET", members, "/segments/0/members?source_id=1&limit=2")
     ask("GET", members, f"/segments/0/members?source_id=1&limit=2&after={page['next']}")

@@ -42,3 +42,30 @@ def stats_line(source_id: int, stats: dict[str, Any]) -> str:
         f"Site {source_id}: {stats['events']:,} events from {stats['visitors']:,} visitors, "
         f"{stats['rejected']:,} rows rejected, {version}, {current}."
     )
+
+
+def k_report(quality: dict[str, Any]) -> str:
+    """How well each k segments the visitors (``GET /segments/quality``), as a table, and
+    which k is in use and which the rule chooses."""
+    header = ["k", "inertia", "Davies-Bouldin", "smallest", "kinds", "actionable"]
+    rows = [
+        [
+            f"{q['k']}{' *' if q['k'] == quality['k'] else ''}",
+            f"{q['inertia']:.3f}",
+            f"{q['davies_bouldin']:.3f}",
+            f"{100 * q['smallest_share']:.2f}%",
+            str(q["kinds"]),
+            "yes" if q["actionable"] else "no",
+        ]
+        for q in quality["qualities"]
+    ]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in [header, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(
+        [
+            f"Choosing k on {quality['visitors']:,} visitors (* the k in use; AMPELIOS_K={quality['setting']}):",
+            *lines,
+            f"AMPELIOS_K=auto chooses k = {quality['chosen']}: {quality['rule']}.",
+        ]
+    )

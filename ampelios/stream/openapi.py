@@ -137,6 +137,42 @@ _SCHEMAS: dict[str, Any] = {
             "centroid": _FEATURES,
         },
     },
+    "KQuality": {
+        "type": "object",
+        "required": ["source_id", "visitors", "k", "setting", "chosen", "rule", "qualities"],
+        "properties": {
+            "source_id": {"type": "integer"},
+            "visitors": {"type": "integer", "minimum": 0},
+            "k": {"type": ["integer", "null"], "description": "the k of the current model"},
+            "setting": {"oneOf": [{"type": "integer"}, {"const": "auto"}], "description": "AMPELIOS_K for the source"},
+            "chosen": {"type": "integer", "description": "the k the rule chooses for this population"},
+            "rule": {"type": "string"},
+            "qualities": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": [
+                        "k",
+                        "inertia",
+                        "davies_bouldin",
+                        "smallest_share",
+                        "kinds",
+                        "labels",
+                        "actionable",
+                    ],
+                    "properties": {
+                        "k": {"type": "integer"},
+                        "inertia": {"type": "number", "description": "mean squared distance to the centroid"},
+                        "davies_bouldin": {"type": "number", "description": "lower: segments better apart"},
+                        "smallest_share": {"type": "number", "minimum": 0, "maximum": 1},
+                        "kinds": {"type": "integer", "description": "different kinds of name among the segments"},
+                        "labels": {"type": "array", "items": {"type": "string"}},
+                        "actionable": {"type": "boolean", "description": "the rule's test"},
+                    },
+                },
+            },
+        },
+    },
     "Members": {
         "type": "object",
         "required": ["source_id", "segment", "label", "model_version", "members", "next"],
@@ -343,6 +379,20 @@ def openapi_document(token_required: bool, visitors_protected: bool = False) -> 
                     "responses": {
                         "200": _answer("one entry per segment", {"type": "array", "items": _ref("Segment")}),
                         **_errors(*((400, 401, 404, 503) if visitors_protected else (400, 404, 503))),
+                    },
+                }
+            },
+            "/segments/quality": {
+                "get": {
+                    "summary": "How well k = 2..10 segment a source's visitors, and the k AMPELIOS_K=auto chooses",
+                    "description": (
+                        "Each k is fitted on the source's current population as a seeding does; the worker "
+                        "that owns the model answers (any worker forwards). See docs/segment-model.md."
+                    ),
+                    "parameters": [_SOURCE],
+                    "responses": {
+                        "200": _answer("the figures of each k", _ref("KQuality")),
+                        **_errors(400, 404, 503),
                     },
                 }
             },

@@ -33,8 +33,10 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 
 from ampelios.core.journeys import features_from_shapes
+from ampelios.core.k_choice import choose_k, evaluate
 from ampelios.core.model import SegmentModel, update
 from ampelios.core.population import Population, PopulationDelta, Shape
+from ampelios.stream.batch_table import BatchTable
 from ampelios.stream.exactly_once import ExactlyOnce, Step
 from ampelios.stream.pipeline import Pipeline, snapshot_request
 
@@ -68,6 +70,17 @@ def model_lineage(app_id: str, broker_epoch: bytes, source_id: int) -> str:
     crash), another in a new deployment or after the broker came back empty, where the
     model starts over and its segment ids mean other groups."""
     return hashlib.sha256(b"%s:%s:%d" % (app_id.encode(), broker_epoch, source_id)).hexdigest()[:12]
+
+
+def stored_population(table: BatchTable, source_id: int) -> Population:
+    """A source's population as the ``shape:`` keys of segment-state hold it."""
+    prefix = b"shape:%d:" % source_id
+    counts: dict[Shape, int] = {}
+    for key, value in table.items_with_prefix(0, prefix):
+        views, carts, buys, sessions = (int(x) for x in key[len(prefix) :].split(b","))
+        if int(value):
+            counts[(views, carts, buys, sessions)] = int(value)
+    return Population(counts)
 
 
 def snapshot_record(
@@ -168,14 +181,19 @@ class SegmentOwner:
 
     def population_of(self, source_id: int) -> Population:
         if source_id not in self._populations:
-            prefix = b"shape:%d:" % source_id
-            counts: dict[Shape, int] = {}
-            for key, value in self.p.segments.items_with_prefix(0, prefix):
-                views, carts, buys, sessions = (int(x) for x in key[len(prefix) :].split(b","))
-                if int(value):
-                    counts[(views, carts, buys, sessions)] = int(value)
-            self._populations[source_id] = Population(counts)
+            self._populations[source_id] = stored_population(self.p.segments, source_id)
         return self._populations[source_id]
+
+    def k_of(self, source_id: int, model: SegmentModel | None, population: Population, settle: bool) -> int:
+        """The k to update a source's model with: the configured one; with AMPELIOS_K=auto,
+        the rule's choice (:mod:`ampelios.core.k_choice`) at seeding and at each settle,
+        and the model's own k between them (so ids stay while k does)."""
+        k = self.p.settings.k_for(source_id)
+        if k is not None:
+            return k
+        if model is not None and not settle:
+            return model.k
+        return choose_k(evaluate(population))
 
     async def apply_delta(self, run: SegmentRun, message: dict[str, Any]) -> None:
         source_id, partition = int(message["source_id"]), int(message["partition"])
@@ -215,7 +233,7 @@ class SegmentOwner:
         if model is None or (reason == PERIODIC and self._snapshotted.get(source_id) == model.version):
             return
         population = self.population_of(source_id)
-        model = update(model, population, self.p.settings.k_for(source_id), settle=True)
+        model = update(model, population, self.k_of(source_id, model, population, settle=True), settle=True)
         shapes, _ = population.arrays()
         mapping = np.column_stack([shapes, model.assign(features_from_shapes(shapes))]).tolist()
         record = snapshot_record(source_id, model, "wall", round(time.time() * 1000), reason, mapping)
@@ -247,9 +265,10 @@ class SegmentRun:
             self.stale.discard(source_id)
             owner = self.owner
             try:
-                k = owner.p.settings.k_for(source_id)
+                model, population = self.models[source_id], owner.population_of(source_id)
+                k = owner.k_of(source_id, model, population, settle=False)
                 lineage = model_lineage(owner.p.settings.app_id, owner.p.broker_epoch, source_id)
-                model = update(self.models[source_id], owner.population_of(source_id), k, lineage=lineage)
+                model = update(model, population, k, lineage=lineage)
             except Exception:  # the model stays as it was; the population is kept
                 log.exception("could not update the model of source %d", source_id)
             else:

@@ -8,6 +8,7 @@ POST /trigger              202 ``{"job", "status_url"}``: replay a CSV of the da
 GET  /trigger/{job}        the job: state (running/done/failed), rows sent, rejected
 GET  /view                 per segment: id, label, users, share, centroid, and in plain
                            words summary, advice and action
+GET  /segments/quality      how well k = 2..10 segment the visitors, and the k auto chooses
 GET  /segments/{id}/members every member of a segment with its features: paged JSON, or the
                            whole segment as CSV or NDJSON
 GET  /visitors/{id}        one visitor's journey, features, segment, why it is there, and
@@ -39,12 +40,15 @@ from typing import Any
 import numpy as np
 import orjson
 from aiohttp import web
+from aiokafka.structs import TopicPartition
 from faust.web import Request, Response, View
 
 from ampelios import internals
+from ampelios.config import AUTO
 from ampelios.core.events import MAX_SOURCE_ID, UNKNOWN_SOURCE
 from ampelios.core.explain import why
 from ampelios.core.journeys import JourneyState
+from ampelios.core.k_choice import K_RULE, choose_k, evaluate
 from ampelios.core.labels import action, advice, summary
 from ampelios.core.model import SegmentModel
 from ampelios.core.partitioning import partition_for, visitor_key
@@ -57,6 +61,7 @@ from ampelios.stream.members import CONTENT_TYPES, CSV_HEADER, FORMATS, MemberCu
 from ampelios.stream.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ampelios.stream.openapi import MAX_BODY_BYTES, MAX_MEMBERS, MAX_USER_LIMIT, openapi_document
 from ampelios.stream.pipeline import Pipeline, snapshot_request
+from ampelios.stream.segment_owner import stored_population
 from ampelios.stream.web_guard import BODY_SECONDS, authorized, connection_options, guard
 
 log = logging.getLogger(__name__)
@@ -323,6 +328,37 @@ def register(p: Pipeline) -> None:
                 "why": why(model, features) if model is not None and segment is not None else None,
                 "transitions": transitions,
                 **({"transitions_error": error} if error else {}),
+            }
+
+    segment_state = p.segments.changelog_topic.get_topic_name()
+
+    @app.page("/segments/quality")
+    class SegmentQuality(View):
+        @_endpoint(p)
+        async def get(self, request: Request) -> tuple[int, Any]:
+            """How well k = 2..10 segment a source's visitors now, the k ``AMPELIOS_K=auto``
+            chooses, and the k in use; computed by the worker that owns the model."""
+            source_id = _source_id(request)
+            owner = TopicPartition(p.topology.segment_updates, 0) in app.assignor.assigned_actives()
+            if not owner:
+                url = holder_of(app, segment_state, 0)
+                if url is None or url == own_url(app) or FORWARDED in request.headers:
+                    raise HttpError(503, "no worker owns the segment model right now (a rebalance); retry")
+                return await _from_peer(url, request.path_qs)
+            population = await asyncio.to_thread(stored_population, p.segments, source_id)
+            if not population.total:
+                raise no_segments(source_id)
+            qualities = await asyncio.to_thread(evaluate, population)
+            model = p.published_model(source_id)
+            setting = p.settings.k_for(source_id)
+            return 200, {
+                "source_id": source_id,
+                "visitors": population.total,
+                "k": model.k if model is not None else None,
+                "setting": AUTO if setting is None else setting,
+                "chosen": choose_k(qualities),
+                "rule": K_RULE,
+                "qualities": [q.to_json() for q in qualities],
             }
 
     @app.page("/segments/{segment}/members")

@@ -28,6 +28,16 @@ def test_defaults_and_round_trip_through_the_environment():
     assert Settings.from_env(custom.to_env()) == custom
 
 
+def test_the_number_of_segments_can_be_chosen_automatically_for_every_source_or_some():
+    auto = Settings.from_env({"AMPELIOS_K": "auto,2=8"})
+    assert (auto.k_for(1), auto.k_for(2)) == (None, 8)
+    some = Settings.from_env({"AMPELIOS_K": "6,3=auto"})
+    assert (some.k_for(1), some.k_for(3)) == (6, None)
+    assert Settings.from_env({"AMPELIOS_K": "2=auto"}).k_for(1) == 5  # the default stays
+    for settings in (auto, some):
+        assert Settings.from_env(settings.to_env()) == settings
+
+
 def test_a_worker_binds_where_asked_and_is_reached_by_its_host_name():
     alone = Settings.from_env({"AMPELIOS_WEB_PORT": "7000"})
     assert (alone.web_bind_address, alone.web_url) == ("127.0.0.1", "http://127.0.0.1:7000")

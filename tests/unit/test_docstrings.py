@@ -12,6 +12,7 @@ MODULES = [
     "ampelios.core.explain",
     "ampelios.core.generate",
     "ampelios.core.journeys",
+    "ampelios.core.k_choice",
     "ampelios.core.labels",
     "ampelios.core.model",
     "ampelios.core.partitioning",
