@@ -68,10 +68,10 @@ class MemberCursor:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
             fmt, source_id, segment, partition, after, version, k = _CURSOR.unpack_from(raw)
         except (binascii.Error, struct.error, ValueError):
-            raise ValueError("after is not a cursor of this endpoint (use the next of the last page)") from None
+            raise ValueError("after names no page of a listing: pass the next of the previous page") from None
         sizes = (k, 8 * N_FEATURES, 8 * N_FEATURES * k)
         if fmt != _CURSOR_FORMAT or not 0 <= segment < k or len(raw) < _CURSOR.size + sum(sizes):
-            raise ValueError("after is not a cursor of this endpoint (use the next of the last page)")
+            raise ValueError("after names no page of a listing: pass the next of the previous page")
         at = _CURSOR.size
         active = np.frombuffer(raw, np.uint8, k, at).astype(bool)
         scale = np.frombuffer(raw, np.float64, N_FEATURES, at + sizes[0])

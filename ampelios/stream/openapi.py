@@ -421,7 +421,11 @@ def openapi_document(token_required: bool, visitors_protected: bool = False) -> 
                             {"type": "integer", "minimum": 1, "maximum": MAX_MEMBERS},
                             "members per page (default 1000)",
                         ),
-                        _query("after", {"type": "string"}, "the `next` cursor of the previous page"),
+                        _query(
+                            "after",
+                            {"type": "string"},
+                            "the `next` of the previous page (empty: the first page; one that names no page: 404)",
+                        ),
                         _query(
                             "local",
                             {"type": "boolean"},

@@ -405,11 +405,11 @@ def register(p: Pipeline) -> None:
 
     def member_cursor(request: Request, source_id: int, segment: int) -> MemberCursor:
         """The request's cursor (``after``), or the first one under the current model."""
-        if "after" in request.query:
+        if request.query.get("after"):
             try:
                 cursor = MemberCursor.parse(request.query["after"])
-            except ValueError as exc:
-                raise HttpError(400, str(exc)) from None
+            except ValueError as exc:  # names no page: as an unknown resource
+                raise HttpError(404, str(exc)) from None
             if (cursor.source_id, cursor.segment) != (source_id, segment):
                 raise HttpError(400, "after is a cursor of another segment or source")
             if cursor.partition >= p.settings.partitions:

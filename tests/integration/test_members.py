@@ -66,7 +66,8 @@ def test_every_member_of_every_segment_pages_and_streams_with_its_features(setti
             assert answer["segment"] == segment["id"] and answer["features"] == members[visitor]
 
     first = f"{base}/segments/0/members?source_id=1"
-    assert http_json("GET", f"{first}&after=not-a-cursor")[0] == 400
+    assert http_json("GET", f"{first}&after=not-a-cursor")[0] == 404
+    assert http_json("GET", f"{first}&after=&limit=1")[1] == http_json("GET", f"{first}&limit=1")[1]  # the start
     cursor = http_json("GET", f"{first}&limit=1")[1]["next"]
     assert http_json("GET", f"{base}/segments/1/members?source_id=1&after={cursor}")[0] == 400  # another segment's
     assert http_json("GET", f"{first}&format=xml")[0] == 400
