@@ -34,7 +34,8 @@ test: lint
 	$(BIN)/pytest $(PYTEST_PARALLEL) --durations=15
 	$(BIN)/pytest $(PYTEST_PARALLEL) --durations=15 --broker=apache tests/integration
 
-# docs/img/dashboard.png, taken by the dashboard's browser test (needs chromium and chromium-driver).
+# docs/img/dashboard.png and dashboard-phone.png (390 px wide), taken by the dashboard's browser test
+# (needs chromium and chromium-driver).
 screenshot: $(VENV)/.installed
 	$(BIN)/pytest tests/integration/test_dashboard.py --screenshot=docs/img/dashboard.png
 

@@ -46,6 +46,66 @@ def browser(tmp_path: Path) -> Iterator[webdriver.Chrome]:
         driver.quit()  # stops chromedriver and the browser it started
 
 
+# label -> colour of every card, and of every dataset of each chart, read at one moment
+COLOURS = """
+const colours = (pairs) => Object.fromEntries(pairs);
+return {
+  cards: colours([...document.querySelectorAll("#cards .card")].map(
+    (card) => [card.querySelector(".label").textContent.trim(), card.dataset.color])),
+  shares: colours(Chart.getChart("shares").data.datasets.map((d) => [d.label, d.borderColor])),
+  profile: colours(Chart.getChart("profile").data.datasets.map((d) => [d.label, d.backgroundColor])),
+};
+"""
+
+# the charts have been laid out again for the window's width
+CHARTS_FIT = """
+return ["shares", "profile"].every((id) => {
+  const chart = Chart.getChart(id);
+  return chart.width > 0 && chart.width <= chart.canvas.parentNode.clientWidth;
+});
+"""
+
+# What a reader would see as broken: anything wider than the window or than its box, chart
+# tick labels on top of each other, a count of one with a plural noun.
+LAYOUT_PROBLEMS = """
+const problems = [];
+const page = document.documentElement;
+if (page.scrollWidth > page.clientWidth) problems.push(`page ${page.scrollWidth}px wide in ${page.clientWidth}px`);
+for (const box of document.querySelectorAll(".card, .card *, .panel, .status, header")) {
+  if (box.scrollWidth > box.clientWidth + 1 && getComputedStyle(box).overflowX !== "hidden")
+    problems.push(`${box.className || box.tagName} overflows: ${box.scrollWidth}px in ${box.clientWidth}px`);
+}
+for (const id of ["shares", "profile"]) {
+  const chart = Chart.getChart(id);
+  for (const axis of ["x", "y"]) {
+    const scale = chart.scales[axis];
+    const font = Chart.helpers.toFont(scale.options.ticks.font);
+    chart.ctx.save();
+    chart.ctx.font = font.string;
+    const shown = scale.ticks
+      .map((tick, i) => ({ lines: [].concat(tick.label ?? []).filter((l) => l !== ""), at: scale.getPixelForTick(i) }))
+      .filter((tick) => tick.lines.length)
+      .map((tick) => ({
+        ...tick,
+        size: axis === "x" ? Math.max(...tick.lines.map((l) => chart.ctx.measureText(String(l)).width))
+                           : tick.lines.length * font.lineHeight,
+      }));
+    chart.ctx.restore();
+    if (axis === "x" && scale.labelRotation) problems.push(`${id}: x labels rotated`);
+    for (let i = 1; i < shown.length; i++) {
+      const gap = Math.abs(shown[i].at - shown[i - 1].at), need = (shown[i].size + shown[i - 1].size) / 2;
+      if (gap < need) problems.push(`${id} ${axis}: "${shown[i - 1].lines}" and "${shown[i].lines}" overlap`);
+    }
+  }
+}
+const words = document.body.innerText;
+const nouns = "events|visitors|rows|records|visits|views|add-to-carts|purchases|members";
+const plural = words.match(new RegExp(`(?<![\\\\d.,])1 (${nouns})\\\\b`));
+if (plural) problems.push(`"${plural[0]}"`);
+return problems;
+"""
+
+
 def text(element) -> str:
     return element.get_attribute("textContent").strip()
 
@@ -70,7 +130,7 @@ def test_the_dashboard_shows_the_segments_and_runs_a_replay(
     for card, segment in zip(cards, view):
         assert f"{segment['users']:,}" in text(card.find_element(By.CSS_SELECTOR, ".size"))
         assert text(card.find_element(By.CSS_SELECTOR, ".advice")) == segment["advice"]
-        assert segment["action"] in card.get_attribute("class")
+        assert card.get_attribute("data-action") == segment["action"]
         link = card.find_element(By.CSS_SELECTOR, "a.download")  # the whole segment, as CSV
         assert link.get_attribute("href") == f"{base}/segments/{segment['id']}/members?source_id=1&format=csv"
         rows = urllib.request.urlopen(link.get_attribute("href"), timeout=60).read().decode().splitlines()
@@ -96,8 +156,21 @@ def test_the_dashboard_shows_the_segments_and_runs_a_replay(
     reasons = [text(li) for li in browser.find_elements(By.CSS_SELECTOR, "#visitor-result .why li")]
     assert reasons == [r["says"] for r in answer["why"]["reasons"]] and reasons
 
-    browser.execute_script("window.scrollTo(0, 0)")
-    shot = tmp_path / "dashboard.png"
-    assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
-    if request.config.getoption("--screenshot"):
-        shutil.copyfile(shot, request.config.getoption("--screenshot"))
+    # one colour per segment: its card, its line and its bars
+    colours = browser.execute_script(COLOURS)
+    assert len(set(colours["cards"].values())) == len(colours["cards"]) == len(view)
+    for chart in ("shares", "profile"):
+        drawn = colours[chart]
+        assert drawn and all(colours["cards"][label] == colour for label, colour in drawn.items()), colours
+
+    for width, name in ((1400, "dashboard.png"), (390, "dashboard-phone.png")):
+        browser.set_window_size(width, 1900)
+        wait.until(lambda b: b.execute_script(CHARTS_FIT))
+        assert browser.execute_script(LAYOUT_PROBLEMS) == [], width
+        height = browser.execute_script("return document.documentElement.scrollHeight")
+        browser.set_window_size(width, height)  # the whole page in one picture
+        browser.execute_script("window.scrollTo(0, 0)")
+        shot = tmp_path / name
+        assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+        if request.config.getoption("--screenshot"):
+            shutil.copyfile(shot, Path(request.config.getoption("--screenshot")).with_name(name))

@@ -3,10 +3,14 @@
 "use strict";
 
 const FEATURES = ["views", "add-to-carts", "purchases", "visits", "views per visit", "purchase ratio"];
+const POWERS_OF_TEN = [0.01, 0.1, 1, 10, 100, 1000, 10000];
 const COLORS = ["#2b63c6", "#c05a00", "#1b7f4c", "#8a3ffc", "#d12771", "#007d79", "#6f5f00", "#5b6475"];
 const $ = (id) => document.getElementById(id);
 const number = (n) => Number(n).toLocaleString("en-US");
 const percent = (x) => `${(100 * x).toFixed(1)}%`;
+const colorOf = (id) => COLORS[id % COLORS.length]; // a segment's one colour: card, lines, bars
+// "1 visit", "2 visits": the noun in the singular only for exactly one.
+const counted = (n, noun, plural = `${noun}s`) => `${number(n)} ${Number(n) === 1 ? noun : plural}`;
 
 let token = null;
 let busy = false; // events wait to be processed
@@ -36,10 +40,10 @@ function element(tag, className, text) {
 
 function renderStatus(stats) {
   const parts = [
-    `${number(stats.events)} events from ${number(stats.visitors)} visitors`,
-    `${number(stats.rejected)} rows rejected`,
+    `${counted(stats.events, "event")} from ${counted(stats.visitors, "visitor")}`,
+    `${counted(stats.rejected, "row")} rejected`,
     stats.model_version === null ? "no model yet" : `model version ${stats.model_version}`,
-    stats.lag ? `${number(stats.lag)} records still to process` : "up to date",
+    stats.lag ? `${counted(stats.lag, "record")} still to process` : "up to date",
   ];
   if (stats.sink_error) parts.push(`history not saved: ${stats.sink_error}`);
   $("status").textContent = parts.join(" · ");
@@ -50,15 +54,21 @@ function renderCards(segments) {
   const cards = $("cards");
   cards.replaceChildren();
   for (const s of segments) {
-    const card = element("article", `card ${s.action}`);
+    const card = element("article", "card");
     card.dataset.segment = s.id;
     card.dataset.users = s.users;
-    card.append(element("h3", "label", s.label));
-    const size = element("p", "size", number(s.users));
-    size.append(element("span", "share", ` visitors · ${percent(s.share)}`));
-    card.append(size, element("p", "summary", s.summary), element("p", "advice", s.advice));
+    card.dataset.color = colorOf(s.id);
+    card.style.borderLeftColor = colorOf(s.id);
+    const title = element("h3", "label", s.label);
+    title.prepend(element("span", "swatch"));
+    title.firstChild.style.background = colorOf(s.id);
+    const size = element("p", "size");
+    size.append(element("span", "count", number(s.users)), " ");
+    size.append(element("span", "share", `${s.users === 1 ? "visitor" : "visitors"} · ${percent(s.share)}`));
+    card.dataset.action = s.action;
+    card.append(title, size, element("p", "summary", s.summary), element("p", "advice", s.advice));
     if (s.users > 0) {
-      const download = element("a", "download", `Download the ${number(s.users)} ${s.users === 1 ? "member" : "members"} (CSV)`);
+      const download = element("a", "download", `Download ${counted(s.users, "member")} (CSV)`);
       download.href = `/segments/${s.id}/members?source_id=${source()}&format=csv`;
       download.download = `${s.label}.csv`;
       card.append(download);
@@ -75,21 +85,31 @@ function renderProfile(segments) {
     .map((s) => ({
       label: s.label,
       data: s.centroid.map((x, f) => (mean[f] > 0 ? Math.max(x / mean[f], 0.01) : 1)),
-      backgroundColor: COLORS[s.id % COLORS.length],
+      backgroundColor: colorOf(s.id),
     }));
-  profileChart = draw(profileChart, "profile", "bar", { labels: FEATURES, datasets }, {
-    y: { type: "logarithmic", min: 0.01, title: { display: true, text: "times the average (log scale)" } },
-  });
+  // Bars across, the features down the side: their names fit at any width.
+  const scales = {
+    x: {
+      type: "logarithmic",
+      min: 0.01,
+      title: { display: true, text: "times the average (log scale)" },
+      // only the powers of ten: the log scale's 2, 3, 5, 20, ... ticks would overlap
+      ticks: { autoSkip: false, maxRotation: 0, callback: (value) => (POWERS_OF_TEN.includes(value) ? `${value}` : "") },
+    },
+  };
+  profileChart = draw(profileChart, "profile", "bar", { labels: FEATURES, datasets }, scales, { indexAxis: "y" });
 }
 
 // A chart on canvas `id`, created on first use, given new data after that.
-function draw(chart, id, type, data, scales) {
+function draw(chart, id, type, data, scales, options = {}) {
   if (chart) {
     chart.data = data;
     chart.update("none");
     return chart;
   }
-  return new Chart($(id), { type, data, options: { animation: false, scales } });
+  // The chart fills its box, whose height the style sheet sets for the screen's width.
+  const base = { animation: false, maintainAspectRatio: false, scales };
+  return new Chart($(id), { type, data, options: { ...base, ...options } });
 }
 
 async function renderShares() {
@@ -108,14 +128,25 @@ async function renderShares() {
       const s = snapshot.segments.find((x) => x.id === id);
       return { x: snapshot.at.slice(0, 10), y: s ? 100 * s.share : 0 };
     }),
-    borderColor: COLORS[id % COLORS.length],
-    backgroundColor: COLORS[id % COLORS.length],
+    borderColor: colorOf(id),
+    backgroundColor: colorOf(id),
     pointRadius: 0,
   }));
   const data = { labels: body.snapshots.map((s) => s.at.slice(0, 10)), datasets };
   sharesChart = draw(sharesChart, "shares", "line", data, {
+    x: { ticks: { maxRotation: 0, autoSkip: true, autoSkipPadding: 12, callback: shortDate } }, // level, spaced
     y: { min: 0, title: { display: true, text: "% of visitors" } },
   });
+}
+
+// "2015-06-02" as "Jun 2" (the chart's ticks; its tooltips keep the whole date), "Jun 2 2016"
+// when the snapshots span more than one year.
+function shortDate(value) {
+  const labels = this.chart.data.labels;
+  const day = new Date(`${this.getLabelForValue(value)}T00:00:00Z`);
+  const years = new Set(labels.map((l) => l.slice(0, 4)));
+  const options = { month: "short", day: "numeric", timeZone: "UTC", ...(years.size > 1 ? { year: "numeric" } : {}) };
+  return day.toLocaleDateString("en-US", options);
 }
 
 async function refresh() {
@@ -178,14 +209,14 @@ async function followJob(id) {
   if (body.state === "running") {
     job.textContent = body.rows_sent < body.rows || !body.rows
       ? `Sending rows: ${number(body.rows_sent)} of ${number(body.rows)} (${number(body.rows_rejected)} rejected)`
-      : `All ${number(body.rows)} rows sent; waiting until every event is in the segments…`;
+      : `All ${counted(body.rows, "row")} sent; waiting until every event is in the segments…`;
     setTimeout(() => followJob(id), 1000);
     return;
   }
   running = null;
   $("replay").disabled = false;
   job.textContent = body.state === "done"
-    ? `Done: ${number(body.rows_sent)} rows replayed, ${number(body.rows_rejected)} rejected; every event is in the segments.`
+    ? `Done: ${counted(body.rows_sent, "row")} replayed, ${number(body.rows_rejected)} rejected; every event is in the segments.`
     : `Failed: ${body.error}`;
   refresh();
 }
@@ -247,10 +278,7 @@ async function lookUp(event) {
   }
 }
 
-// "1 visit", "2 visits": the noun in the singular only for exactly one.
-function counted(n, noun) {
-  return `${number(n)} ${n === 1 ? noun : `${noun}s`}`;
-}
+
 
 $("replay").addEventListener("click", startReplay);
 $("lookup").addEventListener("submit", lookUp);
