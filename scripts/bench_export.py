@@ -126,7 +126,7 @@ def main() -> int:
             code, job = http_json("POST", f"{base}/trigger", {"source_id": 1, "events_path": "events.csv"})
             assert code == 202, job
             assert wait_for_job(base, job["job"], timeout=3600)["state"] == "done"
-            stats = wait_until_reflected(base, 1, timeout=3600)
+            stats = wait_until_reflected(base, 1, timeout=3600, stored=True)  # the sink done: the export alone
             segment = max(http_json("GET", f"{base}/view?source_id=1")[1], key=lambda s: s["users"])
             rows = measure(base, stack.worker.process.pid, segment)
     print(f"{stats['events']:,} events of {stats['visitors']:,} visitors; segment {segment['id']} ({segment['label']})")

@@ -192,8 +192,8 @@ def stored_features(
     values: Sequence[bytes], gap_ms: int, window_ms: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """The six features (n, 6) and active flags (n,) of ``n`` whole stored journeys, as
-    :meth:`JourneyState.features` gives them one by one; vectorized (one join, one
-    decode), for reading many journeys at once.
+    :meth:`JourneyState.features` gives them one by one; vectorized (one join, the
+    headers dropped by a mask, one decode), for reading many journeys at once.
 
     >>> one = JourneyState(np.zeros(2, dtype=JOURNEY_EVENT)).to_bytes()
     >>> features, active = stored_features([one, one], 20 * 60_000)
@@ -201,14 +201,18 @@ def stored_features(
     ([2.0, 0.0, 0.0, 1.0, 2.0, 0.0], [True, True])
     """
     n = len(values)
-    headers = np.frombuffer(b"".join(v[: _HEADER.size] for v in values), dtype=np.uint8).reshape(n, _HEADER.size)
-    if n and ((headers[:, 0] != _FORMAT).any() or (headers[:, 1] & CHUNKED).any()):
+    joined = np.frombuffer(b"".join(values), dtype=np.uint8)  # header, events, header, events, ...
+    lengths = np.fromiter(map(len, values), dtype=np.int64, count=n)
+    starts = np.cumsum(lengths) - lengths
+    version, flags = joined[starts], joined[starts + 1]
+    if n and ((version != _FORMAT).any() or (flags & CHUNKED).any()):
         raise ValueError("not whole journeys of this format")
-    lengths = np.fromiter((len(v) for v in values), dtype=np.int64, count=n) - _HEADER.size
-    events = np.frombuffer(b"".join(memoryview(v)[_HEADER.size :] for v in values), dtype=JOURNEY_EVENT)
-    owner = np.repeat(np.arange(n), lengths // JOURNEY_EVENT.itemsize)
+    body = np.ones(len(joined), dtype=bool)
+    body[starts], body[starts + 1] = False, False
+    events = joined[body].view(JOURNEY_EVENT)
+    owner = np.repeat(np.arange(n), (lengths - _HEADER.size) // JOURNEY_EVENT.itemsize)
     shapes = window_shapes(owner, events["timestamp"], events["event"], n, gap_ms, window_ms)
-    return features_from_shapes(shapes), (headers[:, 1] & _ACTIVE).astype(bool)
+    return features_from_shapes(shapes), (flags & _ACTIVE).astype(bool)
 
 
 @dataclass(frozen=True)
