@@ -50,10 +50,6 @@ class MemberCursor:
     partition: int = 0
     after: int = -1
 
-    @classmethod
-    def first(cls, source_id: int, segment: int, model: SegmentModel) -> MemberCursor:
-        return cls(source_id, segment, model)
-
     def token(self) -> str:
         m = self.model
         head = _CURSOR.pack(_CURSOR_FORMAT, self.source_id, self.segment, self.partition, self.after, m.version, m.k)

@@ -420,7 +420,7 @@ def register(p: Pipeline) -> None:
             raise no_segments(source_id)
         if segment >= model.k:
             raise HttpError(404, f"source {source_id} has segments 0 to {model.k - 1}, not {segment}")
-        return MemberCursor.first(source_id, segment, model)
+        return MemberCursor(source_id, segment, model)
 
     def holder(partition: int) -> str:
         url = holder_of(app, journeys_topic, partition)
