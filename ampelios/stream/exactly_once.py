@@ -121,10 +121,8 @@ class ExactlyOnce:
         """Apply delivered ``messages`` of one partition (offset order) exactly once:
         ``apply(partition, admitted)`` is given the messages not applied yet, in order
         (those skipped by the delivery included), and yields the steps to store and send;
-        it resumes after each step is stored and its outbox sent. The partition's position
-        becomes committable once ``apply`` has finished, so that a lag of 0 also means
-        that what it does after its last step is done. A run of a partition this worker
-        does not hold (any more) is dropped: its next holder applies it."""
+        it resumes after each step is stored and its outbox sent. A run of a partition
+        this worker does not hold (any more) is dropped: its next holder applies it."""
         partition = messages[0].partition
         async with self._locks[partition]:
             if partition not in self._held:
@@ -134,9 +132,6 @@ class ExactlyOnce:
             if admitted:
                 async for step in apply(partition, admitted):
                     await self._store_and_send(partition, step)
-                # Committable only now: what ``apply`` does after its steps (the segment
-                # owner publishes the model) is done too when the lag reads 0.
-                self._confirmed.add(partition)
 
     async def _store_and_send(self, partition: int, step: Step) -> None:
         writes = step.writes
@@ -151,6 +146,7 @@ class ExactlyOnce:
         batch = b"%s:%d:%d" % (self.topic.encode(), partition, step.last)
         await self.table.write(partition, batch, list(writes), list(writes.values()))
         await step.outbox.send(self._producer())
+        self._confirmed.add(partition)
 
     def _forward(
         self, partition: int, forward: list[tuple[int, EventBatch]], writes: dict[bytes, bytes | None], outbox: Outbox

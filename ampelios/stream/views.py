@@ -70,6 +70,7 @@ STATIC = Path(__file__).resolve().parent.parent / "web" / "static"  # the dashbo
 
 DEFAULT_USER_LIMIT = 100
 DEFAULT_MEMBERS = 1000  # members per page of /segments/{id}/members
+MODEL_WAIT_POLLS = 20  # a replay job waits at most 10 s after lag 0 for its source's first model
 DEFAULT_REASONS = 20
 
 
@@ -549,8 +550,14 @@ def register(p: Pipeline) -> None:
             return 200, {"source_id": source_id, "rejected": summary.total, "reasons": summary.report(limit)}
 
     async def snapshot_when_reflected(job: ReplayJob) -> None:
-        """Wait until the job's events are in the segments, then ask for a snapshot."""
+        """Wait until the job's events are in the segments (and the source has a model
+        this worker sees: the owner publishes it just after the lag reads 0), then ask
+        for a snapshot."""
         while (await p.pending())["lag"]:
+            await asyncio.sleep(0.5)
+        for _ in range(MODEL_WAIT_POLLS):  # a file of only rejected or ignored rows makes no model
+            if p.published_model(job.source_id) is not None:
+                break
             await asyncio.sleep(0.5)
         request = snapshot_request(job.source_id, f"replay {job.path} ({job.id}) done")
         await p.segment_updates.send(key=b"%d" % job.source_id, value=request)
