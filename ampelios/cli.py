@@ -221,5 +221,6 @@ def bench(ctx: click.Context) -> None:
 def _print_urls(settings: Settings, base: str) -> None:
     click.echo(f"Broker:   {settings.broker_url}")
     click.echo(f"Database: {settings.database_url or '(none: history off)'}")
-    for path in ("/view?source_id=1", "/visitors/{visitorid}?source_id=1", "/stats?source_id=1", "/trigger", "/health"):
+    paths = ("/", "/view?source_id=1", "/segments/{id}/members?source_id=1", "/visitors/{visitorid}?source_id=1")
+    for path in (*paths, "/stats?source_id=1", "/trigger", "/health"):
         click.echo(f"HTTP:     {base}{path}")

@@ -107,7 +107,9 @@ def report(worker: WorkerProcess, stats: dict[str, Any], rejected: int | None, s
     click.echo(segment_report(segments))
     click.echo("\nServed at:")
     for path in (
+        "/  (the dashboard)",
         "/view?source_id=1",
+        "/segments/0/members?source_id=1&format=csv",
         f"/visitors/{visitor}?source_id=1",
         "/history?source_id=1",
         "/stats?source_id=1",
