@@ -373,7 +373,9 @@ def register(p: Pipeline) -> None:
             if fmt not in FORMATS:
                 raise HttpError(400, f"format must be one of {', '.join(FORMATS)}, got {fmt!r:.40}")
             cursor = member_cursor(request, source_id, _int(segment, "segment", 0, 2**16 - 1))
-            local = _flag(request, "local")
+            local = _flag(request, "local")  # a worker asks for a partition it was told this one holds
+            if local and cursor.partition not in p.local_partitions():
+                raise HttpError(503, f"partition {cursor.partition} is not held here (a rebalance is under way); retry")
             if fmt == "json":
                 limit = _int(request.query.get("limit", DEFAULT_MEMBERS), "limit", 1, MAX_MEMBERS)
                 found, after = await members_page(cursor, limit, local)
@@ -436,7 +438,7 @@ def register(p: Pipeline) -> None:
 
     async def members_page(cursor: MemberCursor, limit: int, local: bool) -> tuple[list[Any], MemberCursor | None]:
         """Up to ``limit`` members from the cursor on and the cursor after them (``None``:
-        no more); with ``local``, of the cursor's partition only, which must be held here."""
+        no more); with ``local``, of the cursor's partition only (held here)."""
         found: list[Any] = []
         gap_ms, window_ms = p.settings.session_gap_ms, p.settings.active_window_ms
         at: MemberCursor | None = cursor
@@ -447,8 +449,6 @@ def register(p: Pipeline) -> None:
                 read = read.head(limit - len(found))
                 found += read.page()
                 following = at.at(at.partition, read.last) if read.last is not None else None
-            elif local:
-                raise HttpError(503, f"partition {at.partition} is not held here (a rebalance is under way); retry")
             else:
                 answer = await _peer_answer(holder(at.partition), members_path(at, f"limit={limit - len(found)}"))
                 found += answer["members"]
