@@ -29,6 +29,7 @@ write a batch twice after a restart. Timestamps are UTC.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
@@ -179,6 +180,7 @@ class History:
     def __init__(self, url: str) -> None:
         self.url = url
         self._pool: aiopg.Pool | None = None
+        self._connecting = asyncio.Lock()
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -188,10 +190,8 @@ class History:
 
     async def _run(self, work: Callable[[Any], Awaitable[T]], *, transaction: bool = False) -> T:
         try:
-            if self._pool is None:
-                self._pool = await aiopg.create_pool(self.url, minsize=0, maxsize=4, timeout=10)
-                await self._migrate()
-            async with self._pool.acquire() as conn, conn.cursor() as cur:
+            pool = await self._connected()
+            async with pool.acquire() as conn, conn.cursor() as cur:
                 if not transaction:
                     return await work(cur)
                 await cur.execute("BEGIN")
@@ -206,24 +206,20 @@ class History:
             await self.close()
             raise HistoryUnavailable(f"Postgres is unavailable: {str(exc).strip() or type(exc).__name__}") from exc
 
-    async def _migrate(self) -> None:
-        assert self._pool is not None
-        async with self._pool.acquire() as conn, conn.cursor() as cur:
-            await cur.execute("BEGIN")
-            try:
-                await cur.execute("SELECT pg_advisory_xact_lock(hashtext('ampelios-migrate'))")
-                await cur.execute("CREATE TABLE IF NOT EXISTS ampelios_schema (version integer NOT NULL)")
-                await cur.execute("SELECT coalesce(max(version), 0) FROM ampelios_schema")
-                (current,) = await cur.fetchone()
-                for version, sql in MIGRATIONS:
-                    if version > current:
-                        await cur.execute(sql)
-                        await cur.execute("INSERT INTO ampelios_schema VALUES (%s)", (version,))
-                        log.info("Postgres schema migrated to version %d", version)
-                await cur.execute("COMMIT")
-            except BaseException:
-                await cur.execute("ROLLBACK")
-                raise
+    async def _connected(self) -> aiopg.Pool:
+        """The pool, once the schema is migrated: concurrent first calls wait for one
+        connection and one migration, so no query ever meets a table not yet created."""
+        async with self._connecting:
+            if self._pool is None:
+                pool = await aiopg.create_pool(self.url, minsize=0, maxsize=4, timeout=10)
+                try:
+                    await _migrate(pool)
+                except BaseException:
+                    pool.terminate()
+                    await pool.wait_closed()
+                    raise
+                self._pool = pool
+            return self._pool
 
     async def schema_version(self) -> int:
         async def work(cur: Any) -> int:
@@ -310,6 +306,27 @@ class History:
             ]
 
         return await self._run(work)
+
+
+async def _migrate(pool: aiopg.Pool) -> None:
+    """Bring the schema to the last of MIGRATIONS, under an advisory lock (several
+    workers may start at once)."""
+    async with pool.acquire() as conn, conn.cursor() as cur:
+        await cur.execute("BEGIN")
+        try:
+            await cur.execute("SELECT pg_advisory_xact_lock(hashtext('ampelios-migrate'))")
+            await cur.execute("CREATE TABLE IF NOT EXISTS ampelios_schema (version integer NOT NULL)")
+            await cur.execute("SELECT coalesce(max(version), 0) FROM ampelios_schema")
+            (current,) = await cur.fetchone()
+            for version, sql in MIGRATIONS:
+                if version > current:
+                    await cur.execute(sql)
+                    await cur.execute("INSERT INTO ampelios_schema VALUES (%s)", (version,))
+                    log.info("Postgres schema migrated to version %d", version)
+            await cur.execute("COMMIT")
+        except BaseException:
+            await cur.execute("ROLLBACK")
+            raise
 
 
 async def _write_snapshot(cur: Any, snapshot: dict[str, Any]) -> None:

@@ -305,6 +305,22 @@ def test_visitor_updates_written_together_leave_the_rows_of_writing_them_one_by_
     assert written == expected
 
 
+def test_reads_at_once_on_a_new_database_wait_for_its_schema(database_url: str):
+    """The first requests of a new worker may come together (a look-up while the sink
+    starts): each waits for the one migration instead of meeting a missing table."""
+
+    async def read_at_once() -> list:
+        history = History(database_url)
+        try:
+            reads = [history.transitions(1, visitor, "lineage") for visitor in range(4)]
+            return await asyncio.gather(*reads, history.lineages(1), history.schema_version())
+        finally:
+            await history.close()
+
+    *empty, version = asyncio.run(read_at_once())
+    assert empty == [[]] * 5 and version >= 2
+
+
 def test_the_embedded_postgres_lets_in_only_who_has_its_password(database_url: str):
     """No other user of the machine reads or changes the history: no password, or a
     wrong one, is refused; the stack's URL carries the right one."""
