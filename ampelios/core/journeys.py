@@ -233,6 +233,13 @@ class JourneyBatch:
     new_shapes: np.ndarray  # (n, 4)
     added: np.ndarray  # (n,) distinct events the batch added to each journey
     old_last_event: np.ndarray  # (n,) time (ms) of the latest event before the batch, -1 if none
+    old_rows: np.ndarray  # JOURNEY_EVENT before the batch, grouped by journey, sorted within
+    old_owner: np.ndarray  # (len(old_rows),) the journey of each of them
+
+    @property
+    def owner(self) -> np.ndarray:
+        """The journey of each of ``rows``."""
+        return np.repeat(np.arange(len(self)), np.diff(self.starts))
 
     def __len__(self) -> int:
         return len(self.existed)
@@ -315,6 +322,8 @@ def merge_journeys(
         new_shapes=window_shapes(row_owner, rows["timestamp"], rows["event"], n, gap_ms, window_ms),
         added=counts - old_counts,
         old_last_event=old_last_event,
+        old_rows=old_rows,
+        old_owner=old_owner,
     )
 
 

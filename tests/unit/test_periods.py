@@ -1,0 +1,131 @@
+"""Period populations: built from batches in any order and packing, they equal the
+definition applied to all events at once."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ampelios.core.events import ADDTOCART, TRANSACTION, VIEW, EventBatch
+from ampelios.core.journeys import merge_journeys, window_shapes
+from ampelios.core.periods import ACTIVITY_NAMES, PeriodDelta, PeriodPopulations, batch_delta
+
+GAP = 20 * 60_000
+HOUR = 3_600_000
+PERIOD = 24 * HOUR
+
+# One visitor's events: (hour offset, minute, event, item); a few days, collisions likely.
+event_rows = st.tuples(
+    st.integers(0, 24 * 9),
+    st.sampled_from([0, 1, 5, 30, 59]),
+    st.sampled_from([VIEW, ADDTOCART, TRANSACTION]),
+    st.integers(0, 2),
+)
+visitor_events = st.dictionaries(
+    st.integers(0, 5), st.lists(event_rows, min_size=1, max_size=25), min_size=1, max_size=5
+)
+
+
+def as_batch(rows: list[tuple[int, int, int, int, int]]) -> EventBatch:
+    """rows of (visitor, hour, minute, event, item) -> events."""
+    v, h, m, e, i = (np.array(x, dtype=np.int64) for x in zip(*rows))
+    tx = np.where(e == TRANSACTION, i, -1)
+    return EventBatch.from_columns(np.ones(len(v)), h * HOUR + m * 60_000, v, e, i, tx)
+
+
+def definition(rows, period: int, window_ms: int | None) -> dict[tuple, int]:
+    """The population at the end of ``period``, from all events at once."""
+    events = as_batch(rows)
+    end = (period + 1) * PERIOD
+    counts: dict[tuple, int] = {}
+    for visitor in np.unique(events.visitorid).tolist():
+        mine = events.take((events.visitorid == visitor) & (events.timestamp < end))
+        distinct = sorted(set(zip(mine.timestamp.tolist(), mine.event.tolist(), mine.itemid.tolist())))
+        if not distinct:
+            continue
+        ts = np.array([d[0] for d in distinct], dtype=np.int64)
+        if window_ms is not None and ts[-1] <= end - window_ms:
+            continue
+        ev = np.array([d[1] for d in distinct])
+        shape = tuple(window_shapes(np.zeros(len(ts), dtype=np.int64), ts, ev, 1, GAP, window_ms)[0].tolist())
+        counts[shape] = counts.get(shape, 0) + 1
+    return counts
+
+
+def activity_definition(rows, period: int) -> list[int]:
+    events = as_batch(rows)
+    distinct = set(
+        zip(events.visitorid.tolist(), events.timestamp.tolist(), events.event.tolist(), events.itemid.tolist())
+    )
+    mine = [d for d in distinct if d[1] // PERIOD == period]
+    buys = {d[0] for d in mine if d[2] == TRANSACTION}
+    by_event = [sum(1 for d in mine if d[2] == code) for code in (VIEW, ADDTOCART, TRANSACTION)]
+    return [len({d[0] for d in mine}), len(buys), *by_event]
+
+
+def streamed(rows, chunk_sizes, window_ms: int | None) -> PeriodPopulations:
+    """Rows through merge_journeys in chunks, as the journeys processor does."""
+    stored: dict[int, bytes] = {}
+    periods = PeriodPopulations()
+    events = as_batch(rows)
+    start = 0
+    for size in [*chunk_sizes, len(rows)]:
+        chunk = events.take(slice(start, start + size))
+        start += size
+        if not len(chunk):
+            continue
+        visitors, owner = np.unique(chunk.visitorid, return_inverse=True)
+        old = [stored.get(v) for v in visitors.tolist()]
+        batch = merge_journeys(old, chunk, owner, GAP, window_ms)
+        for i, v in enumerate(visitors.tolist()):
+            stored[v] = batch.encode(np.array([i]))[0]
+        delta = PeriodDelta.from_json(batch_delta(batch, GAP, window_ms, PERIOD).to_json())
+        periods.apply(delta)
+    return periods
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    by_visitor=visitor_events,
+    seed=st.integers(0, 2**16),
+    chunks=st.lists(st.integers(1, 12), max_size=8),
+    copies=st.integers(1, 2),
+    window_days=st.sampled_from([None, 1, 2, 3]),
+)
+def test_period_populations_of_any_order_and_packing_equal_the_definition(
+    by_visitor, seed, chunks, copies, window_days
+):
+    rows = [(v, *r) for v, events in by_visitor.items() for r in events] * copies
+    random.Random(seed).shuffle(rows)
+    window_ms = window_days * PERIOD if window_days else None
+    periods = streamed(rows, chunks, window_ms)
+    last = max(r[1] for r in rows) // 24 + (window_days or 0) + 1
+    for p in range(last + 1):
+        assert dict(periods.population(p).counts) == definition(rows, p, window_ms), p
+    span, table = periods.activity_table()
+    for p in range(last + 1):
+        expected = activity_definition(rows, p)
+        got = table[p - span.start].tolist() if p in span else [0] * len(ACTIVITY_NAMES)
+        assert got == expected, p
+
+
+def test_sizes_per_period_place_each_period_population_by_its_shapes():
+    periods = PeriodPopulations()
+    shapes = np.array([[1, 0, 0, 1], [3, 0, 0, 1], [1, 0, 0, 1]])
+    none = np.empty(0, dtype=np.int64)
+    periods.apply(
+        PeriodDelta(np.array([2, 2, 4]), shapes, np.array([2, 1, -1]), none, np.empty((0, 5), dtype=np.int64))
+    )
+    span, sizes = periods.sizes(lambda s: (s[:, 0] > 1).astype(np.int64), 2)
+    assert list(span) == [2, 3, 4]
+    assert sizes.tolist() == [[2, 1], [2, 1], [1, 1]]
+    assert dict(periods.population(3).counts) == {(1, 0, 0, 1): 2, (3, 0, 0, 1): 1}
+
+
+def test_a_window_that_cuts_a_session_counts_its_rest_as_a_session():
+    rows = [(7, 0, 0, VIEW, 1), (7, 0, 1, VIEW, 2), (7, 36, 0, VIEW, 3)]  # the window cuts 0:00 | 0:01
+    periods = streamed(rows, [1, 1], 36 * HOUR)
+    assert dict(periods.population(1).counts) == definition(rows, 1, 36 * HOUR) == {(2, 0, 0, 2): 1}
