@@ -39,6 +39,8 @@ import aiopg
 import orjson
 import psycopg2
 
+from ampelios.core.periods import ACTIVITY_NAMES
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -151,6 +153,45 @@ MIGRATIONS: Sequence[tuple[int, str]] = (
             WHERE v.active;
         """,
     ),
+    (
+        3,
+        """
+        -- Every event-time period's population under one model (the newest of its lineage):
+        -- rewritten whole at each settling, so that shares compare people, not models.
+        CREATE TABLE period_segments (
+            source_id     integer          NOT NULL,
+            lineage       text             NOT NULL,
+            period_start  timestamptz      NOT NULL,
+            segment_id    integer          NOT NULL,
+            label         text             NOT NULL,
+            size          bigint           NOT NULL,
+            share         double precision NOT NULL,
+            model_version bigint           NOT NULL,
+            PRIMARY KEY (source_id, lineage, period_start, segment_id)
+        );
+        COMMENT ON TABLE period_segments IS
+            'Ampelios: visitors per segment at the end of each event-time period, all periods under '
+            'the same (newest) model of the lineage';
+        CREATE TABLE period_activity (
+            source_id     integer     NOT NULL,
+            lineage       text        NOT NULL,
+            period_start  timestamptz NOT NULL,
+            visitors      bigint      NOT NULL,
+            buyers        bigint      NOT NULL,
+            views         bigint      NOT NULL,
+            addtocarts    bigint      NOT NULL,
+            transactions  bigint      NOT NULL,
+            PRIMARY KEY (source_id, lineage, period_start)
+        );
+        COMMENT ON TABLE period_activity IS
+            'Ampelios: the visitors with events in each event-time period, those who bought, and the '
+            'period''s events';
+        CREATE VIEW current_period_segments AS
+            SELECT s.* FROM period_segments s JOIN current_lineages USING (source_id, lineage);
+        CREATE VIEW current_period_activity AS
+            SELECT a.* FROM period_activity a JOIN current_lineages USING (source_id, lineage);
+        """,
+    ),
 )
 
 
@@ -238,9 +279,14 @@ class History:
     ) -> None:
         """Write records of the sink's three topics in one transaction (idempotent)."""
 
+        newest = {(r["source_id"], r["lineage"]): r for r in snapshots if r.get("basis") == "current"}
+
         async def work(cur: Any) -> None:
             for snapshot in snapshots:
-                await _write_snapshot(cur, snapshot)
+                if snapshot.get("basis") != "current":
+                    await _write_snapshot(cur, snapshot)
+            for periods in newest.values():  # each replaces the last, whole
+                await _write_periods(cur, periods)
             for update in merge_visitor_updates(visitor_updates):
                 await _write_visitors(cur, update)
             if transitions:
@@ -291,6 +337,38 @@ class History:
 
         return await self._run(work)
 
+    async def periods(
+        self, source_id: int, since: datetime | None, until: datetime | None, lineage: str
+    ) -> tuple[int | None, list[dict]]:
+        """The segments of each event-time period's population under the newest model of
+        a lineage (its version, or ``None`` if none yet), oldest first, with the period's
+        activity."""
+
+        async def work(cur: Any) -> tuple[int | None, list[dict]]:
+            window = (source_id, lineage, since, until)
+            where = (
+                "WHERE source_id = %s AND lineage = %s AND period_start >= coalesce(%s::timestamptz, '-infinity') "
+                "AND period_start <= coalesce(%s::timestamptz, 'infinity') "
+            )
+            await cur.execute(
+                f"SELECT period_start, model_version, segment_id, label, size, share FROM period_segments {where}"
+                "ORDER BY period_start, segment_id",
+                window,
+            )
+            rows = await cur.fetchall()
+            found: list[dict] = []
+            for at, _, segment, label, size, share in rows:
+                if not found or found[-1]["at"] != at:
+                    found.append({"at": at, "segments": []})
+                found[-1]["segments"].append({"id": segment, "label": label, "size": size, "share": share})
+            await cur.execute(f"SELECT period_start, {', '.join(ACTIVITY_NAMES)} FROM period_activity {where}", window)
+            activity = {at: dict(zip(ACTIVITY_NAMES, counts)) for at, *counts in await cur.fetchall()}
+            for period in found:
+                period["activity"] = activity.get(period["at"], dict.fromkeys(ACTIVITY_NAMES, 0))
+            return (rows[0][1] if rows else None), found
+
+        return await self._run(work)
+
     async def transitions(self, source_id: int, visitorid: int, lineage: str) -> list[dict]:
         """The segment changes of a visitor under a model ``lineage``, oldest first."""
 
@@ -329,6 +407,14 @@ async def _migrate(pool: aiopg.Pool) -> None:
             raise
 
 
+async def _seen_lineage(cur: Any, source_id: int, lineage: str) -> None:
+    await cur.execute(
+        "INSERT INTO segment_lineages (source_id, lineage) VALUES (%s, %s) "
+        "ON CONFLICT (source_id, lineage) DO UPDATE SET last_seen_at = now()",
+        (source_id, lineage),
+    )
+
+
 async def _write_snapshot(cur: Any, snapshot: dict[str, Any]) -> None:
     segments = snapshot["segments"]
     total = sum(s["size"] for s in segments) or 1
@@ -354,11 +440,7 @@ async def _write_snapshot(cur: Any, snapshot: dict[str, Any]) -> None:
         f"share, centroid, reason, lineage) VALUES {values} ON CONFLICT DO NOTHING",
         [x for row in rows for x in (*row, lineage)],
     )
-    await cur.execute(
-        "INSERT INTO segment_lineages (source_id, lineage) VALUES (%s, %s) "
-        "ON CONFLICT (source_id, lineage) DO UPDATE SET last_seen_at = now()",
-        (snapshot["source_id"], lineage),
-    )
+    await _seen_lineage(cur, snapshot["source_id"], lineage)
     shapes = snapshot.get("shapes")
     if shapes is not None:  # the shape -> segment mapping of a wall-clock snapshot
         source = snapshot["source_id"]
@@ -371,6 +453,44 @@ async def _write_snapshot(cur: Any, snapshot: dict[str, Any]) -> None:
                 "%s::int[], %s::int[], %s::int[], %s::int[], %s::text[]) AS u(v, a, t, s, seg, label)",
                 (source, snapshot["model_version"], lineage, *map(_array, columns), _text_array(labels)),
             )
+
+
+async def _write_periods(cur: Any, record: dict[str, Any]) -> None:
+    """Replace a source's and lineage's period tables with a periods record's."""
+    source, lineage, version = record["source_id"], record["lineage"], record["model_version"]
+    starts = [_ms(at) for at in record["periods"]]
+    segments = record["segments"]
+    await cur.execute("DELETE FROM period_segments WHERE source_id = %s AND lineage = %s", (source, lineage))
+    await cur.execute("DELETE FROM period_activity WHERE source_id = %s AND lineage = %s", (source, lineage))
+    if not starts:
+        return
+    rows = [
+        (start, s["id"], s["label"], size, size / (sum(sizes) or 1))
+        for start, sizes in zip(starts, record["sizes"])
+        for s, size in zip(segments, sizes)
+    ]
+    columns = list(zip(*rows))
+    await cur.execute(
+        "INSERT INTO period_segments SELECT %s, %s, at, seg, label, size, share, %s FROM unnest(%s::timestamptz[], "
+        "%s::int[], %s::text[], %s::bigint[], %s::float8[]) AS u(at, seg, label, size, share)",
+        (
+            source,
+            lineage,
+            version,
+            list(columns[0]),
+            _array(columns[1]),
+            _text_array(columns[2]),
+            _array(columns[3]),
+            _array(columns[4]),
+        ),
+    )
+    counts = list(zip(*record["activity"]))
+    await cur.execute(
+        "INSERT INTO period_activity SELECT %s, %s, u.* FROM unnest(%s::timestamptz[], %s::bigint[], %s::bigint[], "
+        "%s::bigint[], %s::bigint[], %s::bigint[]) AS u",
+        (source, lineage, starts, *map(_array, counts)),
+    )
+    await _seen_lineage(cur, source, lineage)
 
 
 VISITOR_COLUMNS = ("visitorid", "views", "addtocarts", "transactions", "sessions", "last_event", "active")

@@ -11,7 +11,8 @@ the end of each day, to within a message). A step holds:
 - the other events merged into their visitors' journeys (``core/journeys.py``), the
   activity index and the partition's counts, as table writes;
 - its outputs: one :class:`PopulationDelta` (which journey shapes lost and gained
-  visitors) for the model's owner on ``segment-updates``, one record of the changed
+  visitors) with its :class:`~ampelios.core.periods.PeriodDelta` (the same for each
+  event-time period) for the model's owner on ``segment-updates``, one record of the changed
   visitors' shapes for ``visitor-updates`` (SQL), and one ``segment-changes`` record per
   visitor whose own events moved it to another segment under the current model.
 
@@ -34,6 +35,7 @@ import orjson
 from ampelios.core.events import EventBatch, Rejection, decode_run
 from ampelios.core.journeys import JourneyBatch, features_from_shapes, merge_journeys
 from ampelios.core.partitioning import route, visitor_key
+from ampelios.core.periods import batch_delta
 from ampelios.core.population import PopulationDelta
 from ampelios.stream.exactly_once import Step
 from ampelios.stream.journey_store import read_journeys, store
@@ -163,9 +165,12 @@ class JourneyProcessor:
 
         topology = p.topology
         delta = PopulationDelta.of(np.concatenate(left), batch.new_shapes[changed[batch.active[changed]]])
-        if len(delta):
+        periods = batch_delta(batch, self.gap_ms, window_ms, self.period_ms) if self.period_ms else None
+        if len(delta) or periods:
             value = {"source_id": source_id, "partition": partition, "offset": offset, "watermark": watermark}
             value.update(delta.to_json())
+            if periods:
+                value.update(periods.to_json())
             outbox.add(topology.segment_updates, b"%d" % source_id, orjson.dumps(value), 0)
         moved = changed[batch.was_active[changed] & batch.active[changed]]
         self.segment_moves(source_id, ids, batch, moved, outbox)

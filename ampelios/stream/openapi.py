@@ -270,10 +270,16 @@ _SCHEMAS: dict[str, Any] = {
     },
     "History": {
         "type": "object",
-        "required": ["source_id", "clock", "lineage", "lineages", "snapshots"],
+        "required": ["source_id", "clock", "basis", "lineage", "lineages", "snapshots"],
         "properties": {
             "source_id": {"type": "integer"},
             "clock": {"enum": ["event", "wall"]},
+            "basis": {
+                "enum": ["current", "model"],
+                "description": "current: every period's population under one model (model_version); "
+                "model: each snapshot under the model of its moment",
+            },
+            "model_version": {"type": ["integer", "null"], "description": "with basis current: the model's version"},
             "lineage": {"type": "string", "description": "the model lineage of these snapshots"},
             "lineages": {
                 "type": "array",
@@ -466,6 +472,12 @@ def openapi_document(token_required: bool, visitors_protected: bool = False) -> 
                     "parameters": [
                         _SOURCE,
                         _query("clock", {"enum": ["event", "wall"]}, "event time (default) or wall time"),
+                        _query(
+                            "basis",
+                            {"enum": ["current", "model"]},
+                            "event time: each period's population under the current model (default) or "
+                            "the segments of the model of the moment (always on wall time)",
+                        ),
                         _query("since", moment, "first snapshot time"),
                         _query("until", moment, "last snapshot time"),
                         _query(

@@ -35,6 +35,7 @@ from aiokafka.structs import TopicPartition
 from ampelios.core.journeys import features_from_shapes
 from ampelios.core.k_choice import choose_k, evaluate
 from ampelios.core.model import SegmentModel, update
+from ampelios.core.periods import PeriodDelta, PeriodPopulations
 from ampelios.core.population import Population, PopulationDelta, Shape
 from ampelios.stream.batch_table import BatchTable
 from ampelios.stream.exactly_once import ExactlyOnce, Step
@@ -59,6 +60,16 @@ def clock_key(source_id: int) -> bytes:
     return b"clock:%d" % source_id
 
 
+def period_key(source_id: int, period: int, shape: Shape) -> bytes:
+    """segment-state key of the net change of a shape's visitors in an event-time period."""
+    return b"period:%d:%d:%d,%d,%d,%d" % (source_id, period, *shape)
+
+
+def period_activity_key(source_id: int, period: int) -> bytes:
+    """segment-state key of an event-time period's activity (ACTIVITY_NAMES, comma-separated)."""
+    return b"activity:%d:%d" % (source_id, period)
+
+
 def applied_key(source_id: int, partition: int) -> bytes:
     """segment-state key of the newest events offset of a partition the model has applied."""
     return b"applied:%d:%d" % (source_id, partition)
@@ -81,6 +92,44 @@ def stored_population(table: BatchTable, source_id: int) -> Population:
         if int(value):
             counts[(views, carts, buys, sessions)] = int(value)
     return Population(counts)
+
+
+def stored_periods(table: BatchTable, source_id: int) -> PeriodPopulations:
+    """A source's period populations as the ``period:`` and ``activity:`` keys of
+    segment-state hold them."""
+    changes: dict[int, dict[Shape, int]] = {}
+    prefix = b"period:%d:" % source_id
+    for key, value in table.items_with_prefix(0, prefix):
+        period, shape = key[len(prefix) :].split(b":")
+        views, carts, buys, sessions = (int(x) for x in shape.split(b","))
+        changes.setdefault(int(period), {})[(views, carts, buys, sessions)] = int(value)
+    activity: dict[int, np.ndarray] = {}
+    prefix = b"activity:%d:" % source_id
+    for key, value in table.items_with_prefix(0, prefix):
+        activity[int(key[len(prefix) :])] = np.array([int(x) for x in value.split(b",")], dtype=np.int64)
+    return PeriodPopulations(changes, activity)
+
+
+def periods_record(source_id: int, model: SegmentModel, periods: PeriodPopulations, period_ms: int) -> bytes:
+    """A snapshots record of the segments of every event-time period's population under
+    one model (``basis`` current): each period's start (ms), visitors per segment and
+    activity, oldest first."""
+    span, sizes = periods.sizes(lambda shapes: model.assign(features_from_shapes(shapes)), model.k)
+    _, activity = periods.activity_table()
+    return orjson.dumps(
+        {
+            "source_id": source_id,
+            "clock": "event",
+            "basis": "current",
+            "model_version": model.version,
+            "lineage": model.lineage,
+            "segments": [{k: s[k] for k in ("id", "label", "centroid")} for s in model.segments()],
+            "periods": [p * period_ms for p in span],
+            "sizes": sizes,
+            "activity": activity,
+        },
+        option=orjson.OPT_SERIALIZE_NUMPY,
+    )
 
 
 def snapshot_record(
@@ -115,6 +164,7 @@ class SegmentOwner:
         self.processing = processing
         self.period_ms = round(p.settings.snapshot_event_hours * 3_600_000)
         self._populations: dict[int, Population] = {}
+        self._periods: dict[int, PeriodPopulations] = {}
         self._assignments = 0  # assignments seen
         self._seen = 0  # assignments seen when the populations were last checked
         self._changed: set[int] = set()  # sources updated since their last wall snapshot
@@ -129,12 +179,17 @@ class SegmentOwner:
         """Apply delivered ``records`` of segment-updates (offset order) exactly once."""
         if self._seen != self._assignments:
             self._seen = self._assignments
-            self._populations.clear()
+            self.forget()
         try:
             await self.processing.process(records, self.steps)
         except BaseException:
-            self._populations.clear()
+            self.forget()
             raise
+
+    def forget(self) -> None:
+        """Drop the copies of populations: read them from segment-state again."""
+        self._populations.clear()
+        self._periods.clear()
 
     async def request_snapshots(self) -> None:
         """If this worker owns the model: ask for a wall snapshot of every source updated
@@ -184,6 +239,11 @@ class SegmentOwner:
             self._populations[source_id] = stored_population(self.p.segments, source_id)
         return self._populations[source_id]
 
+    def periods_of(self, source_id: int) -> PeriodPopulations:
+        if source_id not in self._periods:
+            self._periods[source_id] = stored_periods(self.p.segments, source_id)
+        return self._periods[source_id]
+
     def k_of(self, source_id: int, model: SegmentModel | None, population: Population, settle: bool) -> int:
         """The k to update a source's model with: the configured one; with AMPELIOS_K=auto,
         the rule's choice (:mod:`ampelios.core.k_choice`) at seeding and at each settle,
@@ -204,6 +264,12 @@ class SegmentOwner:
             await self.event_time_snapshots(run, source_id, int(message["watermark"]))
         changed = self.population_of(source_id).apply(PopulationDelta.from_json(message))  # all or nothing
         run.writes.update((shape_key(source_id, shape), b"%d" % count) for shape, count in changed)
+        if "periods" in message:
+            periods = self.periods_of(source_id)
+            nets, active = periods.apply(PeriodDelta.from_json(message))
+            run.writes.update((period_key(source_id, p, shape), b"%d" % n if n else None) for p, shape, n in nets)
+            for p in active:
+                run.writes[period_activity_key(source_id, p)] = b",".join(b"%d" % x for x in periods.activity[p])
         run.writes[applied_key(source_id, partition)] = b"%d" % message["offset"]
         run.stale.add(source_id)
         self._changed.add(source_id)
@@ -237,7 +303,13 @@ class SegmentOwner:
         shapes, _ = population.arrays()
         mapping = np.column_stack([shapes, model.assign(features_from_shapes(shapes))]).tolist()
         record = snapshot_record(source_id, model, "wall", round(time.time() * 1000), reason, mapping)
-        await (await self.p.snapshots.send(key=b"%d" % source_id, value=record))
+        sent = [await self.p.snapshots.send(key=b"%d" % source_id, value=record)]
+        periods = self.periods_of(source_id)
+        if self.period_ms and periods.span():
+            record = periods_record(source_id, model, periods, self.period_ms)
+            sent.append(await self.p.snapshots.send(key=b"%d" % source_id, value=record))
+        for acknowledged in sent:
+            await acknowledged
         run.set_model(source_id, model)
         self._snapshotted[source_id] = model.version
 

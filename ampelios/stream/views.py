@@ -485,11 +485,18 @@ def register(p: Pipeline) -> None:
         @_endpoint(p, needs_state=False)
         async def get(self, request: Request) -> tuple[int, Any]:
             """Snapshots of a source's segments, oldest first, on event or wall time, of one
-            model lineage: the current model's unless ``lineage`` names another."""
+            model lineage: the current model's unless ``lineage`` names another. On event
+            time, ``basis=current`` (the default) gives every period's population under the
+            lineage's newest model, ``basis=model`` under the model of its moment."""
             source_id = _source_id(request)
             clock = request.query.get("clock", "event")
             if clock not in ("event", "wall"):
                 raise HttpError(400, f"clock must be event or wall, got {clock!r:.40}")
+            basis = request.query.get("basis", "current")
+            if basis not in ("current", "model"):
+                raise HttpError(400, f"basis must be current or model, got {basis!r:.40}")
+            if clock == "wall":
+                basis = "model"  # a wall snapshot is the model of its moment; the answer says so
             since, until = _moment(request, "since"), _moment(request, "until")
             if p.history is None:
                 raise HttpError(503, "no database is configured (AMPELIOS_DATABASE_URL): no history is kept")
@@ -501,12 +508,17 @@ def register(p: Pipeline) -> None:
                     lineage = model.lineage if model is not None else latest(lineages)
                 elif lineage not in {lin["lineage"] for lin in lineages}:
                     raise HttpError(404, f"source {source_id} has no lineage {lineage!r:.40}")
-                snapshots = await p.history.snapshots(source_id, clock, since, until, lineage)
+                if basis == "current":
+                    version, snapshots = await p.history.periods(source_id, since, until, lineage)
+                else:
+                    version, snapshots = None, await p.history.snapshots(source_id, clock, since, until, lineage)
             except HistoryUnavailable as exc:
                 raise HttpError(503, str(exc)) from None
             if not snapshots and model is None and not lineages:
                 raise no_segments(source_id)
-            answer = {"source_id": source_id, "clock": clock, "lineage": lineage, "lineages": lineages}
+            answer = {"source_id": source_id, "clock": clock, "basis": basis, "lineage": lineage, "lineages": lineages}
+            if basis == "current":
+                answer["model_version"] = version
             return 200, {**answer, "snapshots": snapshots}
 
     @app.page("/stats")

@@ -119,7 +119,9 @@ async function renderShares() {
     note.textContent = body.error || "";
     return;
   }
-  note.textContent = body.snapshots.length ? "" : "The first point appears when a day of events has been processed.";
+  note.textContent = body.snapshots.length
+    ? ""
+    : "The chart appears when the segments are next settled: at the end of a replay, or within a minute.";
   const names = new Map();
   for (const snapshot of body.snapshots) for (const s of snapshot.segments) names.set(s.id, labels.get(s.id) ?? s.label);
   const datasets = [...names.entries()].map(([id, label]) => ({
