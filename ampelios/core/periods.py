@@ -43,21 +43,64 @@ ACTIVITY_NAMES = ("visitors", "buyers", "views", "addtocarts", "transactions")
 
 
 @dataclass(frozen=True)
-class Timeline:
-    """Rows of population changes (``periods`` (m,), ``shapes`` (m, 4), ``signs`` (m,)
-    of +1/-1) and of activity (``activity_periods`` (a,), ``activity`` (a, 5) in the
-    order of ACTIVITY_NAMES)."""
+class Rows:
+    """Rows of a table: ``keys`` (m, j) of int64 and ``values`` (m,) or (m, c) of int64.
+    In a delta the values are changes; :meth:`net` makes the keys distinct."""
 
-    periods: np.ndarray
-    shapes: np.ndarray
-    signs: np.ndarray
-    activity_periods: np.ndarray
-    activity: np.ndarray
+    keys: np.ndarray
+    values: np.ndarray
+
+    @classmethod
+    def empty(cls, key_columns: int, value_columns: int = 0) -> Rows:
+        values = np.empty((0, value_columns) if value_columns else 0, dtype=np.int64)
+        return cls(np.empty((0, key_columns), dtype=np.int64), values)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __sub__(self, other: Rows) -> Rows:
+        """``self`` minus ``other``, netted."""
+        return Rows(np.concatenate([other.keys, self.keys]), np.concatenate([-other.values, self.values])).net()
+
+    def net(self) -> Rows:
+        """Keys made distinct with their values summed; rows whose values are all zero
+        dropped; sorted by key."""
+        if len(self.keys) == 0:
+            return self
+        order = np.lexsort(self.keys.T[::-1])
+        keys, values = self.keys[order], self.values[order]
+        first = np.ones(len(keys), dtype=bool)
+        first[1:] = (keys[1:] != keys[:-1]).any(axis=1)
+        sums = np.add.reduceat(values, np.flatnonzero(first), axis=0)
+        keep = sums != 0 if sums.ndim == 1 else (sums != 0).any(axis=1)
+        return Rows(keys[first][keep], sums[keep])
+
+    def to_json(self) -> list:  # type: ignore[type-arg]
+        return np.column_stack([self.keys, self.values]).tolist()
+
+    @classmethod
+    def from_json(cls, rows: list, key_columns: int, value_columns: int = 0) -> Rows:  # type: ignore[type-arg]
+        table = np.asarray(rows, dtype=np.int64).reshape(-1, key_columns + max(1, value_columns))
+        values = table[:, key_columns:] if value_columns else table[:, key_columns]
+        return cls(table[:, :key_columns], values)
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """What journeys put in the period tables, each keyed by (period, *shape) or period:
+
+    - ``population``: +1 where a shape enters a period's population, -1 where it leaves;
+    - ``visitors``: +1 per visitor with events in a period, at its shape at the period's end;
+    - ``activity``: per period, the ACTIVITY_NAMES counts of its own events.
+    """
+
+    population: Rows
+    visitors: Rows
+    activity: Rows
 
     @classmethod
     def empty(cls) -> Timeline:
-        none = np.empty(0, dtype=np.int64)
-        return cls(none, np.empty((0, 4), dtype=np.int64), none, none, np.empty((0, 5), dtype=np.int64))
+        return cls(Rows.empty(5), Rows.empty(5), Rows.empty(1, len(ACTIVITY_NAMES)))
 
 
 def timeline(
@@ -108,67 +151,49 @@ def timeline(
         until = np.minimum(until, inactive)
     counted = until > p
     leaves = counted & (until != np.iinfo(np.int64).max)
-    periods = np.concatenate([p[counted], until[leaves]])
-    signs = np.concatenate([np.ones(int(counted.sum()), dtype=np.int64), -np.ones(int(leaves.sum()), dtype=np.int64)])
-
+    population = Rows(
+        np.column_stack(
+            [np.concatenate([p[counted], until[leaves]]), np.concatenate([shapes[counted], shapes[leaves]])]
+        ),
+        np.concatenate([np.ones(int(counted.sum()), dtype=np.int64), -np.ones(int(leaves.sum()), dtype=np.int64)]),
+    )
     own = cum[ends + 1, :3] - cum[group_start, :3]
     activity = np.column_stack([np.ones(len(ends), dtype=np.int64), own[:, 2] > 0, own]).astype(np.int64)
-    return Timeline(periods, np.concatenate([shapes[counted], shapes[leaves]]), signs, p, activity)
-
-
-def _net(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of ``keys`` (m, j) made distinct, ``values`` (m, ...) summed; rows whose
-    values are all zero dropped. Sorted by key."""
-    if len(keys) == 0:
-        return keys, values
-    order = np.lexsort(keys.T[::-1])
-    keys, values = keys[order], values[order]
-    first = np.ones(len(keys), dtype=bool)
-    first[1:] = (keys[1:] != keys[:-1]).any(axis=1)
-    sums = np.add.reduceat(values, np.flatnonzero(first), axis=0)
-    keep = sums != 0 if sums.ndim == 1 else (sums != 0).any(axis=1)
-    return keys[first][keep], sums[keep]
+    ones = np.ones(len(ends), dtype=np.int64)
+    return Timeline(population, Rows(np.column_stack([p, shapes]), ones), Rows(p[:, None], activity))
 
 
 @dataclass(frozen=True)
 class PeriodDelta:
-    """Net changes of period populations (``periods`` (m,), ``shapes`` (m, 4),
-    ``changes`` (m,)) and of period activity (``activity_periods`` (a,), ``activity``
-    (a, 5)): what a batch of events changed."""
+    """What a batch of events changed in the period tables (see :class:`Timeline`):
+    net changes, keys distinct."""
 
-    periods: np.ndarray
-    shapes: np.ndarray
-    changes: np.ndarray
-    activity_periods: np.ndarray
-    activity: np.ndarray
+    population: Rows
+    visitors: Rows
+    activity: Rows
 
     @classmethod
     def between(cls, old: Timeline, new: Timeline) -> PeriodDelta:
         """What replacing the timelines ``old`` by ``new`` changes."""
-        keys, changes = _net(
-            np.column_stack([np.concatenate([old.periods, new.periods]), np.concatenate([old.shapes, new.shapes])]),
-            np.concatenate([-old.signs, new.signs]),
-        )
-        periods, activity = _net(
-            np.concatenate([old.activity_periods, new.activity_periods])[:, None],
-            np.concatenate([-old.activity, new.activity]),
-        )
-        return cls(keys[:, 0], keys[:, 1:], changes, periods[:, 0], activity)
+        return cls(new.population - old.population, new.visitors - old.visitors, new.activity - old.activity)
 
     def __len__(self) -> int:
-        return len(self.changes) + len(self.activity_periods)
+        return len(self.population) + len(self.visitors) + len(self.activity)
 
     def to_json(self) -> dict[str, list]:  # type: ignore[type-arg]
         return {
-            "periods": np.column_stack([self.periods, self.shapes, self.changes]).tolist(),
-            "activity": np.column_stack([self.activity_periods, self.activity]).tolist(),
+            "periods": self.population.to_json(),
+            "period_visitors": self.visitors.to_json(),
+            "activity": self.activity.to_json(),
         }
 
     @classmethod
     def from_json(cls, obj: dict[str, list]) -> PeriodDelta:  # type: ignore[type-arg]
-        rows = np.asarray(obj["periods"], dtype=np.int64).reshape(-1, 6)
-        activity = np.asarray(obj["activity"], dtype=np.int64).reshape(-1, 6)
-        return cls(rows[:, 0], rows[:, 1:5], rows[:, 5], activity[:, 0], activity[:, 1:])
+        return cls(
+            Rows.from_json(obj["periods"], 5),
+            Rows.from_json(obj["period_visitors"], 5),
+            Rows.from_json(obj["activity"], 1, len(ACTIVITY_NAMES)),
+        )
 
 
 def batch_delta(batch: JourneyBatch, gap_ms: int, window_ms: int | None, period_ms: int) -> PeriodDelta:
@@ -181,33 +206,32 @@ def batch_delta(batch: JourneyBatch, gap_ms: int, window_ms: int | None, period_
 
 
 class PeriodPopulations:
-    """A source's period populations, as the net changes of each period
-    (``changes[p][shape]``), and each period's activity (``activity[p]``, 5 counts)."""
+    """A source's period tables: the net changes of each period's population
+    (``changes[p][shape]``), the visitors with events in each period by shape
+    (``visitors[p][shape]``) and each period's activity (``activity[p]``, 5 counts)."""
 
     def __init__(
-        self, changes: dict[int, dict[Shape, int]] | None = None, activity: dict[int, np.ndarray] | None = None
+        self,
+        changes: dict[int, dict[Shape, int]] | None = None,
+        visitors: dict[int, dict[Shape, int]] | None = None,
+        activity: dict[int, np.ndarray] | None = None,
     ) -> None:
         self.changes: dict[int, dict[Shape, int]] = changes or {}
+        self.visitors: dict[int, dict[Shape, int]] = visitors or {}
         self.activity: dict[int, np.ndarray] = activity or {}
 
-    def apply(self, delta: PeriodDelta) -> tuple[list[tuple[int, Shape, int]], list[int]]:
-        """Add a delta; return the (period, shape, new net change) it set and the periods
-        whose activity it changed."""
-        changed: list[tuple[int, Shape, int]] = []
-        for p, v, c, b, s, change in np.column_stack([delta.periods, delta.shapes, delta.changes]).tolist():
-            of_period = self.changes.setdefault(p, {})
-            shape = (v, c, b, s)
-            net = of_period.get(shape, 0) + change
-            if net:
-                of_period[shape] = net
-            else:
-                of_period.pop(shape, None)
-                if not of_period:
-                    del self.changes[p]
-            changed.append((p, shape, net))
-        for p, row in zip(delta.activity_periods.tolist(), delta.activity):
-            self.activity[p] = self.activity.get(p, np.zeros(5, dtype=np.int64)) + row
-        return changed, delta.activity_periods.tolist()
+    def apply(self, delta: PeriodDelta) -> PeriodChanges:
+        """Add a delta; return what it set, to store."""
+        return PeriodChanges(
+            _add(self.changes, delta.population),
+            _add(self.visitors, delta.visitors),
+            self._add_activity(delta.activity),
+        )
+
+    def _add_activity(self, rows: Rows) -> list[int]:
+        for (p,), row in zip(rows.keys.tolist(), rows.values):
+            self.activity[p] = self.activity.get(p, np.zeros(len(ACTIVITY_NAMES), dtype=np.int64)) + row
+        return rows.keys[:, 0].tolist()
 
     def span(self) -> range:
         """The periods from the first with a change or activity to the last."""
@@ -224,25 +248,55 @@ class PeriodPopulations:
                 counts[shape] = counts.get(shape, 0) + change
         return Population({shape: n for shape, n in counts.items() if n})
 
-    def sizes(self, assign: Callable[[np.ndarray], np.ndarray], k: int) -> tuple[range, np.ndarray]:
-        """Visitors per segment at the end of each period of :meth:`span`, (periods, k),
-        where ``assign(shapes (m, 4)) -> segment (m,)`` places a shape."""
+    def sizes(self, assign: Callable[[np.ndarray], np.ndarray], k: int) -> tuple[range, np.ndarray, np.ndarray]:
+        """Per period of :meth:`span`, the population's visitors per segment at its end
+        and the segments of its visitors with events, both (periods, k), where
+        ``assign(shapes (m, 4)) -> segment (m,)`` places a shape."""
         span = self.span()
-        shapes = sorted({shape for of_period in self.changes.values() for shape in of_period})
+        tables = (self.changes, self.visitors)
+        shapes = sorted({shape for table in tables for of_period in table.values() for shape in of_period})
         index = {shape: i for i, shape in enumerate(shapes)}
         segment = assign(np.array(shapes, dtype=np.int64).reshape(-1, 4)) if shapes else np.empty(0, dtype=np.int64)
-        sizes = np.zeros((len(span), k), dtype=np.int64)
-        for row, p in enumerate(span):
-            of_period = self.changes.get(p)
-            if of_period:
-                at = segment[[index[shape] for shape in of_period]]
-                sizes[row] = np.bincount(at, weights=list(of_period.values()), minlength=k).astype(np.int64)
-        return span, np.cumsum(sizes, axis=0)
+        counts = np.zeros((2, len(span), k), dtype=np.int64)
+        for t, table in enumerate(tables):
+            for row, p in enumerate(span):
+                of_period = table.get(p)
+                if of_period:
+                    at = segment[[index[shape] for shape in of_period]]
+                    counts[t, row] = np.bincount(at, weights=list(of_period.values()), minlength=k).astype(np.int64)
+        return span, np.cumsum(counts[0], axis=0), counts[1]
 
     def activity_table(self) -> tuple[range, np.ndarray]:
         """Activity of each period of :meth:`span`, (periods, 5); zeros where none."""
         span = self.span()
-        table = np.zeros((len(span), 5), dtype=np.int64)
+        table = np.zeros((len(span), len(ACTIVITY_NAMES)), dtype=np.int64)
         for p, row in self.activity.items():
             table[p - span.start] = row
         return span, table
+
+
+@dataclass(frozen=True)
+class PeriodChanges:
+    """What a delta set: (period, shape, new value) of the population changes and of the
+    visitors, and the periods whose activity changed."""
+
+    population: list[tuple[int, Shape, int]]
+    visitors: list[tuple[int, Shape, int]]
+    activity: list[int]
+
+
+def _add(table: dict[int, dict[Shape, int]], rows: Rows) -> list[tuple[int, Shape, int]]:
+    """Add (period, *shape) -> change rows to ``table``, dropping zeros; the new values."""
+    changed: list[tuple[int, Shape, int]] = []
+    for (p, v, c, b, s), change in zip(rows.keys.tolist(), rows.values.tolist()):
+        of_period = table.setdefault(p, {})
+        shape = (v, c, b, s)
+        value = of_period.get(shape, 0) + change
+        if value:
+            of_period[shape] = value
+        else:
+            of_period.pop(shape, None)
+            if not of_period:
+                del table[p]
+        changed.append((p, shape, value))
+    return changed

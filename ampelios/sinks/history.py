@@ -166,11 +166,14 @@ MIGRATIONS: Sequence[tuple[int, str]] = (
             label         text             NOT NULL,
             size          bigint           NOT NULL,
             share         double precision NOT NULL,
+            visitors      bigint           NOT NULL,
+            visitor_share double precision NOT NULL,
             model_version bigint           NOT NULL,
             PRIMARY KEY (source_id, lineage, period_start, segment_id)
         );
         COMMENT ON TABLE period_segments IS
-            'Ampelios: visitors per segment at the end of each event-time period, all periods under '
+            'Ampelios: per event-time period, the population per segment at its end (size, share) and '
+            'the visitors with events in it per segment (visitors, visitor_share), all periods under '
             'the same (newest) model of the lineage';
         CREATE TABLE period_activity (
             source_id     integer     NOT NULL,
@@ -351,16 +354,26 @@ class History:
                 "AND period_start <= coalesce(%s::timestamptz, 'infinity') "
             )
             await cur.execute(
-                f"SELECT period_start, model_version, segment_id, label, size, share FROM period_segments {where}"
+                "SELECT period_start, model_version, segment_id, label, size, share, visitors, visitor_share "
+                f"FROM period_segments {where}"
                 "ORDER BY period_start, segment_id",
                 window,
             )
             rows = await cur.fetchall()
             found: list[dict] = []
-            for at, _, segment, label, size, share in rows:
+            for at, _, segment, label, size, share, visitors, visitor_share in rows:
                 if not found or found[-1]["at"] != at:
                     found.append({"at": at, "segments": []})
-                found[-1]["segments"].append({"id": segment, "label": label, "size": size, "share": share})
+                found[-1]["segments"].append(
+                    {
+                        "id": segment,
+                        "label": label,
+                        "size": size,
+                        "share": share,
+                        "visitors": visitors,
+                        "visitor_share": visitor_share,
+                    }
+                )
             await cur.execute(f"SELECT period_start, {', '.join(ACTIVITY_NAMES)} FROM period_activity {where}", window)
             activity = {at: dict(zip(ACTIVITY_NAMES, counts)) for at, *counts in await cur.fetchall()}
             for period in found:
@@ -465,14 +478,14 @@ async def _write_periods(cur: Any, record: dict[str, Any]) -> None:
     if not starts:
         return
     rows = [
-        (start, s["id"], s["label"], size, size / (sum(sizes) or 1))
-        for start, sizes in zip(starts, record["sizes"])
-        for s, size in zip(segments, sizes)
+        (start, s["id"], s["label"], size, size / (sum(sizes) or 1), seen, seen / (sum(visitors) or 1))
+        for start, sizes, visitors in zip(starts, record["sizes"], record["visitors"])
+        for s, size, seen in zip(segments, sizes, visitors)
     ]
     columns = list(zip(*rows))
     await cur.execute(
-        "INSERT INTO period_segments SELECT %s, %s, at, seg, label, size, share, %s FROM unnest(%s::timestamptz[], "
-        "%s::int[], %s::text[], %s::bigint[], %s::float8[]) AS u(at, seg, label, size, share)",
+        "INSERT INTO period_segments SELECT %s, %s, u.*, %s FROM unnest(%s::timestamptz[], %s::int[], %s::text[], "
+        "%s::bigint[], %s::float8[], %s::bigint[], %s::float8[]) AS u",
         (
             source,
             lineage,
@@ -480,8 +493,7 @@ async def _write_periods(cur: Any, record: dict[str, Any]) -> None:
             list(columns[0]),
             _array(columns[1]),
             _text_array(columns[2]),
-            _array(columns[3]),
-            _array(columns[4]),
+            *map(_array, columns[3:]),
         ),
     )
     counts = list(zip(*record["activity"]))

@@ -65,6 +65,11 @@ def period_key(source_id: int, period: int, shape: Shape) -> bytes:
     return b"period:%d:%d:%d,%d,%d,%d" % (source_id, period, *shape)
 
 
+def period_visitors_key(source_id: int, period: int, shape: Shape) -> bytes:
+    """segment-state key of the visitors with events in a period that end it in a shape."""
+    return b"visits:%d:%d:%d,%d,%d,%d" % (source_id, period, *shape)
+
+
 def period_activity_key(source_id: int, period: int) -> bytes:
     """segment-state key of an event-time period's activity (ACTIVITY_NAMES, comma-separated)."""
     return b"activity:%d:%d" % (source_id, period)
@@ -95,26 +100,31 @@ def stored_population(table: BatchTable, source_id: int) -> Population:
 
 
 def stored_periods(table: BatchTable, source_id: int) -> PeriodPopulations:
-    """A source's period populations as the ``period:`` and ``activity:`` keys of
+    """A source's period tables as the ``period:``, ``visits:`` and ``activity:`` keys of
     segment-state hold them."""
-    changes: dict[int, dict[Shape, int]] = {}
-    prefix = b"period:%d:" % source_id
-    for key, value in table.items_with_prefix(0, prefix):
-        period, shape = key[len(prefix) :].split(b":")
-        views, carts, buys, sessions = (int(x) for x in shape.split(b","))
-        changes.setdefault(int(period), {})[(views, carts, buys, sessions)] = int(value)
+
+    def by_shape(kind: bytes) -> dict[int, dict[Shape, int]]:
+        found: dict[int, dict[Shape, int]] = {}
+        prefix = b"%s:%d:" % (kind, source_id)
+        for key, value in table.items_with_prefix(0, prefix):
+            period, shape = key[len(prefix) :].split(b":")
+            views, carts, buys, sessions = (int(x) for x in shape.split(b","))
+            found.setdefault(int(period), {})[(views, carts, buys, sessions)] = int(value)
+        return found
+
     activity: dict[int, np.ndarray] = {}
     prefix = b"activity:%d:" % source_id
     for key, value in table.items_with_prefix(0, prefix):
         activity[int(key[len(prefix) :])] = np.array([int(x) for x in value.split(b",")], dtype=np.int64)
-    return PeriodPopulations(changes, activity)
+    return PeriodPopulations(by_shape(b"period"), by_shape(b"visits"), activity)
 
 
 def periods_record(source_id: int, model: SegmentModel, periods: PeriodPopulations, period_ms: int) -> bytes:
     """A snapshots record of the segments of every event-time period's population under
-    one model (``basis`` current): each period's start (ms), visitors per segment and
-    activity, oldest first."""
-    span, sizes = periods.sizes(lambda shapes: model.assign(features_from_shapes(shapes)), model.k)
+    one model (``basis`` current): each period's start (ms), its population per segment
+    (``sizes``), its visitors with events per segment (``visitors``) and its activity,
+    oldest first."""
+    span, sizes, visitors = periods.sizes(lambda shapes: model.assign(features_from_shapes(shapes)), model.k)
     _, activity = periods.activity_table()
     return orjson.dumps(
         {
@@ -126,6 +136,7 @@ def periods_record(source_id: int, model: SegmentModel, periods: PeriodPopulatio
             "segments": [{k: s[k] for k in ("id", "label", "centroid")} for s in model.segments()],
             "periods": [p * period_ms for p in span],
             "sizes": sizes,
+            "visitors": visitors,
             "activity": activity,
         },
         option=orjson.OPT_SERIALIZE_NUMPY,
@@ -266,9 +277,10 @@ class SegmentOwner:
         run.writes.update((shape_key(source_id, shape), b"%d" % count) for shape, count in changed)
         if "periods" in message:
             periods = self.periods_of(source_id)
-            nets, active = periods.apply(PeriodDelta.from_json(message))
-            run.writes.update((period_key(source_id, p, shape), b"%d" % n if n else None) for p, shape, n in nets)
-            for p in active:
+            changes = periods.apply(PeriodDelta.from_json(message))
+            for key, rows in ((period_key, changes.population), (period_visitors_key, changes.visitors)):
+                run.writes.update((key(source_id, p, shape), b"%d" % n if n else None) for p, shape, n in rows)
+            for p in changes.activity:
                 run.writes[period_activity_key(source_id, p)] = b",".join(b"%d" % x for x in periods.activity[p])
         run.writes[applied_key(source_id, partition)] = b"%d" % message["offset"]
         run.stale.add(source_id)

@@ -97,6 +97,7 @@ def test_every_day_has_its_population_whatever_the_packing_and_a_drop_shows(sett
         (at(b), b["segments"], b["activity"]) for b in two["snapshots"]
     ]
     assert {at(s): s["activity"] for s in one["snapshots"]} == daily_activity(events)
+    assert all(sum(seg["visitors"] for seg in s["segments"]) == s["activity"]["visitors"] for s in one["snapshots"])
     sizes = [[seg["size"] for seg in s["segments"]] for s in one["snapshots"]]
     assert all(a != b for a, b in pairwise(sizes))  # new visitors every day
     assert sum(sizes[-1]) == len(np.unique(events.visitorid))  # all-time: everyone by the last day

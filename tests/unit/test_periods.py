@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from ampelios.core.events import ADDTOCART, TRANSACTION, VIEW, EventBatch
 from ampelios.core.journeys import merge_journeys, window_shapes
-from ampelios.core.periods import ACTIVITY_NAMES, PeriodDelta, PeriodPopulations, batch_delta
+from ampelios.core.periods import ACTIVITY_NAMES, PeriodDelta, PeriodPopulations, Rows, batch_delta
 
 GAP = 20 * 60_000
 HOUR = 3_600_000
@@ -36,8 +36,9 @@ def as_batch(rows: list[tuple[int, int, int, int, int]]) -> EventBatch:
     return EventBatch.from_columns(np.ones(len(v)), h * HOUR + m * 60_000, v, e, i, tx)
 
 
-def definition(rows, period: int, window_ms: int | None) -> dict[tuple, int]:
-    """The population at the end of ``period``, from all events at once."""
+def definition(rows, period: int, window_ms: int | None, visitors: bool = False) -> dict[tuple, int]:
+    """The population at the end of ``period`` (with ``visitors``: the visitors with
+    events in it), by shape at its end, from all events at once."""
     events = as_batch(rows)
     end = (period + 1) * PERIOD
     counts: dict[tuple, int] = {}
@@ -47,7 +48,9 @@ def definition(rows, period: int, window_ms: int | None) -> dict[tuple, int]:
         if not distinct:
             continue
         ts = np.array([d[0] for d in distinct], dtype=np.int64)
-        if window_ms is not None and ts[-1] <= end - window_ms:
+        if visitors and ts[-1] < end - PERIOD:
+            continue
+        if not visitors and window_ms is not None and ts[-1] <= end - window_ms:
             continue
         ev = np.array([d[1] for d in distinct])
         shape = tuple(window_shapes(np.zeros(len(ts), dtype=np.int64), ts, ev, 1, GAP, window_ms)[0].tolist())
@@ -105,6 +108,7 @@ def test_period_populations_of_any_order_and_packing_equal_the_definition(
     last = max(r[1] for r in rows) // 24 + (window_days or 0) + 1
     for p in range(last + 1):
         assert dict(periods.population(p).counts) == definition(rows, p, window_ms), p
+        assert periods.visitors.get(p, {}) == definition(rows, p, window_ms, visitors=True), p
     span, table = periods.activity_table()
     for p in range(last + 1):
         expected = activity_definition(rows, p)
@@ -114,14 +118,13 @@ def test_period_populations_of_any_order_and_packing_equal_the_definition(
 
 def test_sizes_per_period_place_each_period_population_by_its_shapes():
     periods = PeriodPopulations()
-    shapes = np.array([[1, 0, 0, 1], [3, 0, 0, 1], [1, 0, 0, 1]])
-    none = np.empty(0, dtype=np.int64)
-    periods.apply(
-        PeriodDelta(np.array([2, 2, 4]), shapes, np.array([2, 1, -1]), none, np.empty((0, 5), dtype=np.int64))
-    )
-    span, sizes = periods.sizes(lambda s: (s[:, 0] > 1).astype(np.int64), 2)
+    population = Rows(np.array([[2, 1, 0, 0, 1], [2, 3, 0, 0, 1], [4, 1, 0, 0, 1]]), np.array([2, 1, -1]))
+    visitors = Rows(np.array([[2, 1, 0, 0, 1], [3, 3, 0, 0, 1]]), np.array([2, 1]))
+    periods.apply(PeriodDelta(population, visitors, Rows.empty(1, len(ACTIVITY_NAMES))))
+    span, sizes, of_visitors = periods.sizes(lambda s: (s[:, 0] > 1).astype(np.int64), 2)
     assert list(span) == [2, 3, 4]
     assert sizes.tolist() == [[2, 1], [2, 1], [1, 1]]
+    assert of_visitors.tolist() == [[2, 0], [0, 1], [0, 0]]
     assert dict(periods.population(3).counts) == {(1, 0, 0, 1): 2, (3, 0, 0, 1): 1}
 
 
