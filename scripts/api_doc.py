@@ -32,7 +32,7 @@ Every worker serves this API (default `http://127.0.0.1:6066`), JSON in and out;
 several workers, any of them answers any request ([deploy.md](deploy.md)). The contract is
 `GET /openapi.json` (OpenAPI 3.1); this page shows each operation with a request and the
 answer a worker gave to it, written by `scripts/api_doc.py` from a live worker after a replay
-of 30,000 generated events (long lists are cut to their first items, marked `"..."`).
+of 300,000 generated events, in which purchases drop for July (long lists are cut to their first items, marked `"..."`).
 `docs/http/ampelios.http` has the same requests for an editor's REST client.
 
 Errors are `{"error": "..."}` with a status that says what to do: 400 (fix the request),
@@ -89,7 +89,7 @@ def main() -> int:
         data = Path(root) / "data"
         data.mkdir()
         with (data / "events.csv").open("wb") as f:
-            write_csv(generate_events(30_000, seed=5, purchase_drop=(JULY, AUGUST)), f)
+            write_csv(generate_events(300_000, seed=5, purchase_drop=(JULY, AUGUST)), f)
         (data / "site-export.csv").write_text(SITE_EXPORT)
         (data / "unreadable.csv").write_text(UNREADABLE)
         settings = Settings(
@@ -133,6 +133,7 @@ def record(base: str) -> dict[tuple[str, str], list[tuple[str, Any, int, Any]]]:
     status, rows = text_get(base + "/segments/0/members?source_id=1&format=csv")
     examples[("GET", members)].append(("/segments/0/members?source_id=1&format=csv", None, status, cut_text(rows)))
     ask("GET", "/history", "/history?source_id=1&clock=event&since=2015-07-01&until=2015-07-03")
+    ask("GET", "/alerts", "/alerts?source_id=1")
     ask("GET", "/stats", "/stats?source_id=1")
     ask("GET", "/stats", "/stats?source_id=1&local=true")
     ask("GET", "/health", "/health")

@@ -189,6 +189,27 @@ MIGRATIONS: Sequence[tuple[int, str]] = (
         COMMENT ON TABLE period_activity IS
             'Ampelios: the visitors with events in each event-time period, those who bought, and the '
             'period''s events';
+        CREATE TABLE segment_alerts (
+            source_id            integer          NOT NULL,
+            id                   text             NOT NULL,
+            lineage              text             NOT NULL,
+            signal               text             NOT NULL,
+            segment_id           integer,
+            label                text,
+            direction            text             NOT NULL CHECK (direction IN ('up', 'down')),
+            before               double precision NOT NULL,
+            after                double precision NOT NULL,
+            started_at           timestamptz      NOT NULL,
+            detected_at          timestamptz      NOT NULL,
+            recovered_at         timestamptz,
+            recovery_detected_at timestamptz,
+            withdrawn            boolean          NOT NULL DEFAULT false,
+            updated_at           timestamptz      NOT NULL DEFAULT now(),
+            PRIMARY KEY (source_id, id)
+        );
+        COMMENT ON TABLE segment_alerts IS
+            'Ampelios: a per-period signal of a source that shifted (and when it recovered); times '
+            'are event times; withdrawn: the history no longer shows it';
         CREATE VIEW current_period_segments AS
             SELECT s.* FROM period_segments s JOIN current_lineages USING (source_id, lineage);
         CREATE VIEW current_period_activity AS
@@ -279,8 +300,10 @@ class History:
         snapshots: Sequence[dict[str, Any]],
         visitor_updates: Sequence[dict[str, Any]],
         transitions: Sequence[dict[str, Any]],
+        alerts: Sequence[dict[str, Any]] = (),
     ) -> None:
-        """Write records of the sink's three topics in one transaction (idempotent)."""
+        """Write records of the sink's topics in one transaction (idempotent)."""
+        newest_alerts = {(a["source_id"], a["id"]): a for a in alerts}
 
         newest = {(r["source_id"], r["lineage"]): r for r in snapshots if r.get("basis") == "current"}
 
@@ -294,6 +317,8 @@ class History:
                 await _write_visitors(cur, update)
             if transitions:
                 await _write_transitions(cur, transitions)
+            if newest_alerts:
+                await _write_alerts(cur, list(newest_alerts.values()))
 
         await self._run(work, transaction=True)
 
@@ -379,6 +404,23 @@ class History:
             for period in found:
                 period["activity"] = activity.get(period["at"], dict.fromkeys(ACTIVITY_NAMES, 0))
             return (rows[0][1] if rows else None), found
+
+        return await self._run(work)
+
+    async def alerts(self, source_id: int, since: datetime | None, until: datetime | None, lineage: str) -> list[dict]:
+        """The alerts of a source's model ``lineage`` detected between ``since`` and
+        ``until`` (event time), oldest first; withdrawn ones left out."""
+
+        async def work(cur: Any) -> list[dict]:
+            await cur.execute(
+                "SELECT id, signal, segment_id, label, direction, before, after, started_at, detected_at, "
+                "recovered_at, recovery_detected_at FROM segment_alerts WHERE source_id = %s AND lineage = %s "
+                "AND NOT withdrawn AND detected_at >= coalesce(%s::timestamptz, '-infinity') "
+                "AND detected_at <= coalesce(%s::timestamptz, 'infinity') ORDER BY detected_at, id",
+                (source_id, lineage, since, until),
+            )
+            names = ("id", "signal", "segment", "label", "direction", "before", "after", *ALERT_TIMES)
+            return [dict(zip(names, row)) for row in await cur.fetchall()]
 
         return await self._run(work)
 
@@ -503,6 +545,46 @@ async def _write_periods(cur: Any, record: dict[str, Any]) -> None:
         (source, lineage, starts, *map(_array, counts)),
     )
     await _seen_lineage(cur, source, lineage)
+
+
+ALERT_COLUMNS = (
+    "source_id",
+    "id",
+    "lineage",
+    "signal",
+    "segment",
+    "label",
+    "direction",
+    "before",
+    "after",
+    "started_at",
+    "detected_at",
+    "recovered_at",
+    "recovery_detected_at",
+    "withdrawn",
+)
+ALERT_TIMES = ("started_at", "detected_at", "recovered_at", "recovery_detected_at")
+
+
+async def _write_alerts(cur: Any, alerts: Sequence[dict[str, Any]]) -> None:
+    """Insert or replace alerts by (source, id): the newest record of an alert says all."""
+    rows = [
+        tuple(
+            (_ms(a[c]) if a[c] is not None else None)
+            if c in ALERT_TIMES
+            else a.get(c, False if c == "withdrawn" else None)
+            for c in ALERT_COLUMNS
+        )
+        for a in alerts
+    ]
+    columns = ", ".join("segment_id" if c == "segment" else c for c in ALERT_COLUMNS)
+    updates = ", ".join(f"{c} = excluded.{c}" for c in columns.split(", ")[2:])
+    values = ",".join(["(" + ",".join(["%s"] * len(ALERT_COLUMNS)) + ")"] * len(rows))
+    await cur.execute(
+        f"INSERT INTO segment_alerts ({columns}) VALUES {values} "
+        f"ON CONFLICT (source_id, id) DO UPDATE SET {updates}, updated_at = now()",
+        [x for row in rows for x in row],
+    )
 
 
 VISITOR_COLUMNS = ("visitorid", "views", "addtocarts", "transactions", "sessions", "last_event", "active")

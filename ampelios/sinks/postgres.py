@@ -1,7 +1,7 @@
 """The Postgres sink: Kafka output topics -> :class:`~ampelios.sinks.history.History`.
 
-It reads ``<app>-snapshots``, ``<app>-visitor-updates`` and ``segment-changes`` with a
-consumer group of its own (``<app>-postgres``) and commits its offsets only after Postgres
+It reads ``<app>-snapshots``, ``<app>-visitor-updates``, ``segment-changes`` and
+``segment-alerts`` with a consumer group of its own (``<app>-postgres``) and commits its offsets only after Postgres
 has the records. While Postgres is down it retries the same records with backoff; the
 stream goes on meanwhile, the records wait in Kafka, and the sink catches up when the
 database is back: no snapshot is dropped. With several workers, the group spreads the
@@ -46,6 +46,7 @@ class PostgresSink(Service):
             t.snapshots,
             t.visitor_updates,
             t.segment_changes,
+            t.segment_alerts,
             bootstrap_servers=bootstrap_servers(self.broker_url),
             group_id=t.sink_group,
             enable_auto_commit=False,
@@ -105,6 +106,7 @@ class PostgresSink(Service):
                     by_topic.get(t.snapshots, []),
                     by_topic.get(t.visitor_updates, []),
                     by_topic.get(t.segment_changes, []),
+                    by_topic.get(t.segment_alerts, []),
                 )
             except HistoryUnavailable as exc:
                 if self.unavailable is None:

@@ -69,7 +69,7 @@ def register(p: Pipeline) -> None:
         count_forwarded=lambda source, n: p.metrics.forwarded.labels(str(source)).inc(n),
     )
     journey_processor = JourneyProcessor(p)
-    segments = ExactlyOnce(url, topology.segment_updates, p.segments, b"position", producer)
+    segments = ExactlyOnce(url, topology.segment_updates, p.segments, b"position", producer, outbox_key=b"outbox")
     owner = SegmentOwner(p, segments)
     rejections = ExactlyOnce(url, topology.dead_letters, p.journeys, b"~dlq-position", producer)
     rejection_counter = RejectionCounter(p.journeys)

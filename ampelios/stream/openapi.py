@@ -297,6 +297,50 @@ _SCHEMAS: dict[str, Any] = {
             "snapshots": {"type": "array", "items": {"type": "object"}},
         },
     },
+    "Alerts": {
+        "type": "object",
+        "required": ["source_id", "lineage", "alerts"],
+        "properties": {
+            "source_id": {"type": "integer"},
+            "lineage": {"type": "string"},
+            "alerts": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": [
+                        "id",
+                        "signal",
+                        "segment",
+                        "label",
+                        "direction",
+                        "before",
+                        "after",
+                        "started_at",
+                        "detected_at",
+                        "recovered_at",
+                        "recovery_detected_at",
+                    ],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "signal": {
+                            "enum": ["purchase_rate", "conversion", "events_per_visitor", "share"],
+                            "description": "buyers / visitors, transactions / add-to-carts, events / visitors, "
+                            "or a segment's share of the visitors (of one period)",
+                        },
+                        "segment": {"type": ["integer", "null"], "description": "for share: the segment"},
+                        "label": {"type": ["string", "null"]},
+                        "direction": {"enum": ["up", "down"]},
+                        "before": {"type": "number", "description": "the signal's level before the shift"},
+                        "after": {"type": "number", "description": "its level after, until detected"},
+                        "started_at": {"type": "string", "format": "date-time", "description": "event time"},
+                        "detected_at": {"type": "string", "format": "date-time", "description": "event time"},
+                        "recovered_at": {"type": ["string", "null"], "format": "date-time"},
+                        "recovery_detected_at": {"type": ["string", "null"], "format": "date-time"},
+                    },
+                },
+            },
+        },
+    },
     "Stats": {
         "type": "object",
         "required": [*_COUNTS, "model_version", "lag", "sink_lag", "sink_error"],
@@ -487,6 +531,22 @@ def openapi_document(token_required: bool, visitors_protected: bool = False) -> 
                         ),
                     ],
                     "responses": {"200": _answer("oldest first", _ref("History")), **_errors(400, 404, 503)},
+                }
+            },
+            "/alerts": {
+                "get": {
+                    "summary": "Shifts of a source's per-day signals (drift alerts) and their recoveries",
+                    "parameters": [
+                        _SOURCE,
+                        _query("since", moment, "first detection time (event time)"),
+                        _query("until", moment, "last detection time (event time)"),
+                        _query(
+                            "lineage",
+                            {"type": "string", "maxLength": 64},
+                            "the model lineage (default: the current model's)",
+                        ),
+                    ],
+                    "responses": {"200": _answer("oldest first", _ref("Alerts")), **_errors(400, 404, 503)},
                 }
             },
             "/stats": {

@@ -107,7 +107,7 @@ class Pipeline:
         inputs = [TopicPartition(topic, p) for topic in (t.events, t.dead_letters) for p in n]
         inputs.append(TopicPartition(t.segment_updates, 0))
         outputs = [TopicPartition(topic, p) for topic in (t.visitor_updates, t.segment_changes) for p in n]
-        outputs.append(TopicPartition(t.snapshots, 0))
+        outputs += [TopicPartition(t.snapshots, 0), TopicPartition(t.segment_alerts, 0)]
         ends = await end_offsets(url, inputs + outputs)
         done = await committed_offsets(url, self.settings.app_id, inputs)
         lag = sum(max(0, ends[tp] - done[tp]) for tp in inputs)

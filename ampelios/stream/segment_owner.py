@@ -25,6 +25,7 @@ import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,7 @@ import orjson
 from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 
+from ampelios.core.drift import source_alerts
 from ampelios.core.journeys import features_from_shapes
 from ampelios.core.k_choice import choose_k, evaluate
 from ampelios.core.model import SegmentModel, update
@@ -39,6 +41,7 @@ from ampelios.core.periods import PeriodDelta, PeriodPopulations
 from ampelios.core.population import Population, PopulationDelta, Shape
 from ampelios.stream.batch_table import BatchTable
 from ampelios.stream.exactly_once import ExactlyOnce, Step
+from ampelios.stream.outbox import Outbox
 from ampelios.stream.pipeline import Pipeline, snapshot_request
 
 log = logging.getLogger(__name__)
@@ -73,6 +76,11 @@ def period_visitors_key(source_id: int, period: int, shape: Shape) -> bytes:
 def period_activity_key(source_id: int, period: int) -> bytes:
     """segment-state key of an event-time period's activity (ACTIVITY_NAMES, comma-separated)."""
     return b"activity:%d:%d" % (source_id, period)
+
+
+def alerts_key(source_id: int) -> bytes:
+    """segment-state key of the alerts of a source last sent (JSON: id -> record)."""
+    return b"alerts:%d" % source_id
 
 
 def applied_key(source_id: int, partition: int) -> bytes:
@@ -119,13 +127,32 @@ def stored_periods(table: BatchTable, source_id: int) -> PeriodPopulations:
     return PeriodPopulations(by_shape(b"period"), by_shape(b"visits"), activity)
 
 
-def periods_record(source_id: int, model: SegmentModel, periods: PeriodPopulations, period_ms: int) -> bytes:
-    """A snapshots record of the segments of every event-time period's population under
-    one model (``basis`` current): each period's start (ms), its population per segment
-    (``sizes``), its visitors with events per segment (``visitors``) and its activity,
-    oldest first."""
-    span, sizes, visitors = periods.sizes(lambda shapes: model.assign(features_from_shapes(shapes)), model.k)
-    _, activity = periods.activity_table()
+@dataclass(frozen=True)
+class PeriodTables:
+    """A source's periods under one model: their starts (ms), population per segment at
+    each end (``sizes``), visitors with events per segment (``visitors``) and activity."""
+
+    starts: list[int]
+    sizes: np.ndarray
+    visitors: np.ndarray
+    activity: np.ndarray
+
+    @classmethod
+    def of(cls, periods: PeriodPopulations, model: SegmentModel, period_ms: int) -> PeriodTables:
+        span, sizes, visitors = periods.sizes(lambda shapes: model.assign(features_from_shapes(shapes)), model.k)
+        _, activity = periods.activity_table()
+        return cls([p * period_ms for p in span], sizes, visitors, activity)
+
+    @property
+    def closed(self) -> int:
+        """The periods before the last one with events (that one is still open)."""
+        with_events = np.flatnonzero(self.activity[:, 0])
+        return int(with_events[-1]) if len(with_events) else 0
+
+
+def periods_record(source_id: int, model: SegmentModel, tables: PeriodTables) -> bytes:
+    """A snapshots record of every event-time period's population under one model
+    (``basis`` current), oldest first (see :class:`PeriodTables`)."""
     return orjson.dumps(
         {
             "source_id": source_id,
@@ -134,13 +161,40 @@ def periods_record(source_id: int, model: SegmentModel, periods: PeriodPopulatio
             "model_version": model.version,
             "lineage": model.lineage,
             "segments": [{k: s[k] for k in ("id", "label", "centroid")} for s in model.segments()],
-            "periods": [p * period_ms for p in span],
-            "sizes": sizes,
-            "visitors": visitors,
-            "activity": activity,
+            "periods": tables.starts,
+            "sizes": tables.sizes,
+            "visitors": tables.visitors,
+            "activity": tables.activity,
         },
         option=orjson.OPT_SERIALIZE_NUMPY,
     )
+
+
+def alert_records(source_id: int, model: SegmentModel, tables: PeriodTables) -> dict[str, dict[str, Any]]:
+    """The alerts of a source's periods (:func:`ampelios.core.drift.source_alerts`) as
+    segment-alerts records by id; times are event times (ms): ``started_at`` the start of
+    the first period of the new level, ``detected_at`` the end of the period that showed
+    it."""
+    starts, period_ms = tables.starts, (tables.starts[1] - tables.starts[0]) if len(tables.starts) > 1 else 0
+    records: dict[str, dict[str, Any]] = {}
+    for alert in source_alerts(tables.activity, tables.visitors, tables.closed):
+        shift, recovered = alert.shift, alert.recovered
+        key = f"{source_id}:{model.lineage}:{alert.key}"
+        records[hashlib.sha256(key.encode()).hexdigest()[:16]] = {
+            "source_id": source_id,
+            "lineage": model.lineage,
+            "signal": alert.signal,
+            "segment": alert.segment,
+            "label": model.labels[alert.segment] if alert.segment is not None else None,
+            "direction": shift.direction,
+            "before": shift.before,
+            "after": shift.after,
+            "started_at": starts[shift.started],
+            "detected_at": starts[shift.detected] + period_ms,
+            "recovered_at": starts[recovered.started] if recovered is not None else None,
+            "recovery_detected_at": starts[recovered.detected] + period_ms if recovered is not None else None,
+        }
+    return records
 
 
 def snapshot_record(
@@ -238,7 +292,7 @@ class SegmentOwner:
                 log.exception("could not apply segment update at offset %d (%s)", record.offset, origin)
         for source_id in sorted(run.stale):
             run.model(source_id)
-        yield Step(records[-1].offset, run.writes)
+        yield Step(records[-1].offset, run.writes, run.outbox)
         for source_id, model in run.models.items():
             stored = run.writes.get(model_key(source_id))
             if model is not None and stored is not None:
@@ -318,12 +372,33 @@ class SegmentOwner:
         sent = [await self.p.snapshots.send(key=b"%d" % source_id, value=record)]
         periods = self.periods_of(source_id)
         if self.period_ms and periods.span():
-            record = periods_record(source_id, model, periods, self.period_ms)
-            sent.append(await self.p.snapshots.send(key=b"%d" % source_id, value=record))
+            tables = PeriodTables.of(periods, model, self.period_ms)
+            sent.append(
+                await self.p.snapshots.send(key=b"%d" % source_id, value=periods_record(source_id, model, tables))
+            )
+            self.alerts(run, source_id, alert_records(source_id, model, tables))
         for acknowledged in sent:
             await acknowledged
         run.set_model(source_id, model)
         self._snapshotted[source_id] = model.version
+
+    def alerts(self, run: SegmentRun, source_id: int, alerts: dict[str, dict[str, Any]]) -> None:
+        """Stage the alerts that are new or changed (recovered, or judged again under a
+        new model) since the last sent, to send once the step is stored; an alert
+        previously sent that the history no longer shows is sent again as withdrawn."""
+        stored = run.get(alerts_key(source_id))
+        sent: dict[str, dict[str, Any]] = orjson.loads(stored) if stored is not None else {}
+        topic = self.p.topology.segment_alerts
+        for alert_id, alert in alerts.items():
+            if sent.get(alert_id, {}) != alert:
+                run.outbox.add(topic, b"%d" % source_id, orjson.dumps({"id": alert_id, **alert}), 0)
+        for alert_id in sent.keys() - alerts.keys():
+            if not sent[alert_id].get("withdrawn"):
+                alerts[alert_id] = {**sent[alert_id], "withdrawn": True}
+                run.outbox.add(topic, b"%d" % source_id, orjson.dumps({"id": alert_id, **alerts[alert_id]}), 0)
+            else:
+                alerts[alert_id] = sent[alert_id]
+        run.writes[alerts_key(source_id)] = orjson.dumps(alerts)
 
 
 class SegmentRun:
@@ -333,6 +408,7 @@ class SegmentRun:
 
     def __init__(self, owner: SegmentOwner) -> None:
         self.owner = owner
+        self.outbox = Outbox()  # records to send once the run is stored
         self.writes: dict[bytes, bytes | None] = {}
         self.models: dict[int, SegmentModel | None] = {}
         self.stale: set[int] = set()

@@ -7,6 +7,8 @@ events                 N           browser events (input; key ``source:visitor``
 events-dlq             N           rejected rows and messages, with reason and position
 segment-changes        N           a visitor's own events moved it to another segment
                                    (output for downstream systems; key ``source:visitor``)
+segment-alerts         1           a signal of a source shifted or recovered (output;
+                                   key ``source``; docs/history.md)
 <app>-segment-updates  1           per-batch population deltas and snapshot requests;
                                    the model's one owner applies them in order
 <app>-visitor-updates  N           per-batch journey shapes of changed visitors (to SQL)
@@ -15,8 +17,8 @@ segment-changes        N           a visitor's own events moved it to another se
 =====================  ==========  ====================================================
 
 Faust adds the changelog topics of the tables (``<app>-<table>-changelog``). The
-Postgres sink reads ``segment-changes``, ``<app>-visitor-updates`` and
-``<app>-snapshots`` with a consumer group of its own, so a slow or absent database never
+Postgres sink reads ``segment-changes``, ``segment-alerts``, ``<app>-visitor-updates``
+and ``<app>-snapshots`` with a consumer group of its own, so a slow or absent database never
 holds up the stream.
 """
 
@@ -50,6 +52,10 @@ class Topology:
         return "segment-changes"
 
     @property
+    def segment_alerts(self) -> str:
+        return "segment-alerts"
+
+    @property
     def segment_updates(self) -> str:
         return f"{self.app_id}-segment-updates"
 
@@ -76,6 +82,7 @@ class Topology:
             TopicSpec(self.events, self.partitions),
             TopicSpec(self.dead_letters, self.partitions),
             TopicSpec(self.segment_changes, self.partitions),
+            TopicSpec(self.segment_alerts, 1),
             TopicSpec(self.segment_updates, 1),
             TopicSpec(self.visitor_updates, self.partitions),
             TopicSpec(self.snapshots, 1),

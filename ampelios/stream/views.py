@@ -14,6 +14,7 @@ GET  /segments/{id}/members every member of a segment with its features: paged J
 GET  /visitors/{id}        one visitor's journey, features, segment, why it is there, and
                            its transitions
 GET  /history              snapshots of the segments over event or wall time
+GET  /alerts               shifts of a source's signals (drift alerts) and their recoveries
 GET  /stats                events, visitors, rejected, ignored, forwarded, lag (records not yet
                            reflected), sink_lag (records not yet in Postgres)
 GET  /rejections           why rows were rejected: count per reason, with a few examples
@@ -520,6 +521,32 @@ def register(p: Pipeline) -> None:
             if basis == "current":
                 answer["model_version"] = version
             return 200, {**answer, "snapshots": snapshots}
+
+    @app.page("/alerts")
+    class Alerts(View):
+        @_endpoint(p, needs_state=False)
+        async def get(self, request: Request) -> tuple[int, Any]:
+            """The drift alerts of a source detected between ``since`` and ``until`` (event
+            time), oldest first, of the current model's lineage unless ``lineage`` names
+            another."""
+            source_id = _source_id(request)
+            since, until = _moment(request, "since"), _moment(request, "until")
+            if p.history is None:
+                raise HttpError(503, "no database is configured (AMPELIOS_DATABASE_URL): no alerts are kept")
+            model = p.published_model(source_id)
+            try:
+                lineages = await p.history.lineages(source_id)
+                lineage = request.query.get("lineage")
+                if lineage is None:
+                    lineage = model.lineage if model is not None else latest(lineages)
+                elif lineage not in {lin["lineage"] for lin in lineages}:
+                    raise HttpError(404, f"source {source_id} has no lineage {lineage!r:.40}")
+                alerts = await p.history.alerts(source_id, since, until, lineage)
+            except HistoryUnavailable as exc:
+                raise HttpError(503, str(exc)) from None
+            if model is None and not lineages:
+                raise no_segments(source_id)
+            return 200, {"source_id": source_id, "lineage": lineage, "alerts": alerts}
 
     @app.page("/stats")
     class Stats(View):

@@ -25,7 +25,7 @@ from ampelios.core.generate import WINDOW_END_MS, WINDOW_START_MS, generate_even
 from ampelios.core.labels import BUYERS, kind_of
 from ampelios.services.broker import end_offsets, read_range
 from ampelios.services.stack import http_json, wait_for_job, wait_until_reflected
-from ampelios.sinks.history import History
+from ampelios.sinks.history import ALERT_TIMES, History
 from tests.integration.conftest import Workers, _admin, postgres_server, replay, settle, write_events
 from tests.integration.producers import produce_anyhow
 
@@ -33,6 +33,11 @@ pytestmark = pytest.mark.integration
 
 DAY_MS = 86_400_000
 JULY, AUGUST = (round(datetime(2015, m, 1, tzinfo=UTC).timestamp() * 1000) for m in (7, 8))
+
+
+def iso(ms: int | None) -> str | None:
+    """Unix ms as the API writes times."""
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat().replace("+00:00", "Z")
 
 
 def at(snapshot: dict) -> date:
@@ -122,6 +127,50 @@ def test_every_day_has_its_population_whatever_the_packing_and_a_drop_shows(sett
     assert http_json("GET", f"{base}/history?source_id=1&clock=wall&basis=current")[1]["basis"] == "model"
     assert http_json("GET", f"{base}/history?source_id=1&basis=today")[0] == 400
     assert http_json("GET", f"{base}/history?source_id=9")[0] == 404
+
+
+def test_a_purchase_drop_raises_alerts_that_recover_once_and_never_again(settings: Settings, workers: Workers):
+    """300,000 generated events (about 2,000 a day) in which purchases fall tenfold for
+    three weeks: the purchase rate and the conversion are flagged down within 5 days of
+    the start and recovered within 3 days of the end (each shift placed within a day of
+    where it happened); the alerts go to segment-alerts,
+    to Postgres and to /alerts once, and replaying the same file sends none again."""
+    drop = (JULY, JULY + 21 * DAY_MS)
+    write_events(settings.data_dir / "drop.csv", generate_events(300_000, seed=3, purchase_drop=drop))
+    worker = workers.start(settings)
+    base = worker.base_url
+    replay(base, "drop.csv")
+    settled_periods(base, 1)
+    code, answer = http_json("GET", f"{base}/alerts?source_id=1")
+    assert code == 200
+    flagged = {a["signal"]: a for a in answer["alerts"] if a["direction"] == "down" and a["segment"] is None}
+    assert set(flagged) == {"purchase_rate", "conversion"}, answer["alerts"]
+    for alert in flagged.values():
+        started, detected, recovered, seen = (
+            datetime.fromisoformat(alert[k])
+            for k in ("started_at", "detected_at", "recovered_at", "recovery_detected_at")
+        )
+        start, end = (datetime.fromtimestamp(ms / 1000, tz=UTC) for ms in drop)
+        assert abs(started - start) <= timedelta(days=1) and detected <= start + timedelta(days=5)
+        assert abs(recovered - end) <= timedelta(days=1) and seen <= end + timedelta(days=3)
+        assert alert["after"] < 0.3 * alert["before"]
+    sent = asyncio.run(read_topic(settings.broker_url, "segment-alerts", 1, {TopicPartition("segment-alerts", 0): 0}))
+    last = {r["id"]: r for r in sent}  # an alert is sent again when it changes (recovered, say)
+    assert {a["id"]: a for a in answer["alerts"]} == {
+        i: {k: r[k] for k in answer["alerts"][0]} | {k: iso(r[k]) for k in ALERT_TIMES}
+        for i, r in last.items()
+        if not r.get("withdrawn")
+    }
+    with psycopg2.connect(settings.database_url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT signal, direction FROM segment_alerts WHERE source_id = 1 AND NOT withdrawn")
+        assert sorted(cur.fetchall()) == sorted((a["signal"], a["direction"]) for a in answer["alerts"])
+
+    replay(base, "drop.csv")  # the same events again: nothing changes, nothing is sent again
+    settle(base)
+    assert http_json("GET", f"{base}/alerts?source_id=1")[1] == answer
+    again = asyncio.run(read_topic(settings.broker_url, "segment-alerts", 1, {TopicPartition("segment-alerts", 0): 0}))
+    assert len(again) == len(sent)
+    assert http_json("GET", f"{base}/alerts?source_id=9")[0] == 404
 
 
 def test_active_days_make_segments_reflect_recent_behaviour(settings: Settings, workers: Workers):

@@ -1,0 +1,185 @@
+"""Drift alerts: which per-period signals of a source shifted, when, by how much.
+
+The **signals** of a period are ratios of counts of its own activity
+(:mod:`ampelios.core.periods`), so that a marketer reads them directly and so that their
+noise is known from the counts:
+
+- ``purchase_rate``: visitors who bought / visitors with events;
+- ``conversion``: transactions / add-to-carts;
+- ``events_per_visitor``: events / visitors with events;
+- ``share`` of each segment: its visitors with events / visitors with events (under the
+  current model, so that a refit never shows as a shift).
+
+Each signal is judged on **blocks** of periods: one period where counts are large, more
+where they are small (a block expects at least MIN_COUNT of the rarer outcome during the
+warm-up), so that one rare purchase more or less is never a shift. A block's value is
+turned into a z-score against the BASELINE_PERIODS before it (their median; the larger
+of their spread, as a median absolute deviation, and the block's sampling error): robust
+statistics, so that the first periods of a new level entering the baseline do not hide
+it. River's
+:class:`~river.drift.PageHinkley` (a CUSUM: it accumulates z beyond DRIFT and flags past
+THRESHOLD) watches the z-scores after WARMUP_PERIODS. ``docs/drift.md`` gives the choice
+and its measured delays and false alarms (``scripts/bench_drift.py``).
+
+A detection is a :class:`Shift`: where the level changed (the split before the detection
+that best separates two levels), the level before and after, and the direction. A shift
+opposite to the signal's open one recovers it. Everything is a function of the period
+tables and the model: the same events give the same alerts, however they arrived.
+
+>>> import numpy as np
+>>> visitors = np.full(60, 1000)
+>>> buyers = np.where(np.arange(60) < 40, 20, 2)  # purchases fall tenfold on period 40
+>>> [(s.direction, s.started, s.detected) for s in shifts(buyers, visitors, binomial=True)]
+[('down', 40, 43)]
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+BASELINE_PERIODS = 14  # the level a block is compared with: the periods before it
+WARMUP_PERIODS = 28  # periods of history before a signal is judged
+MIN_COUNT = 10  # the rarer outcome expected per block (sets the block's periods)
+MAX_BLOCK = 14  # periods per block at most
+GAP_PERIODS = 7  # the newest periods are left out of a block's baseline: a new level shows longer
+MIN_BASELINE_BLOCKS = 5  # blocks of a new level before it is judged again
+MIN_EFFECT = 0.2  # an alert needs the level to move by a fifth of itself at least
+DRIFT = 1.0  # PageHinkley's delta, in z (a block must be more than 1 sigma off to count)
+THRESHOLD = 10.0  # PageHinkley's lambda, in z
+CLIP = 8.0  # z beyond this counts as this: one absurd block (a single heavy visitor) cannot alert alone
+
+
+@dataclass(frozen=True)
+class Shift:
+    """A detected change of a signal: from period ``started`` on (the first period of the
+    new level), detected at the end of period ``detected``; mean levels before and after."""
+
+    direction: str  # "up" or "down"
+    started: int
+    detected: int
+    before: float
+    after: float
+
+
+def block_size(num: np.ndarray, den: np.ndarray, binomial: bool) -> int:
+    """Periods per block: enough that a block expects MIN_COUNT of the rarer outcome
+    over the warm-up (the numerator, or for a ratio the failures when they are rarer)."""
+    warm = slice(0, WARMUP_PERIODS)
+    count = float(num[warm].sum())
+    if binomial:
+        count = min(count, float(den[warm].sum() - num[warm].sum()))
+    per_period = count / max(1, len(num[warm]))
+    if per_period <= 0:
+        return MAX_BLOCK
+    return int(min(MAX_BLOCK, max(1, math.ceil(MIN_COUNT / per_period))))
+
+
+def shifts(num: np.ndarray, den: np.ndarray, binomial: bool) -> list[Shift]:
+    """The shifts of the signal ``num / den`` over consecutive periods (index 0 is the
+    first), oldest first; ``binomial``: ``num`` counts successes among ``den`` (else
+    events per ``den``, Poisson). Periods are judged in blocks (:func:`block_size`)."""
+    from river.drift import PageHinkley  # river takes a second to import: only when judging
+
+    m = block_size(num, den, binomial)
+    n_blocks = len(num) // m
+    if n_blocks == 0:
+        return []
+    bnum = num[: n_blocks * m].reshape(n_blocks, m).sum(axis=1).astype(np.float64)
+    bden = den[: n_blocks * m].reshape(n_blocks, m).sum(axis=1).astype(np.float64)
+    value = bnum / np.maximum(bden, 1.0)
+    base = max(2, math.ceil(BASELINE_PERIODS / m))
+    warm = max(base, math.ceil(WARMUP_PERIODS / m))
+    # PageHinkley measures z against its own running mean since it started: it starts
+    # as soon as z can be computed, and judges only after the warm-up.
+    detector = PageHinkley(min_instances=warm - base + 1, delta=DRIFT, threshold=THRESHOLD, alpha=1.0, mode="both")
+    found: list[Shift] = []
+    since = 0  # the first block of the current level
+    for t in range(base, n_blocks):
+        if t - since < MIN_BASELINE_BLOCKS:
+            continue  # after a shift, the new level is learnt before it is judged
+        gap = min(GAP_PERIODS // m, t - since - MIN_BASELINE_BLOCKS)  # the newest blocks wait to enter
+        ref = slice(max(since, t - gap - base), t - gap)
+        pooled = (bnum[ref].sum() + 0.5) / (bden[ref].sum() + 1.0)
+        variance = pooled * (1.0 - min(pooled, 1.0)) if binomial else pooled
+        level = float(np.median(value[ref]))
+        spread = 1.4826 * float(np.median(np.abs(value[ref] - level)))  # robust to a shift entering the baseline
+        sigma = max(spread, math.sqrt(variance / max(bden[t], 1.0)))
+        detector.update(float(np.clip((value[t] - level) / sigma, -CLIP, CLIP)))
+        if detector.drift_detected:
+            split = _split(value, max(since, t - base), t)
+            before = float(value[max(since, split - base) : split].mean())
+            after = float(value[split : t + 1].mean())
+            found.append(Shift("up" if after > before else "down", split * m, t * m + m - 1, before, after))
+            since = split
+            detector = PageHinkley(min_instances=1, delta=DRIFT, threshold=THRESHOLD, alpha=1.0, mode="both")
+    return found
+
+
+def _split(value: np.ndarray, lo: int, t: int) -> int:
+    """The block in ``(lo, t]`` where the new level most likely began: the split that
+    maximizes the difference of the means on either side, weighted as a two-sample
+    statistic."""
+    best, best_score = t, -1.0
+    for s in range(lo + 1, t + 1):
+        left, right = value[lo:s], value[s : t + 1]
+        score = abs(left.mean() - right.mean()) * math.sqrt(len(left) * len(right) / (len(left) + len(right)))
+        if score > best_score:
+            best, best_score = s, score
+    return best
+
+
+@dataclass(frozen=True)
+class Alert:
+    """A shift of one signal of a source, and its recovery if a later opposite shift
+    came. Periods are indices (the caller turns them into times)."""
+
+    signal: str
+    segment: int | None
+    shift: Shift
+    recovered: Shift | None = None
+
+    @property
+    def key(self) -> str:
+        """Stable for the same shift: signal, segment, direction and start."""
+        return (
+            f"{self.signal}:{'' if self.segment is None else self.segment}:{self.shift.direction}:{self.shift.started}"
+        )
+
+
+def alerts_of(signal: str, segment: int | None, found: list[Shift]) -> list[Alert]:
+    """Shifts as alerts: a shift opposite to the open alert's direction recovers it (and
+    opens none); any other shift opens a new alert. Shifts smaller than MIN_EFFECT of
+    the level before are left out: significant, but too small to act on."""
+    alerts: list[Alert] = []
+    open_at: int | None = None
+    for shift in found:
+        if abs(shift.after - shift.before) < MIN_EFFECT * abs(shift.before):
+            continue
+        if open_at is not None and shift.direction != alerts[open_at].shift.direction:
+            alerts[open_at] = Alert(signal, segment, alerts[open_at].shift, shift)
+            open_at = None
+        else:
+            alerts.append(Alert(signal, segment, shift))
+            open_at = len(alerts) - 1
+    return alerts
+
+
+def source_alerts(activity: np.ndarray, visitors: np.ndarray, closed: int) -> list[Alert]:
+    """Every alert of a source from its period tables: ``activity`` (periods, 5) in the
+    order of ``ACTIVITY_NAMES`` and ``visitors`` (periods, k) per segment, of which the
+    first ``closed`` periods are complete (the last period with events is still open)."""
+    act, seg = activity[:closed].astype(np.int64), visitors[:closed].astype(np.int64)
+    people, buyers, views, carts, buys = act.T
+    signals: list[tuple[str, int | None, np.ndarray, np.ndarray, bool]] = [
+        ("purchase_rate", None, buyers, people, True),
+        ("conversion", None, buys, carts, True),
+        ("events_per_visitor", None, views + carts + buys, people, False),
+    ]
+    signals += [("share", j, seg[:, j], seg.sum(axis=1), True) for j in range(seg.shape[1])]
+    alerts: list[Alert] = []
+    for name, segment, num, den, binomial in signals:
+        alerts += alerts_of(name, segment, shifts(num, den, binomial))
+    return sorted(alerts, key=lambda a: (a.shift.detected, a.key))

@@ -1,0 +1,58 @@
+"""Drift alerts: steps are found where they are, in their direction, and recovered."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ampelios.core.drift import MAX_BLOCK, WARMUP_PERIODS, alerts_of, block_size, shifts, source_alerts
+
+
+def stepped(levels: list[tuple[int, float]], visitors: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Binomial successes per period: ``levels`` of (periods, rate)."""
+    rng = np.random.default_rng(seed)
+    rates = np.concatenate([np.full(n, rate) for n, rate in levels])
+    den = np.full(len(rates), visitors)
+    return rng.binomial(den, rates), den
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**16), at=st.integers(WARMUP_PERIODS + 5, 60), length=st.integers(14, 30))
+def test_a_tenfold_drop_is_found_where_it_began_and_recovered_where_it_ended(seed, at, length):
+    num, den = stepped([(at, 0.02), (length, 0.002), (40, 0.02)], 5_000, seed)
+    alerts = alerts_of("purchase_rate", None, shifts(num, den, binomial=True))
+    assert len(alerts) == 1
+    alert = alerts[0]
+    assert alert.shift.direction == "down" and abs(alert.shift.started - at) <= 1
+    assert alert.shift.detected - at <= 3 and alert.shift.after < 0.3 * alert.shift.before
+    assert alert.recovered is not None and alert.recovered.direction == "up"
+    assert abs(alert.recovered.started - (at + length)) <= 1 and alert.recovered.detected - (at + length) <= 3
+
+
+def test_a_constant_signal_never_shifts_however_small_its_counts():
+    for visitors, rate in ((10_000, 0.01), (100, 0.01), (5, 0.5), (0, 0.0)):
+        num = np.full(120, round(visitors * rate))
+        assert shifts(num, np.full(120, visitors), binomial=True) == []
+
+
+def test_rare_outcomes_are_judged_in_blocks_of_several_periods():
+    den = np.full(60, 100)
+    assert block_size(np.full(60, 20), den, binomial=True) == 1
+    assert block_size(np.full(60, 1), den, binomial=True) == 10
+    assert block_size(np.full(60, 99), den, binomial=True) == 10  # the rarer outcome: not buying
+    assert block_size(np.zeros(60), den, binomial=True) == MAX_BLOCK
+
+
+def test_a_shift_that_goes_on_opens_a_new_alert_and_an_opposite_one_closes_it():
+    alerts = alerts_of("conversion", None, shifts(*stepped([(40, 0.2), (30, 0.1), (30, 0.02)], 5_000, 1), True))
+    assert [(a.shift.direction, a.recovered) for a in alerts] == [("down", None), ("down", None)]
+
+
+def test_a_source_s_alerts_name_their_signal_and_segment():
+    num, den = stepped([(50, 0.02), (30, 0.002)], 5_000, 2)
+    activity = np.column_stack([den, num, den, den // 10, num])  # visitors, buyers, views, carts, buys
+    visitors = np.column_stack([den - num, num])  # segment 1: the buyers
+    found = {(a.signal, a.segment, a.shift.direction) for a in source_alerts(activity, visitors, closed=80)}
+    assert {("purchase_rate", None, "down"), ("conversion", None, "down"), ("share", 1, "down")} <= found
+    assert source_alerts(activity, visitors, closed=45) == []  # only the closed periods count
