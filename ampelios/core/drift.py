@@ -43,12 +43,14 @@ import numpy as np
 BASELINE_PERIODS = 14  # the level a block is compared with: the periods before it
 WARMUP_PERIODS = 28  # periods of history before a signal is judged
 MIN_COUNT = 10  # the rarer outcome expected per block (sets the block's periods)
+MIN_VISITORS = 1000  # visitors per block of events per visitor (a few heavy visitors average out)
 MAX_BLOCK = 14  # periods per block at most
 GAP_PERIODS = 7  # the newest periods are left out of a block's baseline: a new level shows longer
 MIN_BASELINE_BLOCKS = 5  # blocks of a new level before it is judged again
 MIN_EFFECT = 0.2  # an alert needs the level to move by a fifth of itself at least
 DRIFT = 1.0  # PageHinkley's delta, in z (a block must be more than 1 sigma off to count)
-THRESHOLD = 10.0  # PageHinkley's lambda, in z
+THRESHOLD = 10.0  # PageHinkley's lambda, in z, for blocks of one period (divided by sqrt(periods))
+MIN_THRESHOLD = 4.0  # ... and no lower
 CLIP = 8.0  # z beyond this counts as this: one absurd block (a single heavy visitor) cannot alert alone
 
 
@@ -66,15 +68,15 @@ class Shift:
 
 def block_size(num: np.ndarray, den: np.ndarray, binomial: bool) -> int:
     """Periods per block: enough that a block expects MIN_COUNT of the rarer outcome
-    over the warm-up (the numerator, or for a ratio the failures when they are rarer)."""
+    over the warm-up (the numerator, or for a ratio the failures when they are rarer);
+    for events per visitor, whose visitors' counts have a heavy tail, MIN_VISITORS."""
     warm = slice(0, WARMUP_PERIODS)
-    count = float(num[warm].sum())
-    if binomial:
-        count = min(count, float(den[warm].sum() - num[warm].sum()))
-    per_period = count / max(1, len(num[warm]))
-    if per_period <= 0:
+    periods = max(1, len(num[warm]))
+    n, total = float(num[warm].sum()), float(den[warm].sum())
+    count, need = (min(n, total - n), MIN_COUNT) if binomial else (total, MIN_VISITORS)
+    if count <= 0:
         return MAX_BLOCK
-    return int(min(MAX_BLOCK, max(1, math.ceil(MIN_COUNT / per_period))))
+    return int(min(MAX_BLOCK, max(1, math.ceil(need * periods / count))))
 
 
 def shifts(num: np.ndarray, den: np.ndarray, binomial: bool) -> list[Shift]:
@@ -94,7 +96,8 @@ def shifts(num: np.ndarray, den: np.ndarray, binomial: bool) -> list[Shift]:
     warm = max(base, math.ceil(WARMUP_PERIODS / m))
     # PageHinkley measures z against its own running mean since it started: it starts
     # as soon as z can be computed, and judges only after the warm-up.
-    detector = PageHinkley(min_instances=warm - base + 1, delta=DRIFT, threshold=THRESHOLD, alpha=1.0, mode="both")
+    threshold = max(MIN_THRESHOLD, THRESHOLD / math.sqrt(m))  # coarser blocks are judged less often
+    detector = PageHinkley(min_instances=warm - base + 1, delta=DRIFT, threshold=threshold, alpha=1.0, mode="both")
     found: list[Shift] = []
     since = 0  # the first block of the current level
     for t in range(base, n_blocks):
@@ -114,7 +117,7 @@ def shifts(num: np.ndarray, den: np.ndarray, binomial: bool) -> list[Shift]:
             after = float(value[split : t + 1].mean())
             found.append(Shift("up" if after > before else "down", split * m, t * m + m - 1, before, after))
             since = split
-            detector = PageHinkley(min_instances=1, delta=DRIFT, threshold=THRESHOLD, alpha=1.0, mode="both")
+            detector = PageHinkley(min_instances=1, delta=DRIFT, threshold=threshold, alpha=1.0, mode="both")
     return found
 
 

@@ -2,12 +2,14 @@
 
 The Retailrocket data set (2,756,101 events of 1,407,580 visitors) is not
 redistributable, so Ampelios generates data that looks like it: about 96.7% views, 2.5%
-add-to-carts and 0.8% transactions; about 1.96 events per visitor with a heavy tail (most visitors have one
-event, a few have thousands); sessions separated by gaps longer than 20 minutes; a
-transaction always follows an add-to-cart of the same item by the same visitor; times in
-2015-05-03 .. 2015-09-18; rows shuffled out of time order. Every (visitor, timestamp,
-event, item, transaction) row is distinct, and
-each visitor's timestamps are distinct. The same ``seed`` gives the same rows.
+add-to-carts and 0.8% transactions; about 1.96 events per visitor with a heavy tail (most
+visitors have one event, a few have thousands); sessions separated by gaps longer than 20
+minutes; a transaction always follows an add-to-cart of the same item by the same
+visitor; times in 2015-05-03 .. 2015-09-18, steady from day to day (a journey that would
+run past the end starts earlier instead of being squeezed into the last days); rows
+shuffled out of time order. Every (visitor, timestamp, event, item, transaction) row is
+distinct, and each visitor's timestamps are distinct. The same ``seed`` gives the same
+rows.
 
 >>> events = generate_events(10_000, seed=1)
 >>> len(events)
@@ -83,10 +85,13 @@ def generate_events(
     offset = np.cumsum(gap) - np.repeat(np.cumsum(gap)[first], counts)
     start = rng.integers(WINDOW_START_MS, WINDOW_END_MS - MAX_EVENTS_PER_VISITOR, n_visitors)
     span = np.maximum(offset[first + counts - 1], 1)
-    # Journeys that would run past the window are squeezed into it; adding the rank keeps
-    # each visitor's timestamps strictly increasing, so every row is distinct.
-    room = np.maximum(WINDOW_END_MS - 1 - counts - start, 0)
-    squeeze = np.minimum(1.0, room / span)
+    # A journey that would run past the window's end starts earlier instead (one longer
+    # than the window is squeezed into it), so that no day gets journeys compressed into
+    # it; adding the rank keeps each visitor's timestamps distinct.
+    window = WINDOW_END_MS - WINDOW_START_MS
+    squeeze = np.minimum(1.0, (window - 1 - counts) / span)
+    length = (span * squeeze).astype(np.int64) + counts
+    start = np.maximum(WINDOW_START_MS, np.minimum(start, WINDOW_END_MS - 1 - length))
     timestamp = start[visitor] + (offset * squeeze[visitor]).astype(np.int64) + rank
 
     # Purchase propensity: heavy visitors buy more; buyers are rare.
