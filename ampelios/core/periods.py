@@ -35,8 +35,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ampelios.core.events import ADDTOCART, TRANSACTION, VIEW
-from ampelios.core.journeys import JourneyBatch
+from ampelios.core.events import ADDTOCART, TRANSACTION, VIEW, EventBatch
+from ampelios.core.journeys import JourneyBatch, features_from_shapes, merge_journeys
+from ampelios.core.model import SegmentModel
 from ampelios.core.population import Population, Shape
 
 ACTIVITY_NAMES = ("visitors", "buyers", "views", "addtocarts", "transactions")
@@ -205,6 +206,16 @@ def batch_delta(batch: JourneyBatch, gap_ms: int, window_ms: int | None, period_
     )
 
 
+def periods_of(events: EventBatch, gap_ms: int, window_ms: int | None, period_ms: int) -> PeriodPopulations:
+    """The period tables of a whole file of events at once: what any replay of it, in any
+    packing or order, ends with (for benchmarks and tests)."""
+    visitors, owner = np.unique(events.visitorid, return_inverse=True)
+    batch = merge_journeys([None] * len(visitors), events, owner, gap_ms, window_ms)
+    periods = PeriodPopulations()
+    periods.apply(batch_delta(batch, gap_ms, window_ms, period_ms))
+    return periods
+
+
 class PeriodPopulations:
     """A source's period tables: the net changes of each period's population
     (``changes[p][shape]``), the visitors with events in each period by shape
@@ -234,17 +245,16 @@ class PeriodPopulations:
         return rows.keys[:, 0].tolist()
 
     def span(self) -> range:
-        """The periods from the first with a change or activity to the last."""
-        known = [*self.changes, *self.activity]
+        """The periods from the first with events to the last with events (the population
+        of a later period only loses visitors going inactive, until events come)."""
+        known = list(self.activity) or list(self.changes)
         return range(min(known), max(known) + 1) if known else range(0)
 
     def population(self, period: int) -> Population:
         """The population at the end of ``period``."""
         counts: dict[Shape, int] = {}
-        for p in self.span():
-            if p > period:
-                break
-            for shape, change in self.changes.get(p, {}).items():
+        for p in sorted(q for q in self.changes if q <= period):
+            for shape, change in self.changes[p].items():
                 counts[shape] = counts.get(shape, 0) + change
         return Population({shape: n for shape, n in counts.items() if n})
 
@@ -300,3 +310,26 @@ def _add(table: dict[int, dict[Shape, int]], rows: Rows) -> list[tuple[int, Shap
                 del table[p]
         changed.append((p, shape, value))
     return changed
+
+
+@dataclass(frozen=True)
+class PeriodTables:
+    """A source's periods under one model: their starts (ms), population per segment at
+    each end (``sizes``), visitors with events per segment (``visitors``) and activity."""
+
+    starts: list[int]
+    sizes: np.ndarray
+    visitors: np.ndarray
+    activity: np.ndarray
+
+    @classmethod
+    def of(cls, periods: PeriodPopulations, model: SegmentModel, period_ms: int) -> PeriodTables:
+        span, sizes, visitors = periods.sizes(lambda shapes: model.assign(features_from_shapes(shapes)), model.k)
+        _, activity = periods.activity_table()
+        return cls([p * period_ms for p in span], sizes, visitors, activity)
+
+    @property
+    def closed(self) -> int:
+        """The periods before the last one with events (that one is still open)."""
+        with_events = np.flatnonzero(self.activity[:, 0])
+        return int(with_events[-1]) if len(with_events) else 0

@@ -74,7 +74,6 @@ def register(p: Pipeline) -> None:
     rejections = ExactlyOnce(url, topology.dead_letters, p.journeys, b"~dlq-position", producer)
     rejection_counter = RejectionCounter(p.journeys)
     p.processors += [journeys, segments, rejections]
-    p.on_assigned.append(owner.assigned)
 
     @p.app.agent(p.events, name="journeys")
     async def journeys_agent(stream: Any) -> None:

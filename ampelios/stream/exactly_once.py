@@ -38,7 +38,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,8 +54,6 @@ log = logging.getLogger(__name__)
 
 CONFIRM_SECONDS = 1.0  # how often held partitions whose outputs are not known to be sent are checked
 STALL_CHECK_SECONDS = 2.0  # how often positions are checked for progress (see seek_stalled)
-
-Hook = Callable[[set[TopicPartition]], Awaitable[None]]
 
 
 def forwarded_key(source_id: int) -> bytes:
@@ -211,22 +209,20 @@ def stored_positions(processors: Sequence[ExactlyOnce], assigned: set[TopicParti
     return {tp: n for p in processors for tp, n in p.positions.next_offsets(assigned).items()}
 
 
-def steer(
-    consumer: Any, processors: Sequence[ExactlyOnce], rebalancing: Callable[[], bool], on_assigned: Sequence[Hook]
-) -> None:
+def steer(consumer: Any, processors: Sequence[ExactlyOnce], rebalancing: Callable[[], bool]) -> None:
     """Position and commit Faust's ``consumer`` by the stored positions of ``processors``:
-    after each rebalance (tables recovered) seek to them, send the stored outboxes, then
-    run the ``on_assigned`` hooks; commit the positions of partitions whose outbox is
-    known to be sent, each only when it changed."""
+    after each rebalance (tables recovered) seek to them and send the stored outboxes;
+    commit the positions of partitions whose outbox is known to be sent, each only when it
+    changed."""
     committed: dict[TopicPartition, int] = {}
 
     async def after_seek() -> None:
         committed.clear()  # others may have committed while we did not own a partition
         assigned = consumer.assignment()
         await consumer.seek_wait(stored_positions(processors, assigned))
-        for hook in [*(p.resend for p in processors), *on_assigned]:
+        for processor in processors:
             try:
-                await hook(assigned)
+                await processor.resend(assigned)
             except Exception:  # the agents send again before their next message
                 log.exception("after the assignment of %s", sorted(assigned))
 

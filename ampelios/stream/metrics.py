@@ -19,6 +19,8 @@ ampelios_lag{kind}                           records not yet reflected (``kind="
 ampelios_segment_visitors{source_id,segment,label}  visitors per segment
 ampelios_model_version{source_id}            version of the segment model
 ampelios_replay_jobs{state}                  replay jobs started on this worker, by state
+ampelios_alerts{source_id,signal,segment,    drift alerts (docs/history.md), ``state`` open
+direction,state}                             or recovered; segment empty but for shares
 ampelios_changelog_records_recovered{table}  changelog records this worker read into its
                                              local tables since it started (a restart on
                                              kept local state reads only the newer ones)
@@ -64,6 +66,12 @@ class Metrics:
         )
         self.model_version = Gauge("ampelios_model_version", "Version of the segment model", ["source_id"], registry=r)
         self.replay_jobs = Gauge("ampelios_replay_jobs", "Replay jobs started on this worker", ["state"], registry=r)
+        self.alerts = Gauge(
+            "ampelios_alerts",
+            "Drift alerts of a source's signals, open (not recovered) or recovered",
+            ["source_id", "signal", "segment", "direction", "state"],
+            registry=r,
+        )
         self.recovered = Gauge(
             "ampelios_changelog_records_recovered",
             "Changelog records read into local tables since the worker started",
@@ -77,8 +85,16 @@ class Metrics:
         models: Iterable[tuple[int, SegmentModel]],
         job_states: Iterable[str],
         recovered: Mapping[str, int],
+        alerts: Iterable[Mapping[str, Any]] = (),
     ) -> bytes:
         """The text exposition, after setting the gauges from the state given."""
+        self.alerts.clear()
+        for alert in alerts:
+            if not alert.get("withdrawn"):
+                segment = "" if alert["segment"] is None else str(alert["segment"])
+                state = "recovered" if alert["recovered_at"] is not None else "open"
+                labels = (str(alert["source_id"]), alert["signal"], segment, alert["direction"], state)
+                self.alerts.labels(*labels).inc()
         for table, records in recovered.items():
             self.recovered.labels(table).set(records)
         self.lag.labels("stream").set(pending["lag"])

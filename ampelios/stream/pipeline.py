@@ -6,7 +6,6 @@ are given it and take nothing else from each other.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,7 +48,6 @@ class Pipeline:
     jobs: dict[str, Any] = field(default_factory=dict)
     event_codes: dict[str, int] = field(default_factory=dict)  # names read, see event_codes
     processors: list[ExactlyOnce] = field(default_factory=list)  # one per agent, see agents
-    on_assigned: list[Callable[[set[TopicPartition]], Awaitable[None]]] = field(default_factory=list)
     metrics: Metrics = field(default_factory=Metrics)
     broker_epoch: bytes = b""  # the broker's life, as its epoch record names it (set at start)
 
@@ -62,6 +60,14 @@ class Pipeline:
         """The newest model of a source this worker has seen (possibly a batch behind)."""
         value = self.published.get(b"%d" % source_id)
         return SegmentModel.from_bytes(value) if value is not None else None
+
+    def published_models(self) -> list[tuple[int, SegmentModel]]:
+        """The newest model of every source this worker has seen."""
+        return [(int(key), SegmentModel.from_bytes(v)) for key, v in self.published.items() if key.isdigit()]
+
+    def published_alerts(self) -> list[dict[str, Any]]:
+        """The alerts of every source as their model's owner last judged them."""
+        return [a for key, v in self.published.items() if key.startswith(b"alerts:") for a in orjson.loads(v).values()]
 
     def local_partitions(self) -> list[int]:
         """The events partitions this worker owns (and so the journeys it holds)."""

@@ -25,7 +25,6 @@ import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -37,7 +36,7 @@ from ampelios.core.drift import source_alerts
 from ampelios.core.journeys import features_from_shapes
 from ampelios.core.k_choice import choose_k, evaluate
 from ampelios.core.model import SegmentModel, update
-from ampelios.core.periods import PeriodDelta, PeriodPopulations
+from ampelios.core.periods import PeriodDelta, PeriodPopulations, PeriodTables
 from ampelios.core.population import Population, PopulationDelta, Shape
 from ampelios.stream.batch_table import BatchTable
 from ampelios.stream.exactly_once import ExactlyOnce, Step
@@ -79,7 +78,8 @@ def period_activity_key(source_id: int, period: int) -> bytes:
 
 
 def alerts_key(source_id: int) -> bytes:
-    """segment-state key of the alerts of a source last sent (JSON: id -> record)."""
+    """segment-state key of the alerts of a source last sent (JSON: id -> record); the
+    same key in the published table gives them to every worker (for /metrics)."""
     return b"alerts:%d" % source_id
 
 
@@ -125,29 +125,6 @@ def stored_periods(table: BatchTable, source_id: int) -> PeriodPopulations:
     for key, value in table.items_with_prefix(0, prefix):
         activity[int(key[len(prefix) :])] = np.array([int(x) for x in value.split(b",")], dtype=np.int64)
     return PeriodPopulations(by_shape(b"period"), by_shape(b"visits"), activity)
-
-
-@dataclass(frozen=True)
-class PeriodTables:
-    """A source's periods under one model: their starts (ms), population per segment at
-    each end (``sizes``), visitors with events per segment (``visitors``) and activity."""
-
-    starts: list[int]
-    sizes: np.ndarray
-    visitors: np.ndarray
-    activity: np.ndarray
-
-    @classmethod
-    def of(cls, periods: PeriodPopulations, model: SegmentModel, period_ms: int) -> PeriodTables:
-        span, sizes, visitors = periods.sizes(lambda shapes: model.assign(features_from_shapes(shapes)), model.k)
-        _, activity = periods.activity_table()
-        return cls([p * period_ms for p in span], sizes, visitors, activity)
-
-    @property
-    def closed(self) -> int:
-        """The periods before the last one with events (that one is still open)."""
-        with_events = np.flatnonzero(self.activity[:, 0])
-        return int(with_events[-1]) if len(with_events) else 0
 
 
 def periods_record(source_id: int, model: SegmentModel, tables: PeriodTables) -> bytes:
@@ -219,9 +196,11 @@ def snapshot_record(
 class SegmentOwner:
     """Applies runs of ``segment-updates`` through ``processing`` (see the module docstring).
 
-    It keeps a copy of each source's population (the ``shape:`` keys of segment-state),
-    dropped when a run fails (its changes were not stored) and after an assignment
-    (another worker may have owned the model since).
+    It keeps a copy of each source's population and period tables (the ``shape:``,
+    ``period:``, ``visits:`` and ``activity:`` keys of segment-state), trusted only while
+    segment-state's position is the one its own last step stored: dropped when a run fails
+    (its changes were not stored) and when another worker (after a takeover) or a
+    recovery wrote segment-state since.
     """
 
     def __init__(self, p: Pipeline, processing: ExactlyOnce) -> None:
@@ -230,21 +209,13 @@ class SegmentOwner:
         self.period_ms = round(p.settings.snapshot_event_hours * 3_600_000)
         self._populations: dict[int, Population] = {}
         self._periods: dict[int, PeriodPopulations] = {}
-        self._assignments = 0  # assignments seen
-        self._seen = 0  # assignments seen when the populations were last checked
+        self._position: bytes | None = None  # segment-state's position when the copies were last right
         self._changed: set[int] = set()  # sources updated since their last wall snapshot
         self._snapshotted: dict[int, int] = {}  # model version of each source's last wall snapshot here
         self._owned = False  # this worker owned the model at the last request_snapshots
 
-    async def assigned(self, assigned: set[TopicPartition]) -> None:
-        """After each assignment (the populations are read again before the next run)."""
-        self._assignments += 1
-
     async def apply(self, records: list[Any]) -> None:
         """Apply delivered ``records`` of segment-updates (offset order) exactly once."""
-        if self._seen != self._assignments:
-            self._seen = self._assignments
-            self.forget()
         try:
             await self.processing.process(records, self.steps)
         except BaseException:
@@ -276,6 +247,9 @@ class SegmentOwner:
         source's model once; all of it is one step. Once it is stored, publish the
         updated models."""
         started = time.perf_counter()
+        (position,) = self.p.segments.get_many(0, [self.processing.positions.key])
+        if position != self._position:  # another owner (or a crash) wrote segment-state since
+            self.forget()
         run = SegmentRun(self)
         for record in records:
             message: dict[str, Any] = {}
@@ -293,10 +267,13 @@ class SegmentOwner:
         for source_id in sorted(run.stale):
             run.model(source_id)
         yield Step(records[-1].offset, run.writes, run.outbox)
+        self._position = self.processing.positions.position(records[-1].offset)[1]  # stored now
         for source_id, model in run.models.items():
             stored = run.writes.get(model_key(source_id))
             if model is not None and stored is not None:
                 await self.p.published.publish(b"%d" % source_id, stored)
+        for source_id in run.alerted:
+            await self.p.published.publish(alerts_key(source_id), run.writes[alerts_key(source_id)])
         self.p.metrics.batch_seconds.labels("segments").observe(time.perf_counter() - started)
 
     def population_of(self, source_id: int) -> Population:
@@ -399,6 +376,7 @@ class SegmentOwner:
             else:
                 alerts[alert_id] = sent[alert_id]
         run.writes[alerts_key(source_id)] = orjson.dumps(alerts)
+        run.alerted.add(source_id)
 
 
 class SegmentRun:
@@ -409,6 +387,7 @@ class SegmentRun:
     def __init__(self, owner: SegmentOwner) -> None:
         self.owner = owner
         self.outbox = Outbox()  # records to send once the run is stored
+        self.alerted: set[int] = set()  # sources whose alerts were judged (to publish)
         self.writes: dict[bytes, bytes | None] = {}
         self.models: dict[int, SegmentModel | None] = {}
         self.stale: set[int] = set()

@@ -51,7 +51,6 @@ from ampelios.core.explain import why
 from ampelios.core.journeys import JourneyState
 from ampelios.core.k_choice import K_RULE, choose_k, evaluate
 from ampelios.core.labels import action, advice, summary
-from ampelios.core.model import SegmentModel
 from ampelios.core.partitioning import partition_for, visitor_key
 from ampelios.core.rejections import MAX_REASONS, RejectionSummary
 from ampelios.sinks.history import HistoryUnavailable
@@ -652,9 +651,10 @@ def register(p: Pipeline) -> None:
             except Exception as exc:  # the broker is unreachable: say so, keep the rest
                 log.warning("/metrics: lag not known: %r", exc)
                 pending = {"lag": float("nan"), "sink_lag": float("nan")}
-            models = [(int(key), SegmentModel.from_bytes(value)) for key, value in p.published.items()]
+            models = p.published_models()
             recovered = {table.name: table.recovered for table in (p.journeys, p.segments)}
-            body = p.metrics.render(pending, models, [job.state for job in p.jobs.values()], recovered)
+            jobs = [job.state for job in p.jobs.values()]
+            body = p.metrics.render(pending, models, jobs, recovered, p.published_alerts())
             return self.bytes(body, headers={"Content-Type": METRICS_CONTENT_TYPE})
 
     @app.page("/files")

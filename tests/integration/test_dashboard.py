@@ -113,7 +113,7 @@ def text(element) -> str:
 def test_the_dashboard_shows_the_segments_and_runs_a_replay(
     settings: Settings, worker: WorkerProcess, browser: webdriver.Chrome, tmp_path: Path, request
 ):
-    events = generate_events(30_000, seed=5, purchase_drop=(JULY, AUGUST))
+    events = generate_events(300_000, seed=5, purchase_drop=(JULY, AUGUST))
     write_events(settings.data_dir / "events.csv", events)
     write_events(settings.data_dir / "more.csv", generate_events(5_000, seed=6))
     base = worker.base_url
@@ -137,6 +137,14 @@ def test_the_dashboard_shows_the_segments_and_runs_a_replay(
         assert len(rows) == 1 + segment["users"] and f"{segment['users']:,} members" in text(link)
     before = http_json("GET", f"{base}/stats?source_id=1")[1]["events"]
     assert browser.find_element(By.ID, "status").get_attribute("data-events") == str(before)
+
+    # the purchases that fell in July: a banner line per alert, a marker on the chart
+    alerts = http_json("GET", f"{base}/alerts?source_id=1")[1]["alerts"]
+    assert any(a["signal"] == "conversion" and a["direction"] == "down" for a in alerts), alerts
+    lines = browser.find_elements(By.CSS_SELECTOR, "#alerts p[data-signal]")
+    assert sorted(line.get_attribute("data-signal") for line in lines) == sorted(a["signal"] for a in alerts)
+    fell = next(text(line) for line in lines if line.get_attribute("data-signal") == "conversion")
+    assert fell.startswith("Add-to-cart to purchase fell from") and "from Jul 1, 2015" in fell
 
     Select(browser.find_element(By.ID, "file")).select_by_value("more.csv")
     browser.find_element(By.ID, "replay").click()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.request
 from datetime import UTC, date, datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
@@ -164,6 +165,11 @@ def test_a_purchase_drop_raises_alerts_that_recover_once_and_never_again(setting
     with psycopg2.connect(settings.database_url) as conn, conn.cursor() as cur:
         cur.execute("SELECT signal, direction FROM segment_alerts WHERE source_id = 1 AND NOT withdrawn")
         assert sorted(cur.fetchall()) == sorted((a["signal"], a["direction"]) for a in answer["alerts"])
+
+    metrics = urllib.request.urlopen(f"{base}/metrics", timeout=30).read().decode()
+    for signal in flagged:
+        labels = f'direction="down",segment="",signal="{signal}",source_id="1",state="recovered"'
+        assert f"ampelios_alerts{{{labels}}} 1.0" in metrics
 
     replay(base, "drop.csv")  # the same events again: nothing changes, nothing is sent again
     settle(base)

@@ -109,8 +109,74 @@ function draw(chart, id, type, data, scales, options = {}) {
   }
   // The chart fills its box, whose height the style sheet sets for the screen's width.
   const base = { animation: false, maintainAspectRatio: false, scales };
-  return new Chart($(id), { type, data, options: { ...base, ...options } });
+  const plugins = type === "line" ? [alertLines] : [];
+  return new Chart($(id), { type, data, options: { ...base, ...options }, plugins });
 }
+
+const SIGNALS = {
+  purchase_rate: ["Purchase rate", "of the day's visitors bought"],
+  conversion: ["Add-to-cart to purchase", "of add-to-carts were bought"],
+  events_per_visitor: ["Events per visitor", "events per visitor a day"],
+  share: ["Share", "of the day's visitors"],
+};
+let alertMarks = []; // [{day, text}] drawn on the shares chart
+
+// A level as it reads for its signal: a rate in %, events per visitor as a number.
+function level(alert, value) {
+  return alert.signal === "events_per_visitor" ? value.toFixed(2) : `${(100 * value).toFixed(value < 0.01 ? 2 : 1)}%`;
+}
+
+function alertText(a) {
+  const [name] = SIGNALS[a.signal] || [a.signal];
+  const what = a.signal === "share" ? `${name} of ${labels.get(a.segment) ?? a.label}` : name;
+  const moved = a.direction === "down" ? "fell" : "rose";
+  const since = shortDay(a.started_at);
+  const text = `${what} ${moved} from ${level(a, a.before)} to ${level(a, a.after)} from ${since} (seen ${shortDay(a.detected_at)})`;
+  return a.recovered_at ? `${text}; back to normal from ${shortDay(a.recovered_at)}.` : `${text}.`;
+}
+
+function shortDay(iso) {
+  return new Date(iso).toLocaleDateString("en-US", { month: "short", day: "numeric", year: "numeric", timeZone: "UTC" });
+}
+
+async function renderAlerts() {
+  const { status, body } = await api(`/alerts?source_id=${source()}`);
+  const banner = $("alerts");
+  const alerts = status === 200 ? body.alerts : [];
+  alertMarks = alerts.map((a) => ({ day: a.started_at.slice(0, 10), text: a.direction === "down" ? "▼" : "▲" }));
+  banner.hidden = alerts.length === 0;
+  const open = alerts.filter((a) => !a.recovered_at);
+  const lines = [element("p", "", open.length ? `${counted(open.length, "change")} in behaviour now:` : "Changes in behaviour, all back to normal:")];
+  for (const a of [...open, ...alerts.filter((x) => x.recovered_at)]) {
+    const line = element("p", a.recovered_at ? "recovered" : "", alertText(a));
+    line.dataset.signal = a.signal;
+    lines.push(line);
+  }
+  banner.replaceChildren(...lines);
+}
+
+// Chart.js plugin: a dashed vertical line, with ▼ or ▲, where each alert's shift began.
+const alertLines = {
+  id: "alertLines",
+  afterDatasetsDraw(chart) {
+    const { ctx, chartArea, scales } = chart;
+    ctx.save();
+    ctx.strokeStyle = "#b45309";
+    ctx.fillStyle = "#b45309";
+    ctx.setLineDash([4, 3]);
+    for (const mark of alertMarks) {
+      const index = chart.data.labels.indexOf(mark.day);
+      if (index < 0) continue;
+      const x = scales.x.getPixelForValue(index);
+      ctx.beginPath();
+      ctx.moveTo(x, chartArea.top);
+      ctx.lineTo(x, chartArea.bottom);
+      ctx.stroke();
+      ctx.fillText(mark.text, x + 3, chartArea.top + 10);
+    }
+    ctx.restore();
+  },
+};
 
 async function renderShares() {
   const { status, body } = await api(`/history?source_id=${source()}&clock=event`);
@@ -166,6 +232,7 @@ async function refresh() {
   } else {
     $("cards").replaceChildren(element("p", "note", view.body.error));
   }
+  await renderAlerts();
   await renderShares();
   document.body.dataset.refreshed = Date.now();
 }
