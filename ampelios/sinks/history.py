@@ -210,6 +210,18 @@ MIGRATIONS: Sequence[tuple[int, str]] = (
         COMMENT ON TABLE segment_alerts IS
             'Ampelios: a per-period signal of a source that shifted (and when it recovered); times '
             'are event times; withdrawn: the history no longer shows it';
+        CREATE TABLE segment_model_changes (
+            source_id     integer     NOT NULL,
+            lineage       text        NOT NULL,
+            at            timestamptz NOT NULL,
+            model_version bigint      NOT NULL,
+            before        text[]      NOT NULL,
+            after         text[]      NOT NULL,
+            PRIMARY KEY (source_id, lineage, model_version)
+        );
+        COMMENT ON TABLE segment_model_changes IS
+            'Ampelios: settlings of the model that renamed or renumbered segments (at: the newest '
+            'event-time day then); the period tables are always under the newest names';
         CREATE VIEW current_period_segments AS
             SELECT s.* FROM period_segments s JOIN current_lineages USING (source_id, lineage);
         CREATE VIEW current_period_activity AS
@@ -367,12 +379,12 @@ class History:
 
     async def periods(
         self, source_id: int, since: datetime | None, until: datetime | None, lineage: str
-    ) -> tuple[int | None, list[dict]]:
+    ) -> tuple[int | None, list[dict], list[dict]]:
         """The segments of each event-time period's population under the newest model of
         a lineage (its version, or ``None`` if none yet), oldest first, with the period's
-        activity."""
+        activity; and the settlings that renamed segments in that window."""
 
-        async def work(cur: Any) -> tuple[int | None, list[dict]]:
+        async def work(cur: Any) -> tuple[int | None, list[dict], list[dict]]:
             window = (source_id, lineage, since, until)
             where = (
                 "WHERE source_id = %s AND lineage = %s AND period_start >= coalesce(%s::timestamptz, '-infinity') "
@@ -403,7 +415,17 @@ class History:
             activity = {at: dict(zip(ACTIVITY_NAMES, counts)) for at, *counts in await cur.fetchall()}
             for period in found:
                 period["activity"] = activity.get(period["at"], dict.fromkeys(ACTIVITY_NAMES, 0))
-            return (rows[0][1] if rows else None), found
+            await cur.execute(
+                "SELECT at, model_version, before, after FROM segment_model_changes WHERE source_id = %s "
+                "AND lineage = %s AND at >= coalesce(%s::timestamptz, '-infinity') "
+                "AND at <= coalesce(%s::timestamptz, 'infinity') ORDER BY model_version",
+                window,
+            )
+            changes = [
+                {"at": at, "model_version": version, "before": list(before), "after": list(after)}
+                for at, version, before, after in await cur.fetchall()
+            ]
+            return (rows[0][1] if rows else None), found, changes
 
         return await self._run(work)
 
@@ -517,6 +539,12 @@ async def _write_periods(cur: Any, record: dict[str, Any]) -> None:
     segments = record["segments"]
     await cur.execute("DELETE FROM period_segments WHERE source_id = %s AND lineage = %s", (source, lineage))
     await cur.execute("DELETE FROM period_activity WHERE source_id = %s AND lineage = %s", (source, lineage))
+    await cur.execute("DELETE FROM segment_model_changes WHERE source_id = %s AND lineage = %s", (source, lineage))
+    for change in record.get("model_changes", []):
+        await cur.execute(
+            "INSERT INTO segment_model_changes VALUES (%s, %s, %s, %s, %s, %s)",
+            (source, lineage, _ms(change["at"]), change["model_version"], change["before"], change["after"]),
+        )
     if not starts:
         return
     rows = [

@@ -280,6 +280,20 @@ _SCHEMAS: dict[str, Any] = {
                 "model: each snapshot under the model of its moment",
             },
             "model_version": {"type": ["integer", "null"], "description": "with basis current: the model's version"},
+            "model_changes": {
+                "type": "array",
+                "description": "with basis current: settlings that renamed segments (never drawn as a shift)",
+                "items": {
+                    "type": "object",
+                    "required": ["at", "model_version", "before", "after"],
+                    "properties": {
+                        "at": {"type": "string", "format": "date-time"},
+                        "model_version": {"type": "integer"},
+                        "before": {"type": "array", "items": {"type": "string"}},
+                        "after": {"type": "array", "items": {"type": "string"}},
+                    },
+                },
+            },
             "lineage": {"type": "string", "description": "the model lineage of these snapshots"},
             "lineages": {
                 "type": "array",

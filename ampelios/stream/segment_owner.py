@@ -83,6 +83,12 @@ def alerts_key(source_id: int) -> bytes:
     return b"alerts:%d" % source_id
 
 
+def changes_key(source_id: int) -> bytes:
+    """segment-state key of a source's settled segment names and the settlings that
+    changed them (JSON)."""
+    return b"changes:%d" % source_id
+
+
 def applied_key(source_id: int, partition: int) -> bytes:
     """segment-state key of the newest events offset of a partition the model has applied."""
     return b"applied:%d:%d" % (source_id, partition)
@@ -127,9 +133,12 @@ def stored_periods(table: BatchTable, source_id: int) -> PeriodPopulations:
     return PeriodPopulations(by_shape(b"period"), by_shape(b"visits"), activity)
 
 
-def periods_record(source_id: int, model: SegmentModel, tables: PeriodTables) -> bytes:
+def periods_record(
+    source_id: int, model: SegmentModel, tables: PeriodTables, model_changes: list[dict[str, Any]]
+) -> bytes:
     """A snapshots record of every event-time period's population under one model
-    (``basis`` current), oldest first (see :class:`PeriodTables`)."""
+    (``basis`` current), oldest first (see :class:`PeriodTables`), with the settlings that
+    renamed segments (:meth:`SegmentOwner.model_changes`)."""
     return orjson.dumps(
         {
             "source_id": source_id,
@@ -142,6 +151,7 @@ def periods_record(source_id: int, model: SegmentModel, tables: PeriodTables) ->
             "sizes": tables.sizes,
             "visitors": tables.visitors,
             "activity": tables.activity,
+            "model_changes": model_changes,
         },
         option=orjson.OPT_SERIALIZE_NUMPY,
     )
@@ -350,14 +360,32 @@ class SegmentOwner:
         periods = self.periods_of(source_id)
         if self.period_ms and periods.span():
             tables = PeriodTables.of(periods, model, self.period_ms)
-            sent.append(
-                await self.p.snapshots.send(key=b"%d" % source_id, value=periods_record(source_id, model, tables))
-            )
+            changes = self.model_changes(run, source_id, model, tables)
+            record = periods_record(source_id, model, tables, changes)
+            sent.append(await self.p.snapshots.send(key=b"%d" % source_id, value=record))
             self.alerts(run, source_id, alert_records(source_id, model, tables))
         for acknowledged in sent:
             await acknowledged
         run.set_model(source_id, model)
         self._snapshotted[source_id] = model.version
+
+    def model_changes(
+        self, run: SegmentRun, source_id: int, model: SegmentModel, tables: PeriodTables
+    ) -> list[dict[str, Any]]:
+        """The settlings of a source's model that renamed or renumbered its segments, with
+        this one if it did: when (the start of the newest day with events then), the
+        version, the names before and after. The history is drawn under the newest
+        segments, so such a change is never a shift of people; the chart marks it."""
+        stored = run.get(changes_key(source_id))
+        known: dict[str, Any] = orjson.loads(stored) if stored is not None else {"labels": None, "changes": []}
+        if known["labels"] is not None and known["labels"] != model.labels:
+            at = tables.starts[max(0, tables.closed)]
+            change = {"at": at, "model_version": model.version, "before": known["labels"], "after": model.labels}
+            known["changes"].append(change)
+        if known["labels"] != model.labels:
+            known["labels"] = model.labels
+            run.writes[changes_key(source_id)] = orjson.dumps(known)
+        return known["changes"]
 
     def alerts(self, run: SegmentRun, source_id: int, alerts: dict[str, dict[str, Any]]) -> None:
         """Stage the alerts that are new or changed (recovered, or judged again under a

@@ -508,8 +508,9 @@ def register(p: Pipeline) -> None:
                     lineage = model.lineage if model is not None else latest(lineages)
                 elif lineage not in {lin["lineage"] for lin in lineages}:
                     raise HttpError(404, f"source {source_id} has no lineage {lineage!r:.40}")
+                changes: list[dict] = []
                 if basis == "current":
-                    version, snapshots = await p.history.periods(source_id, since, until, lineage)
+                    version, snapshots, changes = await p.history.periods(source_id, since, until, lineage)
                 else:
                     version, snapshots = None, await p.history.snapshots(source_id, clock, since, until, lineage)
             except HistoryUnavailable as exc:
@@ -518,7 +519,7 @@ def register(p: Pipeline) -> None:
                 raise no_segments(source_id)
             answer = {"source_id": source_id, "clock": clock, "basis": basis, "lineage": lineage, "lineages": lineages}
             if basis == "current":
-                answer["model_version"] = version
+                answer.update(model_version=version, model_changes=changes)
             return 200, {**answer, "snapshots": snapshots}
 
     @app.page("/alerts")

@@ -186,7 +186,7 @@ def test_active_days_make_segments_reflect_recent_behaviour(settings: Settings, 
     events = generate_events(60_000, seed=3, purchase_drop=(JULY, AUGUST))
     worker = workers.start(settings.with_(active_days=14.0))
     base = worker.base_url
-    shares = []
+    shares, names = [], []
     for name, months in (
         ("to-june.csv", events.timestamp < JULY),
         ("july.csv", (events.timestamp >= JULY) & (events.timestamp < AUGUST)),
@@ -197,7 +197,14 @@ def test_active_days_make_segments_reflect_recent_behaviour(settings: Settings, 
         settle(base)
         segments = http_json("GET", f"{base}/view?source_id=1")[1]
         shares.append(sum(s["share"] for s in segments if kind_of(s["label"]) in BUYERS))
+        names.append([s["label"] for s in segments])
     before, during, after = shares
+    # every settling that renamed segments is marked in the history, which is drawn under
+    # the newest names; the names changed between the months
+    changes = http_json("GET", f"{base}/history?source_id=1")[1]["model_changes"]
+    renamed = sum(a != b for a, b in pairwise(names))
+    assert renamed and len(changes) >= renamed and changes[-1]["after"] == names[-1]
+    assert all(c["before"] != c["after"] for c in changes)
     assert during < 0.5 * before  # only recent behaviour counts: the drop shows in full
     assert after > 2 * during  # ... and so does the recovery
 

@@ -119,7 +119,8 @@ const SIGNALS = {
   events_per_visitor: ["Events per visitor", "events per visitor a day"],
   share: ["Share", "of the day's visitors"],
 };
-let alertMarks = []; // [{day, text}] drawn on the shares chart
+let alertMarks = []; // [{day, text, color}] drawn on the shares chart: alerts, renamed segments
+let renameMarks = [];
 
 // A level as it reads for its signal: a rate in %, events per visitor as a number.
 function level(alert, value) {
@@ -143,7 +144,11 @@ async function renderAlerts() {
   const { status, body } = await api(`/alerts?source_id=${source()}`);
   const banner = $("alerts");
   const alerts = status === 200 ? body.alerts : [];
-  alertMarks = alerts.map((a) => ({ day: a.started_at.slice(0, 10), text: a.direction === "down" ? "▼" : "▲" }));
+  alertMarks = alerts.map((a) => ({
+    day: a.started_at.slice(0, 10),
+    text: a.direction === "down" ? "▼" : "▲",
+    color: "#b45309",
+  }));
   banner.hidden = alerts.length === 0;
   const open = alerts.filter((a) => !a.recovered_at);
   const lines = [element("p", "", open.length ? `${counted(open.length, "change")} in behaviour now:` : "Changes in behaviour, all back to normal:")];
@@ -155,19 +160,20 @@ async function renderAlerts() {
   banner.replaceChildren(...lines);
 }
 
-// Chart.js plugin: a dashed vertical line, with ▼ or ▲, where each alert's shift began.
+// Chart.js plugin: a dashed vertical line where each alert's shift began (▼ or ▲) and
+// where a settling of the model renamed segments ("renamed": not a shift of people).
 const alertLines = {
   id: "alertLines",
   afterDatasetsDraw(chart) {
     const { ctx, chartArea, scales } = chart;
     ctx.save();
-    ctx.strokeStyle = "#b45309";
-    ctx.fillStyle = "#b45309";
     ctx.setLineDash([4, 3]);
-    for (const mark of alertMarks) {
+    for (const mark of [...renameMarks, ...alertMarks]) {
       const index = chart.data.labels.indexOf(mark.day);
       if (index < 0) continue;
       const x = scales.x.getPixelForValue(index);
+      ctx.strokeStyle = mark.color;
+      ctx.fillStyle = mark.color;
       ctx.beginPath();
       ctx.moveTo(x, chartArea.top);
       ctx.lineTo(x, chartArea.bottom);
@@ -188,6 +194,7 @@ async function renderShares() {
   note.textContent = body.snapshots.length
     ? ""
     : "The chart appears when the segments are next settled: at the end of a replay, or within a minute.";
+  renameMarks = (body.model_changes || []).map((c) => ({ day: c.at.slice(0, 10), text: "renamed", color: "#5b6475" }));
   const names = new Map();
   for (const snapshot of body.snapshots) for (const s of snapshot.segments) names.set(s.id, labels.get(s.id) ?? s.label);
   const datasets = [...names.entries()].map(([id, label]) => ({
