@@ -5,11 +5,11 @@ redistributable, so Ampelios generates data that looks like it: about 96.7% view
 add-to-carts and 0.8% transactions; about 1.96 events per visitor with a heavy tail (most
 visitors have one event, a few have thousands); sessions separated by gaps longer than 20
 minutes; a transaction always follows an add-to-cart of the same item by the same
-visitor; times in 2015-05-03 .. 2015-09-18, steady from day to day (a journey that would
-run past the end starts earlier instead of being squeezed into the last days); rows
-shuffled out of time order. Every (visitor, timestamp, event, item, transaction) row is
-distinct, and each visitor's timestamps are distinct. The same ``seed`` gives the same
-rows.
+visitor; times in 2015-05-03 .. 2015-09-18, steady from day to day but the last (a
+journey that would run past the end starts earlier, rather than being squeezed into the
+last days); rows shuffled out of time order. Every (visitor, timestamp, event, item,
+transaction) row is distinct, and each visitor's timestamps are distinct. The same
+``seed`` gives the same rows.
 
 >>> events = generate_events(10_000, seed=1)
 >>> len(events)
@@ -87,7 +87,8 @@ def generate_events(
     span = np.maximum(offset[first + counts - 1], 1)
     # A journey that would run past the window's end starts earlier instead (one longer
     # than the window is squeezed into it), so that no day gets journeys compressed into
-    # it; adding the rank keeps each visitor's timestamps distinct.
+    # it (the last day still gets the end of those journeys); adding the rank keeps each
+    # visitor's timestamps distinct.
     window = WINDOW_END_MS - WINDOW_START_MS
     squeeze = np.minimum(1.0, (window - 1 - counts) / span)
     length = (span * squeeze).astype(np.int64) + counts

@@ -161,7 +161,7 @@ async function renderAlerts() {
 }
 
 // Chart.js plugin: a dashed vertical line where each alert's shift began (▼ or ▲) and
-// where a settling of the model renamed segments ("renamed": not a shift of people).
+// where a settling of the model renamed segments (✎: not a shift of people).
 const alertLines = {
   id: "alertLines",
   afterDatasetsDraw(chart) {
@@ -178,6 +178,10 @@ const alertLines = {
       ctx.moveTo(x, chartArea.top);
       ctx.lineTo(x, chartArea.bottom);
       ctx.stroke();
+      const width = ctx.measureText(mark.text).width;
+      ctx.fillStyle = "rgba(255, 255, 255, 0.85)"; // legible over the lines it crosses
+      ctx.fillRect(x + 2, chartArea.top + 1, width + 2, 12);
+      ctx.fillStyle = mark.color;
       ctx.fillText(mark.text, x + 3, chartArea.top + 10);
     }
     ctx.restore();
@@ -194,14 +198,14 @@ async function renderShares() {
   note.textContent = body.snapshots.length
     ? ""
     : "The chart appears when the segments are next settled: at the end of a replay, or within a minute.";
-  renameMarks = (body.model_changes || []).map((c) => ({ day: c.at.slice(0, 10), text: "renamed", color: "#5b6475" }));
+  renameMarks = (body.model_changes || []).map((c) => ({ day: c.at.slice(0, 10), text: "✎", color: "#5b6475" }));
   const names = new Map();
   for (const snapshot of body.snapshots) for (const s of snapshot.segments) names.set(s.id, labels.get(s.id) ?? s.label);
   const datasets = [...names.entries()].map(([id, label]) => ({
     label,
     data: body.snapshots.map((snapshot) => {
       const s = snapshot.segments.find((x) => x.id === id);
-      return { x: snapshot.at.slice(0, 10), y: s ? 100 * s.share : 0 };
+      return { x: snapshot.at.slice(0, 10), y: s && s.visitor_share ? 100 * s.visitor_share : null };
     }),
     borderColor: colorOf(id),
     backgroundColor: colorOf(id),
@@ -210,7 +214,11 @@ async function renderShares() {
   const data = { labels: body.snapshots.map((s) => s.at.slice(0, 10)), datasets };
   sharesChart = draw(sharesChart, "shares", "line", data, {
     x: { ticks: { maxRotation: 0, autoSkip: true, autoSkipPadding: 12, callback: shortDate } }, // level, spaced
-    y: { min: 0, title: { display: true, text: "% of visitors" } },
+    y: {
+      type: "logarithmic", // a segment of 0.5% moves as visibly as one of 50%
+      title: { display: true, text: "% of the day's visitors" },
+      ticks: { autoSkip: false, callback: (value) => (POWERS_OF_TEN.includes(value) ? `${value}%` : "") },
+    },
   });
 }
 
