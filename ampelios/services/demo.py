@@ -18,7 +18,7 @@ import click
 from ampelios.config import Settings
 from ampelios.core.events import write_csv
 from ampelios.core.generate import generate_events
-from ampelios.services.report import segment_report
+from ampelios.services.report import alerts_report, segment_report
 from ampelios.services.stack import (
     Stack,
     StopRequested,
@@ -90,7 +90,7 @@ def replay_and_report(worker: WorkerProcess, data: Path, started: float) -> None
         job = wait_for_job(base, answer["job"], on_status=show)
     if job["state"] == "failed":
         raise click.ClickException(f"the replay failed: {job['error']}")
-    report(worker, wait_until_reflected(base, SOURCE_ID), job["rows_rejected"], started)
+    report(worker, wait_until_reflected(base, SOURCE_ID, stored=True), job["rows_rejected"], started)
 
 
 def report(worker: WorkerProcess, stats: dict[str, Any], rejected: int | None, started: float) -> None:
@@ -105,6 +105,9 @@ def report(worker: WorkerProcess, stats: dict[str, Any], rejected: int | None, s
         f"{time.monotonic() - started:.1f}s since start; worker peak memory {worker.peak_memory_mb() or 0:.0f} MiB.\n"
     )
     click.echo(segment_report(segments))
+    code, alerts = http_json("GET", f"{base}/alerts?source_id={SOURCE_ID}")
+    if code == 200:
+        click.echo("\n" + alerts_report(alerts["alerts"]))
     click.echo("\nServed at:")
     for path in (
         "/  (the dashboard)",
@@ -112,6 +115,7 @@ def report(worker: WorkerProcess, stats: dict[str, Any], rejected: int | None, s
         "/segments/0/members?source_id=1&format=csv",
         f"/visitors/{visitor}?source_id=1",
         "/history?source_id=1",
+        "/alerts?source_id=1",
         "/stats?source_id=1",
     ):
         click.echo(f"  {base}{path}")

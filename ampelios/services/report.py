@@ -1,4 +1,5 @@
-"""The segments as a terminal table with plain-words advice, for ``demo`` and ``status``."""
+"""The segments as a terminal table with plain-words advice, and the drift alerts, for
+``demo`` and ``status``."""
 
 from __future__ import annotations
 
@@ -31,6 +32,34 @@ def segment_report(segments: list[dict[str, Any]]) -> str:
     for s in segments:
         lines.append(f"  {s['id']} {s['label']} ({100 * s['share']:.1f}%): {s['advice']}")
         lines.append(f"    {s['summary']}")
+    return "\n".join(lines)
+
+
+SIGNAL_NAMES = {
+    "purchase_rate": "purchase rate (visitors who bought, of the day's visitors)",
+    "conversion": "add-to-cart to purchase",
+    "events_per_visitor": "events per visitor",
+}
+
+
+def alerts_report(alerts: list[dict[str, Any]]) -> str:
+    """The drift alerts of ``/alerts`` in words, one line each, oldest first.
+
+    >>> print(alerts_report([{"signal": "conversion", "label": None, "direction": "down", "before": 0.31,
+    ...     "after": 0.023, "started_at": "2015-07-01T00:00:00Z", "recovered_at": "2015-08-01T00:00:00Z"}]))
+    Changes in behaviour:
+      add-to-cart to purchase fell from 31.0% to 2.3% from 2015-07-01; back to normal from 2015-08-01.
+    """
+    if not alerts:
+        return "Changes in behaviour: none found."
+    lines = ["Changes in behaviour:"]
+    for a in alerts:
+        what = SIGNAL_NAMES.get(a["signal"], f"share of {a['label']}")
+        level = (lambda x: f"{x:.2f}") if a["signal"] == "events_per_visitor" else (lambda x: f"{100 * x:.1f}%")
+        moved = "fell" if a["direction"] == "down" else "rose"
+        line = f"  {what} {moved} from {level(a['before'])} to {level(a['after'])} from {a['started_at'][:10]}"
+        back = f"; back to normal from {a['recovered_at'][:10]}." if a["recovered_at"] else "."
+        lines.append(line + back)
     return "\n".join(lines)
 
 
