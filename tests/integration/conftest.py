@@ -248,6 +248,20 @@ def settle(*bases: str) -> None:
             time.sleep(0.2)
 
 
+def settled_periods(base: str, source_id: int = 1) -> dict:
+    """/history (basis current) once it is of the model /stats reports: taken at a
+    settling after the last update, so of the whole population (and that settling's
+    alerts are stored too: its step's outputs are sent before lag is 0)."""
+    deadline = time.monotonic() + 120
+    while True:
+        stats = wait_until_reflected(base, source_id, timeout=300, stored=True)
+        code, history = http_json("GET", f"{base}/history?source_id={source_id}")
+        if code == 200 and history["model_version"] == stats["model_version"]:
+            return history
+        assert time.monotonic() < deadline, f"source {source_id}'s periods were not settled"
+        time.sleep(0.2)
+
+
 def outcome(settings: Settings, base: str, sample: list[int]) -> dict:
     """Everything an uninterrupted run and a crashed one must agree on."""
     with psycopg2.connect(settings.database_url) as conn, conn.cursor() as cur:
@@ -256,10 +270,20 @@ def outcome(settings: Settings, base: str, sample: list[int]) -> dict:
             "FROM visitors WHERE source_id = 1 ORDER BY visitorid"
         )
         visitors = cur.fetchall()
+    days = [
+        (s["at"], [(x["id"], x["size"], x["visitors"]) for x in s["segments"]], s["activity"])
+        for s in settled_periods(base)["snapshots"]
+    ]
+    alerts = [  # not ids: they name the model's lineage, another in another deployment
+        tuple(a[k] for k in ("signal", "segment", "direction", "started_at", "detected_at", "recovered_at"))
+        for a in http_json("GET", f"{base}/alerts?source_id=1")[1]["alerts"]
+    ]
     stats = http_json("GET", f"{base}/stats?source_id=1")[1]
     segments = http_json("GET", f"{base}/view?source_id=1")[1]
     answers = [http_json("GET", f"{base}/visitors/{v}?source_id=1") for v in sample]
     return {
+        "days": days,
+        "alerts": alerts,
         "stats": {k: stats[k] for k in ("events", "visitors", "rejected")},
         # ids and names too: the same events give the same segments whatever the path
         "segments": [(s["id"], s["label"], s["users"], tuple(s["centroid"])) for s in segments],

@@ -27,7 +27,15 @@ from ampelios.core.labels import BUYERS, kind_of
 from ampelios.services.broker import end_offsets, read_range
 from ampelios.services.stack import http_json, wait_for_job, wait_until_reflected
 from ampelios.sinks.history import ALERT_TIMES, History
-from tests.integration.conftest import Workers, _admin, postgres_server, replay, settle, write_events
+from tests.integration.conftest import (
+    Workers,
+    _admin,
+    postgres_server,
+    replay,
+    settle,
+    settled_periods,
+    write_events,
+)
 from tests.integration.producers import produce_anyhow
 
 pytestmark = pytest.mark.integration
@@ -50,19 +58,6 @@ def expected_days(events: EventBatch) -> list[date]:
     first = (int(events.timestamp.min()) // DAY_MS + 1) * DAY_MS
     last = int(events.timestamp.max())
     return [datetime.fromtimestamp(ms / 1000, tz=UTC).date() for ms in range(first, last + 1, DAY_MS)]
-
-
-def settled_periods(base: str, source_id: int) -> dict:
-    """/history (basis current) once it is of the model /stats reports: taken at a
-    settling after the last update, so of the whole population."""
-    deadline = time.monotonic() + 120
-    while True:
-        stats = wait_until_reflected(base, source_id, timeout=300, stored=True)
-        code, history = http_json("GET", f"{base}/history?source_id={source_id}")
-        if code == 200 and history["model_version"] == stats["model_version"]:
-            return history
-        assert time.monotonic() < deadline, f"source {source_id}'s periods were not settled"
-        time.sleep(0.2)
 
 
 def daily_activity(events: EventBatch) -> dict[date, dict[str, int]]:
