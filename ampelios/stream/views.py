@@ -51,6 +51,7 @@ from ampelios.core.explain import why
 from ampelios.core.journeys import JourneyState
 from ampelios.core.k_choice import K_RULE, choose_k, evaluate
 from ampelios.core.labels import action, advice, summary
+from ampelios.core.model import SegmentModel
 from ampelios.core.partitioning import partition_for, visitor_key
 from ampelios.core.rejections import MAX_REASONS, RejectionSummary
 from ampelios.sinks.history import HistoryUnavailable
@@ -163,6 +164,19 @@ async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         body = orjson.dumps({"error": exc.reason})
         return web.Response(body=body, status=exc.status, content_type="application/json", headers=headers)
+
+
+async def _lineage(p: Pipeline, request: Request, source_id: int, model: SegmentModel | None) -> tuple[str, list[dict]]:
+    """The model lineage a request reads (``lineage``; by default the current model's, or
+    the last seen) and every lineage of the source; 404 for one the source never had."""
+    assert p.history is not None
+    lineages = await p.history.lineages(source_id)
+    lineage = request.query.get("lineage")
+    if lineage is None:
+        return (model.lineage if model is not None else latest(lineages)), lineages
+    if lineage not in {lin["lineage"] for lin in lineages}:
+        raise HttpError(404, f"source {source_id} has no lineage {lineage!r:.40}")
+    return lineage, lineages
 
 
 def latest(lineages: list[dict[str, Any]]) -> str:
@@ -502,12 +516,7 @@ def register(p: Pipeline) -> None:
                 raise HttpError(503, "no database is configured (AMPELIOS_DATABASE_URL): no history is kept")
             model = p.published_model(source_id)
             try:
-                lineages = await p.history.lineages(source_id)
-                lineage = request.query.get("lineage")
-                if lineage is None:
-                    lineage = model.lineage if model is not None else latest(lineages)
-                elif lineage not in {lin["lineage"] for lin in lineages}:
-                    raise HttpError(404, f"source {source_id} has no lineage {lineage!r:.40}")
+                lineage, lineages = await _lineage(p, request, source_id, model)
                 changes: list[dict] = []
                 if basis == "current":
                     version, snapshots, changes = await p.history.periods(source_id, since, until, lineage)
@@ -535,12 +544,7 @@ def register(p: Pipeline) -> None:
                 raise HttpError(503, "no database is configured (AMPELIOS_DATABASE_URL): no alerts are kept")
             model = p.published_model(source_id)
             try:
-                lineages = await p.history.lineages(source_id)
-                lineage = request.query.get("lineage")
-                if lineage is None:
-                    lineage = model.lineage if model is not None else latest(lineages)
-                elif lineage not in {lin["lineage"] for lin in lineages}:
-                    raise HttpError(404, f"source {source_id} has no lineage {lineage!r:.40}")
+                lineage, lineages = await _lineage(p, request, source_id, model)
                 alerts = await p.history.alerts(source_id, since, until, lineage)
             except HistoryUnavailable as exc:
                 raise HttpError(503, str(exc)) from None
