@@ -83,7 +83,7 @@ def shifts(num: np.ndarray, den: np.ndarray, binomial: bool) -> list[Shift]:
     """The shifts of the signal ``num / den`` over consecutive periods (index 0 is the
     first), oldest first; ``binomial``: ``num`` counts successes among ``den`` (else
     events per ``den``, Poisson). Periods are judged in blocks (:func:`block_size`)."""
-    from river.drift import PageHinkley  # river takes a second to import: only when judging
+    from river.drift import PageHinkley  # slow to import: the worker imports it in a thread at start
 
     m = block_size(num, den, binomial)
     n_blocks = len(num) // m

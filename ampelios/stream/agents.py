@@ -21,6 +21,7 @@ rejections  ``events-dlq`` (N)      RejectionCounter    ``journeys`` (``~dlq-pos
 from __future__ import annotations
 
 import asyncio
+import importlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -92,6 +93,12 @@ def register(p: Pipeline) -> None:
     async def rejections_agent(stream: Any) -> None:
         async for taken in runs(stream):
             await each_partition(taken, lambda run: rejections.process(run, rejection_counter.steps))
+
+    @p.app.task
+    async def import_drift_detectors() -> None:
+        """river takes over a second to import: in a thread at start, so that the first
+        settling (:mod:`ampelios.core.drift`) does not stop the event loop for it."""
+        await asyncio.to_thread(importlib.import_module, "river.drift")
 
     @p.app.timer(CONFIRM_SECONDS)
     async def confirm_held_partitions() -> None:
