@@ -104,7 +104,7 @@ class AmpeliosApp(internals.App):
         """Faust's consumer is positioned and committed by the agents' stored positions
         rather than by Faust's acknowledgements (:mod:`ampelios.stream.exactly_once`)."""
         p = self.pipeline
-        steer(consumer, p.processors, lambda: self.rebalancing)
+        steer(consumer, p.processors, lambda: self.rebalancing, lambda: self.in_recovery)
         internals.divert_messages(consumer, p.topology.events, p.intake.deliver)
 
     async def on_stop(self) -> None:

@@ -102,18 +102,21 @@ class ExactlyOnce:
         self.outbox_key = outbox_key
         self._producer = producer
         self._count_forwarded = count_forwarded
-        # Partitions whose stored outbox this worker knows to be sent: that of its own last
-        # write, or the stored one it sent again. A partition leaves the set when it is
-        # revoked or its send fails, and a worker starts with none, so the outbox stored by
-        # a crashed or previous holder is sent before the partition's next message is
-        # applied and before its position is committed. Each partition's lock keeps the
-        # resends and the runs apart.
-        self._confirmed: set[int] = set()
+        # The stored position of each partition whose outbox this worker knows to be sent:
+        # that of its own last write, or of the stored outbox it sent again. Known by the
+        # position, not by the partition: the outbox of another position (a previous
+        # holder's last write, recovered from the changelog after this worker last looked)
+        # is not known to be sent. A partition is dropped when it is revoked or its send
+        # fails, and a worker starts with none, so the outbox stored by a crashed or
+        # previous holder is sent before the partition's next message is applied and before
+        # its position is committed. Each partition's lock keeps the resends and the runs
+        # apart.
+        self._sent: dict[int, bytes | None] = {}
         # Partitions assigned to this worker since the last rebalance: a run of any other
         # (taken before a rebalance and waiting for its lock meanwhile) is dropped.
         self._held: set[int] = set()
         self._locks: defaultdict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
-        self.positions = Positions(url, topic, table, position_key, self._confirmed.__contains__)
+        self.positions = Positions(url, topic, table, position_key, self._known_sent)
 
     async def process(self, messages: list[Any], apply: Apply) -> None:
         """Apply delivered ``messages`` of one partition (offset order) exactly once:
@@ -140,11 +143,11 @@ class ExactlyOnce:
             writes[self.outbox_key] = step.outbox.to_bytes()
         elif step.outbox.records:
             raise ValueError(f"{self.topic} keeps no outbox: a step of it cannot send records")
-        self._confirmed.discard(partition)
+        self._sent.pop(partition, None)
         batch = b"%s:%d:%d" % (self.topic.encode(), partition, step.last)
         await self.table.write(partition, batch, list(writes), list(writes.values()))
         await step.outbox.send(self._producer())
-        self._confirmed.add(partition)
+        self._sent[partition] = writes[self.positions.key]
 
     def _forward(
         self, partition: int, forward: list[tuple[int, EventBatch]], writes: dict[bytes, bytes | None], outbox: Outbox
@@ -160,16 +163,23 @@ class ExactlyOnce:
             writes[forwarded_key(source)] = b"%d" % (int(old or 0) + n)
             self._count_forwarded(source, n)
 
+    def _known_sent(self, partition: int) -> bool:
+        """Whether the outbox stored with ``partition``'s current position is known to be sent."""
+        if partition not in self._sent:
+            return False
+        (position,) = self.table.get_many(partition, [self.positions.key])
+        return self._sent[partition] == position
+
     async def _confirm(self, partition: int) -> None:
         """Send the stored outbox of ``partition`` unless it is known to be sent (hold the
         partition's lock)."""
-        if partition in self._confirmed:
+        if self._known_sent(partition):
             return
-        if self.outbox_key is not None:
-            (stored,) = self.table.get_many(partition, [self.outbox_key])
-            if stored is not None:
-                await Outbox.from_bytes(stored).send(self._producer())
-        self._confirmed.add(partition)
+        keys = [self.positions.key] if self.outbox_key is None else [self.positions.key, self.outbox_key]
+        position, *outbox = self.table.get_many(partition, keys)
+        if outbox and outbox[0] is not None:
+            await Outbox.from_bytes(outbox[0]).send(self._producer())
+        self._sent[partition] = position
 
     async def resend(self, assigned: set[TopicPartition]) -> None:
         """After an assignment, before the worker serves again: hold the assigned
@@ -187,7 +197,7 @@ class ExactlyOnce:
         send after an assignment or a run failed) rather than wait for a next message that
         may never come. Stops at a partition no longer held (a rebalance: the next
         assignment decides); a failed send is tried at the next call."""
-        for partition in sorted(self._held - self._confirmed):
+        for partition in sorted(p for p in self._held if not self._known_sent(p)):
             async with self._locks[partition]:
                 if partition not in self._held:
                     return
@@ -200,7 +210,7 @@ class ExactlyOnce:
         """Before a rebalance: revoked partitions may be written by another worker meanwhile."""
         for partition in sorted(tp.partition for tp in revoked if tp.topic == self.topic):
             async with self._locks[partition]:  # a run under way finishes first
-                self._confirmed.discard(partition)
+                self._sent.pop(partition, None)
                 self._held.discard(partition)
 
 
@@ -209,14 +219,22 @@ def stored_positions(processors: Sequence[ExactlyOnce], assigned: set[TopicParti
     return {tp: n for p in processors for tp, n in p.positions.next_offsets(assigned).items()}
 
 
-def steer(consumer: Any, processors: Sequence[ExactlyOnce], rebalancing: Callable[[], bool]) -> None:
+def steer(
+    consumer: Any, processors: Sequence[ExactlyOnce], rebalancing: Callable[[], bool], recovering: Callable[[], bool]
+) -> None:
     """Position and commit Faust's ``consumer`` by the stored positions of ``processors``:
     after each rebalance (tables recovered) seek to them and send the stored outboxes;
     commit the positions of partitions whose outbox is known to be sent, each only when it
-    changed."""
+    changed.
+
+    Faust also seeks when its fetcher finds the flow stopped, which can be in the middle
+    of table recovery (``recovering()``): the stored positions and outboxes are not all
+    there yet, and that seek is left to Faust alone (it seeks again once recovery ends)."""
     committed: dict[TopicPartition, int] = {}
 
     async def after_seek() -> None:
+        if recovering():
+            return
         committed.clear()  # others may have committed while we did not own a partition
         assigned = consumer.assignment()
         await consumer.seek_wait(stored_positions(processors, assigned))
