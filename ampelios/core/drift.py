@@ -10,16 +10,23 @@ noise is known from the counts:
 - ``share`` of each segment: its visitors with events / visitors with events (under the
   current model, so that a refit never shows as a shift).
 
-Each signal is judged on **blocks** of periods: one period where counts are large, more
-where they are small (a block expects at least MIN_COUNT of the rarer outcome during the
-warm-up), so that one rare purchase more or less is never a shift. A block's value is
-turned into a z-score against the BASELINE_PERIODS before it (their median; the larger
-of their spread, as a median absolute deviation, and the block's sampling error): robust
-statistics, so that the first periods of a new level entering the baseline do not hide
-it. River's
-:class:`~river.drift.PageHinkley` (a CUSUM: it accumulates z beyond DRIFT and flags past
-THRESHOLD) watches the z-scores after WARMUP_PERIODS. ``docs/drift.md`` gives the choice
-and its measured delays and false alarms (``scripts/bench_drift.py``).
+A signal whose counts are large enough is judged on **blocks** of periods: one period where
+counts are large, a few where they are smaller (a block expects at least MIN_COUNT of the
+rarer outcome during the warm-up), so that one outcome more or less is never a shift. A
+block's value is turned into a z-score against the BASELINE_PERIODS before it (their
+median; the larger of their spread, as a median absolute deviation, and the block's
+sampling error): robust statistics, so that the first periods of a new level entering the
+baseline do not hide it. River's :class:`~river.drift.PageHinkley` (a CUSUM: it
+accumulates z beyond DRIFT and flags past THRESHOLD) watches the z-scores after
+WARMUP_PERIODS.
+
+A **rare** signal (a ratio whose block would span more than one period: about one
+purchase a day, say) is judged per period on its counts instead (:func:`count_shifts`): a
+likelihood-ratio scan of the windows of up to SCAN_PERIODS periods ending at each period,
+against the rate of the SCAN_BASELINE periods before them. Blocks of ten days against two
+earlier blocks cannot see a three-week drop of one purchase a day; the counts can (ten
+days without a purchase where ten were expected). ``docs/history.md`` gives both choices
+with their measured delays and false alarms (``scripts/bench_drift.py``).
 
 A detection is a :class:`Shift`: where the level changed (the split before the detection
 that best separates two levels), the level before and after, and the direction. A shift
@@ -52,6 +59,11 @@ DRIFT = 1.0  # PageHinkley's delta, in z (a block must be more than 1 sigma off 
 THRESHOLD = 10.0  # PageHinkley's lambda, in z, for blocks of one period (divided by sqrt(periods))
 MIN_THRESHOLD = 4.0  # ... and no lower
 CLIP = 8.0  # z beyond this counts as this: one absurd block (a single heavy visitor) cannot alert alone
+SCAN_PERIODS = 28  # a rare signal's longest window of a new level
+SCAN_BASELINE = 56  # the periods whose rate a rare signal's windows are compared with
+SCAN_THRESHOLD = 12.0  # log-likelihood ratio (over the baseline's dispersion) that flags a window
+SCAN_MIN_EXPECTED = 1.0  # a window is judged only when it expects one outcome at least
+SCAN_NEW_LEVEL = 14  # periods of a new level before a rare signal is judged again
 
 
 @dataclass(frozen=True)
@@ -82,10 +94,13 @@ def block_size(num: np.ndarray, den: np.ndarray, binomial: bool) -> int:
 def shifts(num: np.ndarray, den: np.ndarray, binomial: bool) -> list[Shift]:
     """The shifts of the signal ``num / den`` over consecutive periods (index 0 is the
     first), oldest first; ``binomial``: ``num`` counts successes among ``den`` (else
-    events per ``den``, Poisson). Periods are judged in blocks (:func:`block_size`)."""
+    events per ``den``, Poisson). Periods are judged in blocks (:func:`block_size`), a
+    rare ratio per period on its counts (:func:`count_shifts`)."""
     from river.drift import PageHinkley  # slow to import: the worker imports it in a thread at start
 
     m = block_size(num, den, binomial)
+    if binomial and m > 1:
+        return count_shifts(num, den)
     n_blocks = len(num) // m
     if n_blocks == 0:
         return []
@@ -118,6 +133,49 @@ def shifts(num: np.ndarray, den: np.ndarray, binomial: bool) -> list[Shift]:
             found.append(Shift("up" if after > before else "down", split * m, t * m + m - 1, before, after))
             since = split
             detector = PageHinkley(min_instances=1, delta=DRIFT, threshold=threshold, alpha=1.0, mode="both")
+    return found
+
+
+def count_shifts(num: np.ndarray, den: np.ndarray) -> list[Shift]:
+    """The shifts of a rare ratio ``num / den`` (successes among trials per period),
+    oldest first, judged on its counts: at each period t after the warm-up, every window
+    of up to SCAN_PERIODS periods ending at t is compared with the pooled rate ``p`` of
+    the SCAN_BASELINE periods before, leaving the newest GAP_PERIODS out (as the blocks
+    do). A window that counts ``x`` successes where ``e = p * trials`` were expected
+    scores the Poisson log-likelihood ratio ``x ln(x / e) - (x - e)``, divided by the
+    baseline's dispersion (the periods' counts vary more than Poisson when successes come
+    in clumps: at least 1). The best window past SCAN_THRESHOLD is a shift that began at
+    its first period; the new level is learnt for SCAN_NEW_LEVEL periods before the
+    signal is judged again.
+
+    >>> buys = np.where(np.arange(100) < 60, 1, 0)  # one purchase a day, then none
+    >>> [(s.direction, s.started, s.detected) for s in count_shifts(buys, np.full(100, 80))]
+    [('down', 60, 73)]
+    """
+    num, den = num.astype(np.float64), den.astype(np.float64)
+    found: list[Shift] = []
+    since = 0  # the first period of the current level
+    for t in range(WARMUP_PERIODS, len(num)):
+        if t - since < SCAN_NEW_LEVEL:
+            continue
+        gap = min(GAP_PERIODS, t - since - SCAN_NEW_LEVEL)
+        ref = slice(max(since, t - gap - SCAN_BASELINE), t - gap)
+        p = (num[ref].sum() + 0.5) / (den[ref].sum() + 1.0)
+        expected = den[ref] * p
+        judged = expected > 0
+        variance = expected[judged] * (1.0 - min(p, 1.0))
+        dispersion = float(((num[ref][judged] - expected[judged]) ** 2 / variance).sum() / max(judged.sum() - 1, 1))
+        first = max(since, t - SCAN_PERIODS + 1)
+        x = np.cumsum(num[first : t + 1][::-1])[::-1]  # successes of the windows [first + i, t]
+        e = p * np.cumsum(den[first : t + 1][::-1])[::-1]
+        ratio = np.where(x > 0, x * np.log(np.maximum(x, 1.0) / np.maximum(e, 1e-12)), 0.0) - (x - e)
+        score = np.where(e >= SCAN_MIN_EXPECTED, ratio / max(dispersion, 1.0), 0.0)
+        best = int(np.argmax(score))
+        if score[best] > SCAN_THRESHOLD:
+            start = first + best
+            after = float(num[start : t + 1].sum() / max(den[start : t + 1].sum(), 1.0))
+            found.append(Shift("up" if after > p else "down", start, t, float(p), after))
+            since = start
     return found
 
 

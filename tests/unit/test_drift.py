@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ampelios.core.drift import MAX_BLOCK, WARMUP_PERIODS, alerts_of, block_size, shifts, source_alerts
+from ampelios.core.drift import MAX_BLOCK, WARMUP_PERIODS, alerts_of, block_size, count_shifts, shifts, source_alerts
 
 
 def stepped(levels: list[tuple[int, float]], visitors: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -42,6 +42,26 @@ def test_rare_outcomes_are_judged_in_blocks_of_several_periods():
     assert block_size(np.full(60, 1), den, binomial=True) == 10
     assert block_size(np.full(60, 99), den, binomial=True) == 10  # the rarer outcome: not buying
     assert block_size(np.zeros(60), den, binomial=True) == MAX_BLOCK
+
+
+def test_a_rare_signal_is_judged_on_its_counts_and_a_three_week_tenfold_drop_shows_within_ten_days():
+    # about three purchases a day among 100 visitors: a block would span 4 days
+    for seed in range(20):
+        num, den = stepped([(60, 0.03), (21, 0.003), (60, 0.03)], 100, seed)
+        assert block_size(num, den, binomial=True) > 1
+        assert shifts(num, den, binomial=True) == count_shifts(num, den)
+        alerts = alerts_of("purchase_rate", None, shifts(num, den, binomial=True))
+        assert len(alerts) == 1, seed
+        drop = alerts[0].shift
+        assert drop.direction == "down" and abs(drop.started - 60) <= 4 and drop.detected - 60 <= 10, (seed, drop)
+        assert alerts[0].recovered is not None and alerts[0].recovered.direction == "up", seed
+
+
+def test_steady_rare_signals_raise_nothing():
+    for seed in range(20):
+        for rate in (0.005, 0.02, 0.05):
+            num, den = stepped([(140, rate)], 100, 1000 + seed)
+            assert shifts(num, den, binomial=True) == [], (seed, rate)
 
 
 def test_a_shift_that_goes_on_opens_a_new_alert_and_an_opposite_one_closes_it():
