@@ -43,7 +43,7 @@ tables and the model: the same events give the same alerts, however they arrived
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -59,6 +59,7 @@ DRIFT = 1.0  # PageHinkley's delta, in z (a block must be more than 1 sigma off 
 THRESHOLD = 10.0  # PageHinkley's lambda, in z, for blocks of one period (divided by sqrt(periods))
 MIN_THRESHOLD = 4.0  # ... and no lower
 CLIP = 8.0  # z beyond this counts as this: one absurd block (a single heavy visitor) cannot alert alone
+SHARE_BURN_IN = 28  # first periods of a history, left out of the segments' shares (see source_alerts)
 SCAN_PERIODS = 28  # a rare signal's longest window of a new level
 SCAN_BASELINE = 56  # the periods whose rate a rare signal's windows are compared with
 SCAN_THRESHOLD = 12.0  # log-likelihood ratio (over the baseline's dispersion) that flags a window
@@ -231,7 +232,13 @@ def alerts_of(signal: str, segment: int | None, found: list[Shift]) -> list[Aler
 def source_alerts(activity: np.ndarray, visitors: np.ndarray, closed: int) -> list[Alert]:
     """Every alert of a source from its period tables: ``activity`` (periods, 5) in the
     order of ``ACTIVITY_NAMES`` and ``visitors`` (periods, k) per segment, of which the
-    first ``closed`` periods are complete (the last period with events is still open)."""
+    first ``closed`` periods are complete (the last period with events is still open).
+
+    The segments' shares leave out the first SHARE_BURN_IN periods: a segment is a kind of
+    journey, and in the first weeks of a history few journeys have a past (returning
+    visitors whose earlier visits came before the first event are new to it), so the
+    shares of segments that need one -- repeat buyers, returning browsers -- rise for
+    weeks without anyone behaving differently."""
     act, seg = activity[:closed].astype(np.int64), visitors[:closed].astype(np.int64)
     people, buyers, views, carts, buys = act.T
     signals: list[tuple[str, int | None, np.ndarray, np.ndarray, bool]] = [
@@ -242,5 +249,8 @@ def source_alerts(activity: np.ndarray, visitors: np.ndarray, closed: int) -> li
     signals += [("share", j, seg[:, j], seg.sum(axis=1), True) for j in range(seg.shape[1])]
     alerts: list[Alert] = []
     for name, segment, num, den, binomial in signals:
-        alerts += alerts_of(name, segment, shifts(num, den, binomial))
+        skip = SHARE_BURN_IN if name == "share" else 0
+        found = shifts(num[skip:], den[skip:], binomial)
+        found = [replace(s, started=s.started + skip, detected=s.detected + skip) for s in found]
+        alerts += alerts_of(name, segment, found)
     return sorted(alerts, key=lambda a: (a.shift.detected, a.key))

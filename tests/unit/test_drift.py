@@ -6,7 +6,16 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ampelios.core.drift import MAX_BLOCK, WARMUP_PERIODS, alerts_of, block_size, count_shifts, shifts, source_alerts
+from ampelios.core.drift import (
+    MAX_BLOCK,
+    SHARE_BURN_IN,
+    WARMUP_PERIODS,
+    alerts_of,
+    block_size,
+    count_shifts,
+    shifts,
+    source_alerts,
+)
 
 
 def stepped(levels: list[tuple[int, float]], visitors: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -76,3 +85,13 @@ def test_a_source_s_alerts_name_their_signal_and_segment():
     found = {(a.signal, a.segment, a.shift.direction) for a in source_alerts(activity, visitors, closed=80)}
     assert {("purchase_rate", None, "down"), ("conversion", None, "down"), ("share", 1, "down")} <= found
     assert source_alerts(activity, visitors, closed=45) == []  # only the closed periods count
+
+
+def test_segment_shares_are_not_judged_on_the_first_weeks_of_a_history():
+    # Under all-time journeys the first weeks hold few visitors with history (few repeat
+    # buyers, say): a share that rises as the history fills is not a change of behaviour.
+    num, den = stepped([(SHARE_BURN_IN, 0.005), (100, 0.02)], 5_000, 3)
+    activity = np.column_stack([den, num, den, den // 10, num])  # visitors, buyers, views, carts, buys
+    visitors = np.column_stack([den - num, num])  # segment 1: the buyers
+    found = {(a.signal, a.segment, a.shift.direction, a.shift.started) for a in source_alerts(activity, visitors, 128)}
+    assert found == {("purchase_rate", None, "up", SHARE_BURN_IN), ("conversion", None, "up", SHARE_BURN_IN)}
