@@ -98,6 +98,19 @@ def _event_map(name: str, raw: str) -> dict[str, str]:
     return pairs
 
 
+def _write_keys(name: str, raw: str) -> dict[str, int]:
+    """``key1=1,key2=7``: the collector's write keys and the source each sends to."""
+    keys: dict[str, int] = {}
+    for part in (p.strip() for p in raw.split(",") if p.strip()):
+        key, sep, source = (x.strip() for x in part.rpartition("="))
+        if not sep or not key or not source.isdigit() or int(source) > 2**31 - 1:
+            raise ConfigError(f"{name}: {part!r} must look like writekey=source_id (an integer)")
+        if key in keys:
+            raise ConfigError(f"{name} names the write key {key!r} twice")
+        keys[key] = int(source)
+    return keys
+
+
 def _local_broker(name: str, raw: str) -> str:
     if raw not in ("kafka", "tansu"):
         raise ConfigError(f"{name} must be kafka (keeps its state) or tansu (in memory), got {raw!r}")
@@ -157,6 +170,7 @@ class Settings:
     active_days: float | None = None
     recovery_timeout_seconds: float = 600.0
     event_map: Mapping[str, str] = field(default_factory=dict)
+    write_keys: Mapping[str, int] = field(default_factory=dict)
     api_token: str | None = None
     protect_visitors: bool = False
     allowed_hosts: tuple[str, ...] = ()
@@ -219,6 +233,7 @@ class Settings:
             "AMPELIOS_ACTIVE_DAYS": ("active_days", _positive_float),
             "AMPELIOS_RECOVERY_TIMEOUT_SECONDS": ("recovery_timeout_seconds", _positive_float),
             "AMPELIOS_EVENT_MAP": ("event_map", _event_map),
+            "AMPELIOS_WRITE_KEYS": ("write_keys", _write_keys),
             "AMPELIOS_API_TOKEN": ("api_token", _text),
             "AMPELIOS_PROTECT_VISITORS": ("protect_visitors", _flag),
             "AMPELIOS_ALLOWED_HOSTS": ("allowed_hosts", _names),
@@ -245,7 +260,7 @@ class Settings:
                 value = ",".join(AUTO if k is None else str(k) for k in ks)
             elif value is None or f.name == "k_by_source":
                 continue
-            elif f.name == "event_map":
+            elif f.name in ("event_map", "write_keys"):
                 value = ",".join(f"{name}={target}" for name, target in value.items())
             elif isinstance(value, tuple):
                 value = ",".join(value)

@@ -41,6 +41,7 @@ from aiokafka.structs import TopicPartition
 import ampelios.services.broker  # noqa: F401  (registers the tansu:// transport)
 from ampelios import internals
 from ampelios.config import Settings
+from ampelios.core.collect import collector_codes
 from ampelios.core.events import event_codes
 from ampelios.services.broker import (
     EPOCH_FILE,
@@ -234,6 +235,7 @@ def create_pipeline(settings: Settings) -> Pipeline:
         published=app.tables.add(PublishedTable(app, name="segment-published", partitions=1, **table)),
         history=history,
         event_codes=event_codes(settings.event_map),
+        collector_codes=collector_codes(settings.event_map),
         sink=PostgresSink(settings.broker_url, topology, history) if history is not None else None,
         intake=Intake(lambda: app.consumer_generation_id),
     )

@@ -397,6 +397,37 @@ _SCHEMAS: dict[str, Any] = {
 }
 
 
+def _collector_operation(kind: str) -> dict[str, Any]:
+    """A Segment-style collector endpoint (:mod:`ampelios.stream.collector`)."""
+    call = {"type": "object", "description": "a Segment call: userId or anonymousId, event, properties, timestamp"}
+    body = (
+        call
+        if kind != "batch"
+        else {"type": "object", "required": ["batch"], "properties": {"batch": {"type": "array", "items": call}}}
+    )
+    answer = {
+        "type": "object",
+        "required": ["success", "accepted", "ignored", "rejected"],
+        "properties": {
+            "success": {"type": "boolean"},
+            "accepted": {"type": "integer", "description": "events sent to the broker"},
+            "ignored": {"type": "integer", "description": "calls that are not e-commerce events"},
+            "rejected": {"type": "array", "items": {"type": "object", "required": ["index", "reason"]}},
+        },
+    }
+    errors = _errors(400, 403, 408, 415)
+    errors["400"]["description"] = "not JSON, a call over 32 KB or a batch over 500 KB, or the call was rejected"
+    errors["401"] = _answer(
+        "the write key (the Basic auth user, or writeKey) is not one of AMPELIOS_WRITE_KEYS", _ref("Error")
+    )
+    return {
+        "summary": f"Segment-style {kind} call{'s' if kind == 'batch' else ''} from a site's tracker",
+        "security": [{"writeKey": []}],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
+        "responses": {"200": _answer("what became of each call, once the broker has the events", answer), **errors},
+    }
+
+
 def openapi_document(token_required: bool, visitors_protected: bool = False) -> dict[str, Any]:
     """The API's OpenAPI 3.1 document; ``token_required`` when AMPELIOS_API_TOKEN is set,
     ``visitors_protected`` when AMPELIOS_PROTECT_VISITORS is set too."""
@@ -410,7 +441,10 @@ def openapi_document(token_required: bool, visitors_protected: bool = False) -> 
         },
         "components": {
             "schemas": _SCHEMAS,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "writeKey": {"type": "http", "scheme": "basic", "description": "the write key as the user"},
+            },
         },
         "paths": {
             "/health": {
@@ -605,6 +639,7 @@ def openapi_document(token_required: bool, visitors_protected: bool = False) -> 
                     },
                 }
             },
+            **{f"/v1/{kind}": {"post": _collector_operation(kind)} for kind in ("track", "page", "identify", "batch")},
             "/trigger": {
                 "post": {
                     "summary": "Replay a CSV file of the data directory into the events topic",

@@ -47,6 +47,7 @@ class Pipeline:
     intake: Intake  # the messages of events, taken from Faust's consumer as fetched
     jobs: dict[str, Any] = field(default_factory=dict)
     event_codes: dict[str, int] = field(default_factory=dict)  # names read, see event_codes
+    collector_codes: dict[str, int] = field(default_factory=dict)  # names collected, see collector_codes
     processors: list[ExactlyOnce] = field(default_factory=list)  # one per agent, see agents
     metrics: Metrics = field(default_factory=Metrics)
     broker_epoch: bytes = b""  # the broker's life, as its epoch record names it (set at start)

@@ -22,6 +22,8 @@ GET  /metrics              Prometheus metrics (text format)
 GET  /files                the CSV files of the data directory a replay can read
 GET  /health               ``{"status": "ok"}``
 GET  /openapi.json         the OpenAPI document of all of these (:mod:`.openapi`)
+POST /v1/track|page|...    Segment-style tracking calls (``identify``, ``batch`` too):
+                           events from a site's tracker (:mod:`.collector`)
 =========================  ============================================================
 
 Errors are ``{"error": "..."}`` with status 400 (bad request), 401 (``/trigger`` without
@@ -46,6 +48,7 @@ from faust.web import Request, Response, View
 
 from ampelios import internals
 from ampelios.config import AUTO
+from ampelios.core.collect import MAX_BATCH_BYTES, MAX_CALL_BYTES
 from ampelios.core.events import MAX_SOURCE_ID, UNKNOWN_SOURCE
 from ampelios.core.explain import why
 from ampelios.core.journeys import JourneyState
@@ -55,6 +58,7 @@ from ampelios.core.model import SegmentModel
 from ampelios.core.partitioning import partition_for, visitor_key
 from ampelios.core.rejections import MAX_REASONS, RejectionSummary
 from ampelios.sinks.history import HistoryUnavailable
+from ampelios.stream import collector
 from ampelios.stream.cluster import FORWARDED, PeerUnavailable, ask, holder_of, own_url, relay, workers_of
 from ampelios.stream.jobs import PathMissing, PathRefused, ReplayJob, data_files, resolve_data_path, start_job
 from ampelios.stream.journey_store import read_journey
@@ -134,16 +138,16 @@ def _authorize(request: Request, token: str | None) -> None:
         raise HttpError(401, "this endpoint needs the header Authorization: Bearer $AMPELIOS_API_TOKEN")
 
 
-async def _json_body(request: Request) -> dict[str, Any]:
-    """The request's JSON object body, at most MAX_BODY_BYTES."""
-    if (request.content_length or 0) > MAX_BODY_BYTES:
-        raise HttpError(413, f"the body must be at most {MAX_BODY_BYTES} bytes")
+async def _json_body(request: Request, limit: int = MAX_BODY_BYTES, too_large: int = 413) -> dict[str, Any]:
+    """The request's JSON object body, at most ``limit`` bytes (else status ``too_large``)."""
+    if (request.content_length or 0) > limit:
+        raise HttpError(too_large, f"the body must be at most {limit} bytes")
     try:
-        raw = await asyncio.wait_for(request.content.read(MAX_BODY_BYTES + 1), BODY_SECONDS)
+        raw = await asyncio.wait_for(request.content.read(limit + 1), BODY_SECONDS)
     except TimeoutError:
         raise HttpError(408, f"the body did not arrive within {BODY_SECONDS:.0f} s") from None
-    if len(raw) > MAX_BODY_BYTES:
-        raise HttpError(413, f"the body must be at most {MAX_BODY_BYTES} bytes")
+    if len(raw) > limit:
+        raise HttpError(too_large, f"the body must be at most {limit} bytes")
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -646,6 +650,23 @@ def register(p: Pipeline) -> None:
                 finish=snapshot_when_reflected,
             )
             return 202, {"job": job.id, "status_url": f"/trigger/{job.id}"}
+
+    def collector_endpoint(kind: str | None) -> type[View]:
+        class Collector(View):
+            @_endpoint(p, needs_state=False)
+            async def post(self, request: Request) -> tuple[int, Any]:
+                """Segment-style tracking calls -> events (:mod:`ampelios.stream.collector`)."""
+                limit = MAX_CALL_BYTES if kind is not None else MAX_BATCH_BYTES
+                body = await _json_body(request, limit, too_large=400)  # Segment answers 400
+                try:
+                    return 200, await collector.accept(p, request.headers.get("Authorization", ""), body, kind)
+                except collector.CollectorRefused as exc:
+                    raise HttpError(exc.status, str(exc)) from None
+
+        return Collector
+
+    for kind in (*collector.KINDS, None):
+        app.page(f"/v1/{kind or 'batch'}")(collector_endpoint(kind))
 
     @app.page("/metrics")
     class PrometheusMetrics(View):

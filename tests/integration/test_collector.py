@@ -1,0 +1,117 @@
+"""The collector: a site's Segment tracker pointed at Ampelios, through Segment's own
+Python client (segment-analytics-python), and the answers Segment's API gives."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from segment.analytics import Client
+
+from ampelios.config import Settings
+from ampelios.core.collect import MAX_CALL_BYTES, visitor_id
+from ampelios.services.stack import http_json, wait_until_reflected
+from tests.integration.conftest import Workers
+
+pytestmark = [pytest.mark.integration, pytest.mark.apache]
+
+WRITE_KEY = "wk-shop"
+START = datetime(2015, 6, 1, 10, 0, tzinfo=UTC)
+
+
+def basic(key: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{key}:".encode()).decode()}
+
+
+def state_of(base: str, kind: str, value: str) -> list[int]:
+    code, visitor = http_json("GET", f"{base}/visitors/{visitor_id(kind, value)}?source_id=7")
+    assert code == 200, visitor
+    return visitor["state"]  # views, add-to-carts, transactions
+
+
+def test_a_site_s_segment_client_sends_events_that_become_journeys(settings: Settings, workers: Workers):
+    worker = workers.start(settings.with_(write_keys={WRITE_KEY: 7}))
+    base = worker.base_url
+    errors: list[object] = []
+    client = Client(WRITE_KEY, host=base, on_error=lambda e, batch: errors.append(e), max_retries=0)
+    at = [START + timedelta(minutes=i) for i in range(10)]
+    client.track("ada", "Product Viewed", {"product_id": "355908"}, timestamp=at[0])
+    client.track("ada", "Product Viewed", {"product_id": "sku-77"}, timestamp=at[1])
+    client.track("ada", "Product Added", {"product_id": "355908"}, timestamp=at[2])
+    client.track(
+        "ada", "Order Completed", {"order_id": "o-1", "products": [{"product_id": "355908"}, {}]}, timestamp=at[3]
+    )
+    client.track(anonymous_id="anon-9", event="Product Viewed", properties={"product_id": 1}, timestamp=at[4])
+    client.page("ada", name="Home", timestamp=at[5])  # pages are ignored unless mapped
+    client.track("ada", "Signed Up", timestamp=at[6])  # not an e-commerce event: ignored
+    client.identify("ada", {"plan": "gold"}, anonymous_id="anon-9", timestamp=at[7])
+    client.flush()
+    client.join()
+    assert errors == []
+
+    stats = wait_until_reflected(base, 7)
+    assert (stats["events"], stats["visitors"], stats["rejected"], stats["ignored"]) == (6, 2, 0, 2)
+    assert state_of(base, "user", "ada") == [2, 1, 2]  # an order of two products: two transactions
+    assert state_of(base, "anonymous", "anon-9") == [1, 0, 0]
+    sessions = http_json("GET", f"{base}/visitors/{visitor_id('user', 'ada')}?source_id=7")[1]["sessions"]
+    assert sessions[0]["start"] == int(at[0].timestamp() * 1000)
+
+    # A retried batch (the same calls and messageIds) counts once.
+    batch = {
+        "batch": [
+            {
+                "type": "track",
+                "event": "Product Viewed",
+                "userId": "cy",
+                "messageId": "m-1",
+                "timestamp": at[8].isoformat(),
+            }
+        ],
+        "sentAt": datetime.now(UTC).isoformat(),
+    }
+    for _ in range(2):
+        assert http_json("POST", f"{base}/v1/batch", batch, headers=basic(WRITE_KEY))[0] == 200
+    assert wait_until_reflected(base, 7)["events"] == 7
+
+
+def test_the_collector_answers_as_segment_does_and_rejects_a_bad_call_alone(settings: Settings, workers: Workers):
+    worker = workers.start(settings.with_(write_keys={WRITE_KEY: 7}))
+    base = worker.base_url
+    view = {"type": "track", "event": "Product Viewed", "userId": "ada", "timestamp": START.isoformat()}
+
+    code, answer = http_json("POST", f"{base}/v1/track", view, headers=basic("wrong"))
+    assert code == 401 and "write key" in answer["error"]
+    code, answer = http_json("POST", f"{base}/v1/track", {**view, "writeKey": WRITE_KEY})  # the key in the body
+    assert code == 200 and answer == {"success": True, "accepted": 1, "ignored": 0, "rejected": []}
+
+    huge = {**view, "properties": {"blob": "x" * MAX_CALL_BYTES}}
+    code, answer = http_json("POST", f"{base}/v1/track", huge, headers=basic(WRITE_KEY))
+    assert code == 400 and "at most" in answer["error"]
+    code, answer = http_json("POST", f"{base}/v1/track", b"{not json", headers=basic(WRITE_KEY))
+    assert code == 400 and "JSON" in answer["error"]
+    code, answer = http_json("POST", f"{base}/v1/track", {"event": "Product Viewed"}, headers=basic(WRITE_KEY))
+    assert code == 400 and "userId or an anonymousId" in answer["error"]
+
+    calls = [
+        {**view, "userId": "bob"},
+        {**view, "timestamp": "yesterday"},
+        {**view, "userId": "cy", "event": "Product Added"},
+        {"type": "screen", "userId": "cy"},
+        huge,
+    ]
+    code, answer = http_json("POST", f"{base}/v1/batch", {"batch": calls}, headers=basic(WRITE_KEY))
+    assert code == 200, answer
+    assert (answer["accepted"], answer["ignored"]) == (2, 1)
+    assert [r["index"] for r in answer["rejected"]] == [1, 4]
+    assert "ISO 8601" in answer["rejected"][0]["reason"]
+
+    oversized = {"batch": [view] * (500 * 1024 // len(json.dumps(view)) + 1)}
+    code, answer = http_json("POST", f"{base}/v1/batch", oversized, headers=basic(WRITE_KEY))
+    assert code == 400 and "at most" in answer["error"]
+
+    stats = wait_until_reflected(base, 7)
+    assert (stats["events"], stats["rejected"], stats["ignored"]) == (3, 3, 1)
+    reasons = {r["reason"] for r in http_json("GET", f"{base}/rejections?source_id=7")[1]["reasons"]}
+    assert any("ISO 8601" in r for r in reasons) and any("userId or an anonymousId" in r for r in reasons)
