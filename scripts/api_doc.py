@@ -98,6 +98,7 @@ def main() -> int:
             web_port=free_port(),
             partitions=4,
             event_map={"page_view": "ignore"},
+            write_keys={"shop-key": 3},
         )
         with Stack(settings) as stack:
             assert stack.worker is not None
@@ -146,6 +147,18 @@ def record(base: str) -> dict[tuple[str, str], list[tuple[str, Any, int, Any]]]:
     wait_until_reflected(base, 2, timeout=600)
     ask("GET", "/rejections", "/rejections?source_id=2&limit=5")
     ask("GET", "/rejections", "/rejections?source_id=9")
+    # A site's tracker (source 3, write key shop-key), as Segment's clients send its calls.
+    view = {"userId": "ada", "event": "Product Viewed", "properties": {"product_id": "355908"}}
+    ask("POST", "/v1/track", "/v1/track", {**view, "writeKey": "shop-key", "timestamp": "2015-09-18T10:00:00Z"})
+    ask("POST", "/v1/page", "/v1/page", {"anonymousId": "a-1", "name": "Home", "writeKey": "shop-key"})
+    ask("POST", "/v1/identify", "/v1/identify", {"userId": "ada", "anonymousId": "a-1", "writeKey": "shop-key"})
+    calls = [
+        {"type": "track", "anonymousId": "a-1", "event": "Product Added", "timestamp": "2015-09-18T10:05:00Z"},
+        {"type": "track", "userId": "ada", "event": "Order Completed", "timestamp": "yesterday"},
+    ]
+    ask("POST", "/v1/batch", "/v1/batch", {"batch": calls, "writeKey": "shop-key"})
+    wait_until_reflected(base, 3, timeout=600)
+    ask("GET", "/visitors/{visitorid}", "/visitors/user:ada?source_id=3")
     status, metrics = text_get(base + "/metrics")
     lines = [line for line in metrics.splitlines() if line.startswith("ampelios_") and "_bucket" not in line]
     examples[("GET", "/metrics")] = [("/metrics", None, status, "\n".join(lines))]

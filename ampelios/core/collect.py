@@ -16,7 +16,10 @@ other name, and ``screen``, ``group`` and ``alias`` calls, are ignored and count
 
 **Who**: ``userId`` if the call has one, else ``anonymousId`` (numbers are read as their
 text). Each becomes a visitor id (:func:`visitor_id`): the same string always gives the
-same visitor, and a user id and an anonymous id never share one.
+same visitor, and a user id and an anonymous id never share one. A call that carries both
+(an ``identify``, or any call of a browser tracker after one) *links* the anonymous id to
+the user: from then on, calls with only that anonymous id are the user's. What the
+anonymous id did before stays with its own visitor (a journey is never split or moved).
 
 **When** (Segment's rule, made repeatable): the call's ``timestamp`` (ISO 8601), else its
 ``sentAt``, else when it was received. When the sender's clock is off by more than
@@ -39,7 +42,7 @@ event twice, which the journeys count once (they hold distinct events).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -114,8 +117,8 @@ def parse_time(value: Any) -> int:
 @dataclass(frozen=True)
 class Collected:
     """What the calls of one request give: ``events``, ``rejections`` (one per call,
-    ``position`` its index), ``ignored`` calls and the ``links`` anonymous id -> user id
-    that identify calls made."""
+    ``position`` its index), ``ignored`` calls and the ``links`` (anonymous id, user id)
+    that calls carrying both made, new ones only, in order."""
 
     events: EventBatch
     rejections: list[Rejection]
@@ -130,30 +133,35 @@ def collect(
     received_ms: int,
     sent_at: Any = None,
     kind: str | None = None,
+    linked: Callable[[str], str | None] = lambda anonymous: None,
 ) -> Collected:
     """The events of ``calls`` of one request (see the module docstring), received at
     ``received_ms``; ``sent_at`` is the request's ``sentAt`` (a batch's), ``kind`` the
-    type every call has (``/v1/track`` etc.; ``None``: each call says, as in a batch)."""
+    type every call has (``/v1/track`` etc.; ``None``: each call says, as in a batch),
+    ``linked(anonymous id)`` the user id an earlier call linked it to, if any."""
     columns: list[list[int]] = [[], [], [], [], []]  # timestamp, visitor, event, item, transaction
     rejections: list[Rejection] = []
     ignored = 0
-    links: list[tuple[str, str]] = []
+    links: dict[str, str] = {}  # made by these calls
     for index, call in enumerate(calls):
         try:
-            rows, link = _rows(call, codes, received_ms, sent_at, kind)
+            call_type, user, anonymous = _who(call, kind)
+            if user is not None and anonymous is not None and (links.get(anonymous) or linked(anonymous)) != user:
+                links[anonymous] = user
+            if user is None and anonymous is not None:
+                user = links.get(anonymous) or linked(anonymous)
+            visitor = visitor_id("user", user) if user is not None else visitor_id("anonymous", anonymous or "")
+            rows = _rows(call, call_type, visitor, codes, received_ms, sent_at)
         except ValueError as exc:
             raw = orjson.dumps(call)[:200].decode(errors="replace") if _dumpable(call) else repr(call)[:200]
             rejections.append(Rejection(str(index), str(exc), raw))
             continue
-        if link is not None:
-            links.append(link)
-        if not rows:
-            ignored += link is None
+        ignored += not rows and call_type != "identify"
         for row in rows:
             for column, value in zip(columns, row):
                 column.append(value)
     events = EventBatch.from_columns([source_id] * len(columns[0]), *columns)
-    return Collected(events, rejections, ignored, links)
+    return Collected(events, rejections, ignored, list(links.items()))
 
 
 def _dumpable(value: Any) -> bool:
@@ -173,11 +181,8 @@ def _text_id(call: Mapping[str, Any], key: str) -> str | None:
     return str(value)
 
 
-def _rows(
-    call: Any, codes: Mapping[str, int], received_ms: int, sent_at: Any, kind: str | None
-) -> tuple[list[tuple[int, int, int, int, int]], tuple[str, str] | None]:
-    """The event rows (timestamp, visitor, code, item, transaction) of one call, and the
-    link it makes (identify with both ids)."""
+def _who(call: Any, kind: str | None) -> tuple[str, str | None, str | None]:
+    """A valid call's type, user id and anonymous id."""
     if not isinstance(call, dict):
         raise ValueError("a call must be a JSON object")
     if not _dumpable(call):
@@ -185,13 +190,18 @@ def _rows(
     if len(orjson.dumps(call)) > MAX_CALL_BYTES:
         raise ValueError(f"a call must be at most {MAX_CALL_BYTES // 1024} KB")
     call_type = kind or call.get("type")
+    if call_type not in ("track", "page", "identify", *IGNORED_TYPES):
+        raise ValueError(f"unknown call type {str(call_type)[:40]!r}")
     user, anonymous = _text_id(call, "userId"), _text_id(call, "anonymousId")
     if user is None and anonymous is None:
         raise ValueError("a call needs a userId or an anonymousId")
-    if call_type == "identify":
-        return [], (anonymous, user) if user is not None and anonymous is not None else None
-    if call_type in IGNORED_TYPES:
-        return [], None
+    return call_type, user, anonymous
+
+
+def _rows(
+    call: Mapping[str, Any], call_type: str, visitor: int, codes: Mapping[str, int], received_ms: int, sent_at: Any
+) -> list[tuple[int, int, int, int, int]]:
+    """The event rows (timestamp, visitor, code, item, transaction) of one valid call."""
     if call_type == "track":
         name = call.get("event")
         if not isinstance(name, str) or not name:
@@ -199,22 +209,21 @@ def _rows(
     elif call_type == "page":
         name = PAGE
     else:
-        raise ValueError(f"unknown call type {str(call_type)[:40]!r}")
+        return []  # identify, screen, group, alias
     code = codes.get(name)
     if code is None or code == IGNORED:
-        return [], None
-    visitor = visitor_id("user", user) if user is not None else visitor_id("anonymous", anonymous or "")
+        return []
     at = _event_time(call, received_ms, sent_at)
     properties = call.get("properties") or {}
     if not isinstance(properties, dict):
         raise ValueError("properties must be a JSON object")
     if code != TRANSACTION:
-        return [(at, visitor, code, thing_id(properties.get("product_id")), -1)], None
+        return [(at, visitor, code, thing_id(properties.get("product_id")), -1)]
     order = thing_id(properties.get("order_id"))
     products = properties.get("products") or [{}]
     if not isinstance(products, list) or not all(isinstance(p, dict) for p in products):
         raise ValueError("properties.products must be a list of objects")
-    return [(at, visitor, code, thing_id(p.get("product_id")), order) for p in products], None
+    return [(at, visitor, code, thing_id(p.get("product_id")), order) for p in products]
 
 
 def _event_time(call: Mapping[str, Any], received_ms: int, batch_sent_at: Any) -> int:

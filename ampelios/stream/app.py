@@ -24,6 +24,8 @@ segment-state       1           ``model:source`` -> the authoritative :class:`Se
                                 the model's owner, one record per update
 segment-published   1 (global)  ``source`` -> a copy of the model every worker reads;
                                 a :class:`PublishedTable`
+identities          1 (global)  ``link:source:anonymousId`` -> the user id a collected
+                                call linked it to (:mod:`ampelios.stream.collector`)
 ==================  ==========  =======================================================
 """
 
@@ -233,6 +235,7 @@ def create_pipeline(settings: Settings) -> Pipeline:
         journeys=app.tables.add(BatchTable(app, name="journeys", partitions=n, options=JOURNEYS_ROCKSDB, **table)),
         segments=app.tables.add(BatchTable(app, name="segment-state", partitions=1, **table)),
         published=app.tables.add(PublishedTable(app, name="segment-published", partitions=1, **table)),
+        identities=app.tables.add(PublishedTable(app, name="identities", partitions=1, **table)),
         history=history,
         event_codes=event_codes(settings.event_map),
         collector_codes=collector_codes(settings.event_map),

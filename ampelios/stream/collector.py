@@ -9,7 +9,10 @@ events (:func:`ampelios.core.collect.collect`) and answers only once the broker 
 - the events, one message per partition, on the partition that owns each visitor (as a
   replay sends them, :mod:`ampelios.core.partitioning`);
 - each rejected call on the dead-letter topic (stage ``collector``) and the count of the
-  ignored ones, so that ``/stats`` and ``/rejections`` count them as for files.
+  ignored ones, so that ``/stats`` and ``/rejections`` count them as for files;
+- the links of anonymous ids to users its calls made, in the global table every worker
+  reads (``identities``), so that the next calls with only that
+  anonymous id are the user's on any worker (once the link reached it: as the models do).
 
 The answer says what became of each call: ``{"success": true, "accepted": events,
 "ignored": calls, "rejected": [{"index", "reason"}]}``. A request that is not JSON, too
@@ -22,6 +25,7 @@ from __future__ import annotations
 import base64
 import binascii
 import time
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -30,7 +34,7 @@ from ampelios.core.collect import Collected, collect
 from ampelios.core.events import encode_events
 from ampelios.core.partitioning import partitions_for
 from ampelios.stream.outbox import Outbox
-from ampelios.stream.pipeline import Pipeline
+from ampelios.stream.pipeline import Pipeline, link_key
 from ampelios.stream.replay import ignored_record, rejection_record
 
 KINDS = ("track", "page", "identify")  # the single-call endpoints; /v1/batch says per call
@@ -78,7 +82,10 @@ async def accept(p: Pipeline, authorization: str, body: dict[str, Any], kind: st
             raise CollectorRefused(400, "a batch needs a list of calls in batch")
     else:
         calls = [body]
-    got = collect(calls, source_id, p.collector_codes, round(time.time() * 1000), body.get("sentAt"), kind)
+    linked = partial(p.linked_user, source_id)
+    got = collect(calls, source_id, p.collector_codes, round(time.time() * 1000), body.get("sentAt"), kind, linked)
+    for anonymous, user in got.links:  # before the events: a call after this answer finds the link
+        await p.identities.publish(link_key(source_id, anonymous), user.encode())
     if kind is not None and got.rejections:
         await _send(p, source_id, got)
         raise CollectorRefused(400, got.rejections[0].reason)

@@ -548,7 +548,14 @@ def openapi_document(token_required: bool, visitors_protected: bool = False) -> 
                 "get": {
                     "summary": "One visitor's journey, features, segment, why it is there, and transitions",
                     "parameters": [
-                        {"name": "visitorid", "in": "path", "required": True, "schema": _INT64},
+                        {
+                            "name": "visitorid",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"anyOf": [_INT64, {"type": "string", "pattern": "^(user|anonymous):.+$"}]},
+                            "description": "a visitor id, or a collected visitor's original id: "
+                            "user:<userId> or anonymous:<anonymousId>",
+                        },
                         _SOURCE,
                     ],
                     "security": [{"bearer": []}] if visitors_protected else [],

@@ -42,6 +42,7 @@ class Pipeline:
     journeys: BatchTable
     segments: BatchTable
     published: PublishedTable
+    identities: PublishedTable  # link_key -> the user id an anonymous id is linked to
     history: History | None
     sink: PostgresSink | None
     intake: Intake  # the messages of events, taken from Faust's consumer as fetched
@@ -69,6 +70,11 @@ class Pipeline:
     def published_alerts(self) -> list[dict[str, Any]]:
         """The alerts of every source as their model's owner last judged them."""
         return [a for key, v in self.published.items() if key.startswith(b"alerts:") for a in orjson.loads(v).values()]
+
+    def linked_user(self, source_id: int, anonymous_id: str) -> str | None:
+        """The user id a collected call linked an anonymous id of a source to, if any."""
+        value = self.identities.get(link_key(source_id, anonymous_id))
+        return value.decode() if value is not None else None
 
     def local_partitions(self) -> list[int]:
         """The events partitions this worker owns (and so the journeys it holds)."""
@@ -143,6 +149,11 @@ def rejections_key(source_id: int) -> bytes:
 def ignored_key(source_id: int) -> bytes:
     """journeys key (per partition) of a source's events ignored by AMPELIOS_EVENT_MAP."""
     return b"~ignored:%d" % source_id
+
+
+def link_key(source_id: int, anonymous_id: str) -> bytes:
+    """identities key of the user id an anonymous id of a source is linked to."""
+    return b"link:%d:%s" % (source_id, anonymous_id.encode())
 
 
 def snapshot_request(source_id: int, reason: str) -> bytes:

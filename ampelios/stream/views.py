@@ -12,7 +12,8 @@ GET  /segments/quality      how well k = 2..10 segment the visitors, and the k a
 GET  /segments/{id}/members every member of a segment with its features: paged JSON, or the
                            whole segment as CSV or NDJSON
 GET  /visitors/{id}        one visitor's journey, features, segment, why it is there, and
-                           its transitions
+                           its transitions (``{id}``: ``user:<userId>`` or
+                           ``anonymous:<anonymousId>`` for collected visitors)
 GET  /history              snapshots of the segments over event or wall time
 GET  /alerts               shifts of a source's signals (drift alerts) and their recoveries
 GET  /stats                events, visitors, rejected, ignored, forwarded, lag (records not yet
@@ -48,7 +49,7 @@ from faust.web import Request, Response, View
 
 from ampelios import internals
 from ampelios.config import AUTO
-from ampelios.core.collect import MAX_BATCH_BYTES, MAX_CALL_BYTES
+from ampelios.core.collect import MAX_BATCH_BYTES, MAX_CALL_BYTES, visitor_id
 from ampelios.core.events import MAX_SOURCE_ID, UNKNOWN_SOURCE
 from ampelios.core.explain import why
 from ampelios.core.journeys import JourneyState
@@ -118,6 +119,15 @@ def _int(raw: Any, name: str, lo: int = 0, hi: int = 2**63 - 1) -> int:
     if type(raw) is bool or not lo <= value <= hi:
         raise HttpError(400, f"{name} must be an integer in {lo}..{hi}, got {raw!r:.40}")
     return value
+
+
+def _visitor(raw: str) -> int:
+    """A visitor id, or a collected visitor by its original id: ``user:<userId>`` or
+    ``anonymous:<anonymousId>`` (:func:`ampelios.core.collect.visitor_id`)."""
+    kind, sep, original = raw.partition(":")
+    if sep and kind in ("user", "anonymous") and original:
+        return visitor_id(kind, original)
+    return _int(raw, "visitorid")
 
 
 def _source_id(request: Request, lowest: int = 0) -> int:
@@ -310,7 +320,7 @@ def register(p: Pipeline) -> None:
         async def get(self, request: Request, visitorid: str) -> tuple[int, Any]:
             """One visitor's sessions, state vector, six features, segment and why it is there."""
             source_id = _source_id(request)
-            vid = _int(visitorid, "visitorid")
+            vid = _visitor(visitorid)
             partition = partition_for(source_id, vid, p.settings.partitions)
             holder = holder_of(app, journeys_topic, partition)
             if holder is not None and holder != own_url(app) and FORWARDED not in request.headers:

@@ -47,8 +47,7 @@ def test_a_site_s_segment_client_sends_events_that_become_journeys(settings: Set
     client.page("ada", name="Home", timestamp=at[5])  # pages are ignored unless mapped
     client.track("ada", "Signed Up", timestamp=at[6])  # not an e-commerce event: ignored
     client.identify("ada", {"plan": "gold"}, anonymous_id="anon-9", timestamp=at[7])
-    client.flush()
-    client.join()
+    client.flush()  # returns once every call queued so far is answered
     assert errors == []
 
     stats = wait_until_reflected(base, 7)
@@ -57,6 +56,16 @@ def test_a_site_s_segment_client_sends_events_that_become_journeys(settings: Set
     assert state_of(base, "anonymous", "anon-9") == [1, 0, 0]
     sessions = http_json("GET", f"{base}/visitors/{visitor_id('user', 'ada')}?source_id=7")[1]["sessions"]
     assert sessions[0]["start"] == int(at[0].timestamp() * 1000)
+
+    # After the identify, calls with only the anonymous id are ada's; its past stays its own.
+    client.track(anonymous_id="anon-9", event="Product Added", properties={"product_id": 1}, timestamp=at[9])
+    client.flush()
+    client.join()  # the client's sending thread ends
+    assert errors == [] and wait_until_reflected(base, 7)["events"] == 7
+    assert state_of(base, "user", "ada") == [2, 2, 2]
+    assert state_of(base, "anonymous", "anon-9") == [1, 0, 0]
+    by_original = http_json("GET", f"{base}/visitors/user:ada?source_id=7")[1]
+    assert by_original["visitorid"] == visitor_id("user", "ada") and by_original["state"] == [2, 2, 2]
 
     # A retried batch (the same calls and messageIds) counts once.
     batch = {
@@ -73,7 +82,7 @@ def test_a_site_s_segment_client_sends_events_that_become_journeys(settings: Set
     }
     for _ in range(2):
         assert http_json("POST", f"{base}/v1/batch", batch, headers=basic(WRITE_KEY))[0] == 200
-    assert wait_until_reflected(base, 7)["events"] == 7
+    assert wait_until_reflected(base, 7)["events"] == 8
 
 
 def test_the_collector_answers_as_segment_does_and_rejects_a_bad_call_alone(settings: Settings, workers: Workers):

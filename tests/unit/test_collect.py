@@ -78,11 +78,32 @@ def test_e_commerce_names_become_events_and_an_order_one_transaction_per_product
         max_size=20,
     )
 )
-def test_every_call_is_an_event_a_rejection_an_ignored_call_or_a_link(calls):
+def test_every_call_is_an_event_a_rejection_an_ignored_call_or_an_identify(calls):
     got = collect(calls, 1, CODES, received_ms=MS)
-    with_events = len(set(range(len(calls))) - {int(r.position) for r in got.rejections}) - got.ignored - len(got.links)
-    assert with_events >= 0 and len(got.events) >= with_events
+    rejected = {int(r.position) for r in got.rejections}
+    kept = [c for i, c in enumerate(calls) if i not in rejected]
+    identifies = sum(1 for c in kept if c.get("type") == "identify")
+    assert len(got.events) >= len(kept) - got.ignored - identifies >= 0
     assert all(r.reason for r in got.rejections)
+    assert all(anonymous and user for anonymous, user in got.links)
+
+
+def test_an_anonymous_id_linked_to_a_user_is_the_user_s_from_then_on():
+    view = {"type": "track", "event": "Product Viewed", "timestamp": AT.isoformat()}
+    calls = [
+        {**view, "anonymousId": "a-1"},  # before the link: the anonymous visitor
+        {"type": "identify", "userId": "ada", "anonymousId": "a-1"},
+        {**view, "anonymousId": "a-1"},  # after it, in the same request: ada
+        {**view, "anonymousId": "a-2"},  # linked by an earlier request (``linked``)
+        {**view, "anonymousId": "a-3"},
+    ]
+    got = collect(calls, 1, CODES, received_ms=MS, linked={"a-2": "bob"}.get)
+    ada, bob = visitor_id("user", "ada"), visitor_id("user", "bob")
+    expected = [visitor_id("anonymous", "a-1"), ada, bob, visitor_id("anonymous", "a-3")]
+    assert got.events.visitorid.tolist() == expected
+    assert (got.links, got.ignored) == ([("a-1", "ada")], 0)
+    again = collect(calls[1:2], 1, CODES, received_ms=MS, linked={"a-1": "ada"}.get)
+    assert again.links == []  # known already: nothing new to publish
 
 
 def test_a_sender_s_clock_is_corrected_beyond_five_minutes_and_a_retry_gives_the_same_time():
