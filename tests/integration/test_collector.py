@@ -1,5 +1,6 @@
-"""The collector: a site's Segment tracker pointed at Ampelios, through Segment's own
-Python client (segment-analytics-python), and the answers Segment's API gives."""
+"""The collector: a site's tracker pointed at Ampelios, through Segment's own Python client
+(segment-analytics-python) and RudderStack's (rudder-sdk-python, which gzips its bodies),
+and the answers Segment's API gives."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from segment.analytics import Client
+from rudderstack.analytics.client import Client as RudderClient
+from segment.analytics import Client as SegmentClient
 
 from ampelios.config import Settings
 from ampelios.core.collect import MAX_CALL_BYTES, visitor_id
@@ -31,11 +33,12 @@ def state_of(base: str, kind: str, value: str) -> list[int]:
     return visitor["state"]  # views, add-to-carts, transactions
 
 
-def test_a_site_s_segment_client_sends_events_that_become_journeys(settings: Settings, workers: Workers):
+@pytest.mark.parametrize("sdk", [SegmentClient, RudderClient], ids=["segment", "rudderstack"])
+def test_a_site_s_tracker_sends_events_that_become_journeys(sdk, settings: Settings, workers: Workers):
     worker = workers.start(settings.with_(write_keys={WRITE_KEY: 7}))
     base = worker.base_url
     errors: list[object] = []
-    client = Client(WRITE_KEY, host=base, on_error=lambda e, batch: errors.append(e), max_retries=0)
+    client = sdk(WRITE_KEY, host=base, on_error=lambda e, batch: errors.append(e), max_retries=0)
     at = [START + timedelta(minutes=i) for i in range(10)]
     client.track("ada", "Product Viewed", {"product_id": "355908"}, timestamp=at[0])
     client.track("ada", "Product Viewed", {"product_id": "sku-77"}, timestamp=at[1])
