@@ -32,6 +32,12 @@ steady             the real stack: one event per message (in event-time order) a
                    ``/visitors/{id}`` is polled until it answers 200: latency = that
                    answer - produce time (and - the broker's ack, without the
                    bench's own producer)
+collector          the real stack fed as a site's tracker feeds it: the steady phase's
+                   events (and probes) as Segment ``track`` calls, ``POST /v1/batch``
+                   every COLLECTOR_TICK_SECONDS at R events/s for S seconds; latency =
+                   ``/visitors/{id}`` 200 - the call's send (and - the collector's 200,
+                   which comes once the broker has the events); at the end every
+                   distinct event is in ``/stats`` (nothing lost)
 soak               (only with ``--phases soak``) the local stack as ``ampelios up`` runs it
                    (``AMPELIOS_LOCAL_BROKER``: Apache Kafka by default) under one event per
                    message at R events/s for ``--soak-seconds`` (an hour by default),
@@ -67,9 +73,10 @@ import numpy as np
 from aiokafka.structs import TopicPartition
 
 from ampelios.config import Settings, load_settings
-from ampelios.core.events import VIEW, EventBatch, encode_each_event, encode_events, write_csv
+from ampelios.core.collect import visitor_id
+from ampelios.core.events import ADDTOCART, TRANSACTION, VIEW, EventBatch, encode_each_event, encode_events, write_csv
 from ampelios.core.generate import generate_events
-from ampelios.core.partitioning import partitions_for, visitor_key
+from ampelios.core.partitioning import partition_for, partitions_for, visitor_key
 from ampelios.services.broker import (
     TansuBroker,
     TopicSpec,
@@ -91,7 +98,7 @@ from ampelios.stream.replay import new_producer, plan_messages
 from ampelios.stream.topology import Topology
 
 DEFAULT_EVENTS = 2_756_101  # the Retailrocket data set's size (about 1.4M visitors)
-PHASES = ("limit", "ceiling", "replay", "takeover", "single", "steady", "soak")
+PHASES = ("limit", "ceiling", "replay", "takeover", "single", "steady", "collector", "soak")
 DEFAULT_PHASES = PHASES[:-1]  # the soak runs for an hour by default: only when asked for
 SOAK_SAMPLE_SECONDS = 60.0
 SOURCE_ID = 1
@@ -101,6 +108,9 @@ PROBE_EVERY_SECONDS = 0.025
 MAX_PROBES = 1000
 PROBE_POLL_SECONDS = 0.05  # the oldest pending probe of each partition is asked this often
 PRODUCER_TICK_SECONDS = 0.002
+COLLECTOR_TICK_SECONDS = 0.02  # a tracker's batch every 20 ms: 100 calls a request at 5,000 events/s
+COLLECTOR_IN_FLIGHT = 8  # requests under way at once at most (a tracker's sending threads)
+WRITE_KEY = "bench"
 
 Message = tuple[int, bytes | None, bytes]  # partition, key, value
 
@@ -824,6 +834,137 @@ def phase_steady(bench: Bench) -> list[Row]:
     return [row]
 
 
+SEGMENT_NAMES = {VIEW: "Product Viewed", ADDTOCART: "Product Added", TRANSACTION: "Order Completed"}
+
+
+def segment_calls(events: EventBatch) -> list[dict[str, Any]]:
+    """Events as the Segment ``track`` calls a site's tracker sends for them (visitor ``v``
+    is user ``"v"``; one product per order), which the collector turns back into them."""
+    calls = []
+    for i, (at, visitor, code, item, order) in enumerate(
+        zip(
+            *(
+                c.tolist()
+                for c in (events.timestamp, events.visitorid, events.event, events.itemid, events.transactionid)
+            )
+        )
+    ):
+        product = {"product_id": str(item)} if item >= 0 else {}
+        properties = product if code != TRANSACTION else {"products": [product]}
+        if code == TRANSACTION and order >= 0:
+            properties["order_id"] = str(order)
+        moment = datetime.fromtimestamp(at / 1000, tz=UTC).isoformat(timespec="milliseconds")
+        calls.append(
+            {
+                "type": "track",
+                "userId": str(visitor),
+                "event": SEGMENT_NAMES[code],
+                "timestamp": moment,
+                "messageId": f"bench-{i}",
+                "properties": properties,
+            }
+        )
+    return calls
+
+
+async def run_collector(base: str, schedule: Schedule, partitions: int, options: BenchOptions) -> SteadyRun:
+    """Send ``schedule`` as Segment batches to ``base`` at ``options.rate`` events/s for
+    ``options.steady_seconds``, while the probes are watched; then wait for them."""
+    calls = segment_calls(schedule.events)
+    watch = ProbeWatch(base)
+    gate = asyncio.Semaphore(COLLECTOR_IN_FLIGHT)
+    failures: list[str] = []
+
+    async def post(session: aiohttp.ClientSession, batch: list[dict[str, Any]], probes: list[int]) -> None:
+        async with gate:
+            try:
+                async with session.post(f"{base}/v1/batch", json={"batch": batch, "writeKey": WRITE_KEY}) as answer:
+                    body = await answer.json()
+                    if answer.status != 200 or body["rejected"]:
+                        failures.append(f"{answer.status}: {str(body)[:200]}")
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                failures.append(repr(exc))
+                return
+        for visitor in probes:
+            watch.acked(visitor, time.monotonic())
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        poller = asyncio.create_task(watch.run(session))
+        requests: list[asyncio.Task[None]] = []
+        sent, started, last = 0, time.monotonic(), 0.0
+        while sent < len(calls):
+            elapsed = time.monotonic() - started
+            if elapsed >= options.steady_seconds:
+                break
+            upto = min(len(calls), int(elapsed * options.rate) + 1)
+            probes = []
+            for i in range(sent, upto):
+                if i in schedule.probes:
+                    visitor = visitor_id("user", str(schedule.probes[i]))
+                    watch.add(partition_for(SOURCE_ID, visitor, partitions), visitor, time.monotonic())
+                    probes.append(visitor)
+            if upto > sent:
+                requests.append(asyncio.create_task(post(session, calls[sent:upto], probes)))
+                sent, last = upto, time.monotonic() - started
+            requests = [r for r in requests if not r.done()]
+            await asyncio.sleep(COLLECTOR_TICK_SECONDS)
+        await asyncio.gather(*requests)
+        await watch.settle(options.probe_timeout)
+        poller.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await poller
+    if failures:
+        raise RuntimeError(f"{len(failures)} collector requests failed, the first: {failures[0]}")
+    return SteadyRun(sent, last, watch)
+
+
+def phase_collector(bench: Bench) -> list[Row]:
+    """Ampelios fed through its collector at a fixed rate, with probes for the latency from
+    a call's send to ``/visitors`` answering, and every event counted at the end."""
+    options = bench.options
+    schedule = Schedule.of(bench.workload, bench.settings.partitions, options.rate, options.steady_seconds)
+    workdir = bench.workdir("collector")
+    settings = stack_settings(bench, workdir).with_(write_keys={WRITE_KEY: SOURCE_ID})
+    with fresh_stack(settings, workdir, bench.profile("collector")) as stack:
+        base = base_url(stack)
+        run = asyncio.run(run_collector(base, schedule, bench.settings.partitions, options))
+        with contextlib.suppress(TimeoutError):
+            wait_until_reflected(base, SOURCE_ID, timeout=options.timeout)
+        code, stats = http_json("GET", f"{base}/stats?source_id={SOURCE_ID}")
+        figures = worker_figures(stack)
+    watch = run.watch
+    p50, p99, top = percentiles(watch.latencies)
+    ack_p50, ack_p99, _ = percentiles(watch.after_ack)
+    distinct = distinct_events(schedule.events.take(slice(0, run.sent)))
+    counted = stats["events"] if code == 200 else None
+    figures.update(
+        target_rate=options.rate,
+        achieved_rate=run.sent / run.seconds if run.seconds else None,
+        probes=watch.probes,
+        probes_visible=len(watch.latencies),
+        probes_not_visible=watch.not_visible,
+        latency_ms={"p50": p50, "p99": p99, "max": top},
+        after_answer_latency_ms={"p50": ack_p50, "p99": ack_p99},
+        sent_distinct_events=distinct,
+        reflected_events=counted,
+        stats_at_end=stats if code == 200 else None,
+    )
+    latency = "-" if p50 is None or p99 is None else f"p50 {p50:,.0f} ms, p99 {p99:,.0f} ms, max {top:,.0f} ms"
+    row = Row(
+        "collector",
+        f"Ampelios: collector {options.rate:g} ev/s, Segment batches",
+        run.sent,
+        run.sent,
+        run.seconds,
+        notes=f"events/s as sent; {_number(counted)} of {distinct:,} counted at the end; "
+        f"{watch.probes} probes send -> /visitors 200: {latency}",
+        figures=figures,
+    )
+    if watch.not_visible or counted != distinct:
+        row.error = f"{watch.not_visible} probes not visible; {_number(counted)} of {distinct:,} events counted"
+    return [row]
+
+
 def soak_messages(workload: Workload, partitions: int, lap: int) -> list[Message]:
     """The workload's events as one-event messages in time order, for the ``lap``-th time:
     each lap's visitors are new ones, its events later than the previous lap's."""
@@ -952,6 +1093,7 @@ PHASE_RUNNERS: dict[str, Callable[[Bench], list[Row]]] = {
     "takeover": phase_takeover,
     "single": phase_single,
     "steady": phase_steady,
+    "collector": phase_collector,
     "soak": phase_soak,
 }
 
@@ -1086,14 +1228,18 @@ def _phases(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str
     help="The first M events are also sent one per message (limit, ceiling, single).",
 )
 @click.option(
-    "--rate", default=5000.0, show_default=True, type=click.FloatRange(min=1), help="Steady phase: events per second."
+    "--rate",
+    default=5000.0,
+    show_default=True,
+    type=click.FloatRange(min=1),
+    help="Steady and collector phases: events per second.",
 )
 @click.option(
     "--steady-seconds",
     default=30.0,
     show_default=True,
     type=click.FloatRange(min=0, min_open=True),
-    help="Steady phase: seconds of producing.",
+    help="Steady and collector phases: seconds of sending.",
 )
 @click.option(
     "--soak-seconds",

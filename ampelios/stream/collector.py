@@ -86,10 +86,9 @@ async def accept(p: Pipeline, authorization: str, body: dict[str, Any], kind: st
     got = collect(calls, source_id, p.collector_codes, round(time.time() * 1000), body.get("sentAt"), kind, linked)
     for anonymous, user in got.links:  # before the events: a call after this answer finds the link
         await p.identities.publish(link_key(source_id, anonymous), user.encode())
-    if kind is not None and got.rejections:
-        await _send(p, source_id, got)
-        raise CollectorRefused(400, got.rejections[0].reason)
     await _send(p, source_id, got)
+    if kind is not None and got.rejections:  # a single call: Segment answers 400
+        raise CollectorRefused(400, got.rejections[0].reason)
     return {
         "success": True,
         "accepted": len(got.events),

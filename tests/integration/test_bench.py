@@ -24,6 +24,7 @@ LABELS = [
     "Ampelios: takeover after SIGKILL",
     "Ampelios: 1 event/msg",
     "Ampelios: steady 200 ev/s, 1 event/msg",
+    "Ampelios: collector 200 ev/s, Segment batches",
 ]
 
 
@@ -69,7 +70,7 @@ def test_a_tiny_bench_reports_every_figure_consistently(tmp_path: Path, scratch:
     assert report["distinct_events"] == 3000 and 0 < report["visitors"] < 3000
     rows = report["rows"]
     ids = ["limit.batched", "limit.single", "ceiling.batched", "ceiling.single", "replay", "takeover"]
-    ids += ["single", "steady"]
+    ids += ["single", "steady", "collector"]
     assert list(rows) == ids
     for row in rows.values():
         assert row["error"] is None and row["seconds"] >= 0 and {"events_per_s", "messages_per_s"} <= set(row), row
@@ -102,7 +103,12 @@ def test_a_tiny_bench_reports_every_figure_consistently(tmp_path: Path, scratch:
     assert steady["events"] == steady["messages"] > steady["probes"]
     assert steady["stats_at_end"]["events"] <= steady["sent_distinct_events"] == steady["events"]
 
-    for row in (replay, single, steady):
+    collector = rows["collector"]  # Segment batches: nothing lost, every probe seen
+    assert 0 < collector["probes"] == collector["probes_visible"] and collector["probes_not_visible"] == 0
+    assert collector["reflected_events"] == collector["sent_distinct_events"] > collector["probes"]
+    assert 0 < collector["latency_ms"]["p50"] <= collector["latency_ms"]["p99"] <= collector["latency_ms"]["max"]
+
+    for row in (replay, single, steady, collector):
         assert row["peak_rss_mib"] > 0 and row["rocksdb_bytes"] > 0
     assert list(scratch.iterdir()) == []  # the temporary directory is gone ...
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout

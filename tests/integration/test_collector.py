@@ -17,7 +17,7 @@ from ampelios.core.collect import MAX_CALL_BYTES, visitor_id
 from ampelios.services.stack import http_json, wait_until_reflected
 from tests.integration.conftest import Workers
 
-pytestmark = [pytest.mark.integration, pytest.mark.apache]
+pytestmark = pytest.mark.integration
 
 WRITE_KEY = "wk-shop"
 START = datetime(2015, 6, 1, 10, 0, tzinfo=UTC)
@@ -33,7 +33,10 @@ def state_of(base: str, kind: str, value: str) -> list[int]:
     return visitor["state"]  # views, add-to-carts, transactions
 
 
-@pytest.mark.parametrize("sdk", [SegmentClient, RudderClient], ids=["segment", "rudderstack"])
+@pytest.mark.parametrize(
+    "sdk",
+    [pytest.param(SegmentClient, marks=pytest.mark.apache, id="segment"), pytest.param(RudderClient, id="rudderstack")],
+)
 def test_a_site_s_tracker_sends_events_that_become_journeys(sdk, settings: Settings, workers: Workers):
     worker = workers.start(settings.with_(write_keys={WRITE_KEY: 7}))
     base = worker.base_url
