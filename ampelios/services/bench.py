@@ -61,7 +61,7 @@ import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -728,6 +728,19 @@ class ProbeWatch:
         while self.not_visible and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
 
+    @contextlib.asynccontextmanager
+    async def watching(self, session: aiohttp.ClientSession, timeout: float) -> AsyncIterator[None]:
+        """Poll while the block sends; after it, wait up to ``timeout`` for the probes
+        still pending (:meth:`settle`)."""
+        poller = asyncio.create_task(self.run(session))
+        try:
+            yield
+            await self.settle(timeout)
+        finally:
+            poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poller
+
 
 @dataclass
 class SteadyRun:
@@ -746,8 +759,10 @@ async def run_steady(url: str, topic: str, base: str, schedule: Schedule, option
     watch = ProbeWatch(base)
     await producer.start()
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
-            poller = asyncio.create_task(watch.run(session))
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
+            watch.watching(session, options.probe_timeout),
+        ):
             acks: list[asyncio.Future[Any]] = []
             sent, started, last = 0, time.monotonic(), 0.0
             while sent < len(schedule.messages):
@@ -768,10 +783,6 @@ async def run_steady(url: str, topic: str, base: str, schedule: Schedule, option
                 acks = [a for a in acks if not a.done() or a.exception() is not None]
                 await asyncio.sleep(PRODUCER_TICK_SECONDS)
             await asyncio.gather(*acks)
-            await watch.settle(options.probe_timeout)
-            poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await poller
     finally:
         await producer.stop()
     return SteadyRun(sent, last, watch)
@@ -888,8 +899,10 @@ async def run_collector(base: str, schedule: Schedule, partitions: int, options:
         for visitor in probes:
             watch.acked(visitor, time.monotonic())
 
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
-        poller = asyncio.create_task(watch.run(session))
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session,
+        watch.watching(session, options.probe_timeout),
+    ):
         requests: list[asyncio.Task[None]] = []
         sent, started, last = 0, time.monotonic(), 0.0
         while sent < len(calls):
@@ -909,10 +922,6 @@ async def run_collector(base: str, schedule: Schedule, partitions: int, options:
             requests = [r for r in requests if not r.done()]
             await asyncio.sleep(COLLECTOR_TICK_SECONDS)
         await asyncio.gather(*requests)
-        await watch.settle(options.probe_timeout)
-        poller.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await poller
     if failures:
         raise RuntimeError(f"{len(failures)} collector requests failed, the first: {failures[0]}")
     return SteadyRun(sent, last, watch)
