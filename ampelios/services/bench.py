@@ -788,6 +788,16 @@ async def run_steady(url: str, topic: str, base: str, schedule: Schedule, option
     return SteadyRun(sent, last, watch)
 
 
+def after_sending(stack: Stack, timeout: float) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """After sending: wait up to ``timeout`` for what was sent to be reflected; the
+    worker's ``/stats`` then (``None`` if it did not answer) and its figures."""
+    base = base_url(stack)
+    with contextlib.suppress(TimeoutError):  # what was sent, reflected (or what was, at the timeout)
+        wait_until_reflected(base, SOURCE_ID, timeout=timeout)
+    code, stats = http_json("GET", f"{base}/stats?source_id={SOURCE_ID}")
+    return (stats if code == 200 else None), worker_figures(stack)
+
+
 def percentiles(seconds: list[float]) -> tuple[float | None, float | None, float | None]:
     """p50, p99 and max of ``seconds``, in milliseconds (``None`` for none)."""
     if not seconds:
@@ -805,10 +815,7 @@ def phase_steady(bench: Bench) -> list[Row]:
     with fresh_stack(stack_settings(bench, workdir), workdir, bench.profile("steady")) as stack:
         base = base_url(stack)
         run = asyncio.run(run_steady(stack.settings.broker_url, bench.topic, base, schedule, options))
-        with contextlib.suppress(TimeoutError):  # what was sent, reflected (or what was, at the timeout)
-            wait_until_reflected(base, SOURCE_ID, timeout=options.timeout)
-        code, stats = http_json("GET", f"{base}/stats?source_id={SOURCE_ID}")
-        figures = worker_figures(stack)
+        stats, figures = after_sending(stack, options.timeout)
     watch = run.watch
     p50, p99, top = percentiles(watch.latencies)
     ack_p50, ack_p99, ack_top = percentiles(watch.after_ack)
@@ -824,19 +831,19 @@ def phase_steady(bench: Bench) -> list[Row]:
         after_ack_latency_ms={"p50": ack_p50, "p99": ack_p99, "max": ack_top},
         polls=watch.polls,
         sent_distinct_events=distinct,
-        stats_at_end=stats if code == 200 else None,
+        stats_at_end=stats,
     )
     latency = "-" if p50 is None or p99 is None else f"p50 {p50:,.0f} ms, p99 {p99:,.0f} ms, max {top:,.0f} ms"
     if ack_p50 is not None and ack_p99 is not None:
         latency += f" (from the broker's ack: p50 {ack_p50:,.0f} ms, p99 {ack_p99:,.0f} ms)"
-    reflected = f"{stats['events']:,}" if code == 200 else "?"
+    counted = f"{stats['events']:,}" if stats is not None else "?"
     row = Row(
         "steady",
         f"Ampelios: steady {options.rate:g} ev/s, 1 event/msg",
         run.sent,
         run.sent,
         run.seconds,
-        notes=f"events/s as sent; {reflected} of {distinct:,} reflected at the end; "
+        notes=f"events/s as sent; {counted} of {distinct:,} reflected at the end; "
         f"{watch.probes} probes produce -> /visitors 200: {latency}",
         figures=figures,
     )
@@ -937,15 +944,12 @@ def phase_collector(bench: Bench) -> list[Row]:
     with fresh_stack(settings, workdir, bench.profile("collector")) as stack:
         base = base_url(stack)
         run = asyncio.run(run_collector(base, schedule, bench.settings.partitions, options))
-        with contextlib.suppress(TimeoutError):
-            wait_until_reflected(base, SOURCE_ID, timeout=options.timeout)
-        code, stats = http_json("GET", f"{base}/stats?source_id={SOURCE_ID}")
-        figures = worker_figures(stack)
+        stats, figures = after_sending(stack, options.timeout)
     watch = run.watch
     p50, p99, top = percentiles(watch.latencies)
     ack_p50, ack_p99, _ = percentiles(watch.after_ack)
     distinct = distinct_events(schedule.events.take(slice(0, run.sent)))
-    counted = stats["events"] if code == 200 else None
+    counted = stats["events"] if stats is not None else None
     figures.update(
         target_rate=options.rate,
         achieved_rate=run.sent / run.seconds if run.seconds else None,
@@ -956,7 +960,7 @@ def phase_collector(bench: Bench) -> list[Row]:
         after_answer_latency_ms={"p50": ack_p50, "p99": ack_p99},
         sent_distinct_events=distinct,
         reflected_events=counted,
-        stats_at_end=stats if code == 200 else None,
+        stats_at_end=stats,
     )
     latency = "-" if p50 is None or p99 is None else f"p50 {p50:,.0f} ms, p99 {p99:,.0f} ms, max {top:,.0f} ms"
     row = Row(
