@@ -14,6 +14,8 @@ from typing import Any
 
 import click
 
+from ampelios.core.webhooks import SubscriptionRefused, read_subscriptions
+
 
 class ConfigError(ValueError):
     """A setting has a value Ampelios cannot use; the message names the variable."""
@@ -111,6 +113,16 @@ def _write_keys(name: str, raw: str) -> dict[str, int]:
     return keys
 
 
+def _webhooks(name: str, raw: str) -> Path:
+    """A JSON file of webhook subscriptions, read once here so that a wrong one stops the start."""
+    path = Path(_text(name, raw))
+    try:
+        read_subscriptions(path)
+    except SubscriptionRefused as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+    return path
+
+
 def _local_broker(name: str, raw: str) -> str:
     if raw not in ("kafka", "tansu"):
         raise ConfigError(f"{name} must be kafka (keeps its state) or tansu (in memory), got {raw!r}")
@@ -171,6 +183,7 @@ class Settings:
     recovery_timeout_seconds: float = 600.0
     event_map: Mapping[str, str] = field(default_factory=dict)
     write_keys: Mapping[str, int] = field(default_factory=dict)
+    webhooks: Path | None = None  # a JSON file of webhook subscriptions (core/webhooks.py)
     api_token: str | None = None
     protect_visitors: bool = False
     allowed_hosts: tuple[str, ...] = ()
@@ -234,6 +247,7 @@ class Settings:
             "AMPELIOS_RECOVERY_TIMEOUT_SECONDS": ("recovery_timeout_seconds", _positive_float),
             "AMPELIOS_EVENT_MAP": ("event_map", _event_map),
             "AMPELIOS_WRITE_KEYS": ("write_keys", _write_keys),
+            "AMPELIOS_WEBHOOKS": ("webhooks", _webhooks),
             "AMPELIOS_API_TOKEN": ("api_token", _text),
             "AMPELIOS_PROTECT_VISITORS": ("protect_visitors", _flag),
             "AMPELIOS_ALLOWED_HOSTS": ("allowed_hosts", _names),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
+import time
 import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +22,7 @@ from ampelios.core.events import write_csv
 from ampelios.core.generate import generate_events
 from ampelios.services.processes import free_port
 from ampelios.services.stack import Stack, http_json, wait_for_job, wait_until_reflected
+from ampelios.services.webhook_receiver import WebhookReceiver
 from ampelios.stream.openapi import openapi_document
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "api.md"
@@ -100,16 +102,16 @@ def main() -> int:
             event_map={"page_view": "ignore"},
             write_keys={"shop-key": 3},
         )
-        with Stack(settings) as stack:
+        with Stack(settings) as stack, WebhookReceiver() as receiver:
             assert stack.worker is not None
             base = stack.worker.base_url
-            examples = record(base)
+            examples = record(base, receiver)
     OUT.write_text(api_document(examples))
     print(f"wrote {OUT}")
     return 0
 
 
-def record(base: str) -> dict[tuple[str, str], list[tuple[str, Any, int, Any]]]:
+def record(base: str, receiver: WebhookReceiver) -> dict[tuple[str, str], list[tuple[str, Any, int, Any]]]:
     """(method, path template) -> [(request path, body, status, answer)] from a live worker."""
     examples: dict[tuple[str, str], list[tuple[str, Any, int, Any]]] = {}
 
@@ -159,9 +161,21 @@ def record(base: str) -> dict[tuple[str, str], list[tuple[str, Any, int, Any]]]:
     ask("POST", "/v1/batch", "/v1/batch", {"batch": calls, "writeKey": "shop-key"})
     wait_until_reflected(base, 3, timeout=600)
     ask("GET", "/visitors/{visitorid}", "/visitors/user:ada?source_id=3")
+    # A receiver of the segment membership of source 1: its members, then enters and exits.
+    hook = {"url": receiver.url("/hook"), "source_id": 1, "segments": [segments[-1]["label"]]}
+    subscription = ask("POST", "/webhooks", "/webhooks", hook)
+    ask("POST", "/webhooks", "/webhooks", {"url": "ftp://crm.example", "source_id": 1})  # an error
+    ask("GET", "/webhooks", "/webhooks")
+    one = f"/webhooks/{subscription['id']}"
+    ask("GET", "/webhooks/{subscription_id}", one)
+    deadline = time.monotonic() + 60
+    while not any(r.status == 200 for r in receiver.attempts("/hook")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    ask("GET", "/webhooks/{subscription_id}/deliveries", one + "/deliveries")
     status, metrics = text_get(base + "/metrics")
     lines = [line for line in metrics.splitlines() if line.startswith("ampelios_") and "_bucket" not in line]
     examples[("GET", "/metrics")] = [("/metrics", None, status, "\n".join(lines))]
+    ask("DELETE", "/webhooks/{subscription_id}", one)
     contract = ask("GET", "/openapi.json", "/openapi.json")
     trimmed = {k: v if k in ("openapi", "info") else "..." for k, v in contract.items()}
     examples[("GET", "/openapi.json")] = [("/openapi.json", None, 200, trimmed)]

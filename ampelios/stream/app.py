@@ -26,6 +26,8 @@ segment-published   1 (global)  ``source`` -> a copy of the model every worker r
                                 a :class:`PublishedTable`
 identities          1 (global)  ``link:source:anonymousId`` -> the user id a collected
                                 call linked it to (:mod:`ampelios.stream.collector`)
+webhooks            1 (global)  subscription id -> a webhook subscription made with
+                                ``POST /webhooks`` (:mod:`ampelios.stream.webhooks`)
 ==================  ==========  =======================================================
 """
 
@@ -63,6 +65,7 @@ from ampelios.stream.intake import Intake
 from ampelios.stream.pipeline import Pipeline
 from ampelios.stream.topology import Topology
 from ampelios.stream.web_guard import cors_options
+from ampelios.stream.webhooks import Webhooks
 
 log = logging.getLogger(__name__)
 
@@ -236,6 +239,7 @@ def create_pipeline(settings: Settings) -> Pipeline:
         segments=app.tables.add(BatchTable(app, name="segment-state", partitions=1, **table)),
         published=app.tables.add(PublishedTable(app, name="segment-published", partitions=1, **table)),
         identities=app.tables.add(PublishedTable(app, name="identities", partitions=1, **table)),
+        webhooks=app.tables.add(PublishedTable(app, name="webhooks", partitions=1, **table)),
         history=history,
         event_codes=event_codes(settings.event_map),
         collector_codes=collector_codes(settings.event_map),
@@ -258,6 +262,8 @@ def create_pipeline(settings: Settings) -> Pipeline:
     else:
         log.warning("AMPELIOS_DATABASE_URL is not set: no history is kept in Postgres")
 
+    webhooks = Webhooks(pipeline)
+    app.service(webhooks)
     agents.register(pipeline)
-    views.register(pipeline)
+    views.register(pipeline, webhooks)
     return pipeline

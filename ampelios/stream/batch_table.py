@@ -161,13 +161,17 @@ class PublishedTable(faust.GlobalTable):  # type: ignore[misc]
             app, is_global=True, recovery_buffer_size=1, standby_buffer_size=1, beacon=app.tables.beacon, **kwargs
         )
 
-    async def publish(self, key: bytes, value: bytes) -> None:
-        """Set ``key`` for every worker: a changelog record, acknowledged, then the value
-        and that record's offset in one local write (as :meth:`BatchTable.write`)."""
+    async def publish(self, key: bytes, value: bytes | None) -> None:
+        """Set ``key`` (``None``: delete it) for every worker: a changelog record,
+        acknowledged, then the change and that record's offset in one local write (as
+        :meth:`BatchTable.write`)."""
         sent = await self.changelog_topic.send(
             key=key, value=value, partition=0, key_serializer="raw", value_serializer="raw"
         )
         write = rocksdict.WriteBatch(raw_mode=True)
-        write.put(key, value)
+        if value is None:
+            write.delete(key)
+        else:
+            write.put(key, value)
         write.put(persisted_offset_key(self.data), b"%d" % (await sent).offset)
         store_db(self.data, 0).write(write)

@@ -16,10 +16,12 @@ as CSV or NDJSON with bounded memory (one chunk at a time).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import struct
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import orjson
@@ -27,7 +29,9 @@ import orjson
 from ampelios.core.journeys import FEATURE_NAMES, N_FEATURES, stored_features
 from ampelios.core.model import SegmentModel
 from ampelios.stream.batch_table import BatchTable
+from ampelios.stream.cluster import PeerUnavailable, ask, holder_of, own_url
 from ampelios.stream.journey_store import scan_journeys
+from ampelios.stream.pipeline import Pipeline
 
 CHUNK = 10_000  # journeys read, decoded and classified at a time
 FORMATS = ("json", "csv", "ndjson")
@@ -172,3 +176,52 @@ def first_members(
                 if len(found[segment]) < limit:
                     found[segment].append(visitor)
     return [sorted(ids) for ids in found]
+
+
+class MemberPages:
+    """Pages of a segment's members, each partition read here when this worker holds it,
+    else asked of the worker that does (``local=true``). PeerUnavailable when no worker
+    holds a partition right now or its holder does not answer."""
+
+    def __init__(self, p: Pipeline) -> None:
+        self.p = p
+        self.journeys_topic = p.journeys.changelog_topic.get_topic_name()
+
+    def holder(self, partition: int) -> str:
+        """URL of the other worker that holds ``partition``."""
+        url = holder_of(self.p.app, self.journeys_topic, partition)
+        if url is None or url == own_url(self.p.app):
+            raise PeerUnavailable(f"no worker holds partition {partition} right now (a rebalance is under way)")
+        return url
+
+    @staticmethod
+    def path(cursor: MemberCursor, query: str) -> str:
+        """The request that asks the holder of the cursor's partition for what follows it."""
+        c = cursor
+        return f"/segments/{c.segment}/members?source_id={c.source_id}&after={c.token()}&local=true&{query}"
+
+    async def page(self, cursor: MemberCursor, limit: int, local: bool) -> tuple[list[Any], MemberCursor | None]:
+        """Up to ``limit`` members from the cursor on and the cursor after them (``None``:
+        no more); with ``local``, of the cursor's partition only."""
+        p = self.p
+        found: list[Any] = []
+        gap_ms, window_ms = p.settings.session_gap_ms, p.settings.active_window_ms
+        at: MemberCursor | None = cursor
+        while at is not None and len(found) < limit:
+            following: MemberCursor | None
+            if at.partition in p.local_partitions():
+                read = await asyncio.to_thread(read_members, p.journeys, at, gap_ms, window_ms)
+                read = read.head(limit - len(found))
+                found += read.page()
+                following = at.at(at.partition, read.last) if read.last is not None else None
+            else:
+                url, path_qs = self.holder(at.partition), self.path(at, f"limit={limit - len(found)}")
+                status, answer = await ask(p.app, url, path_qs, p.settings.api_token)
+                if status != 200:
+                    raise PeerUnavailable(f"worker {url} answered {status} to {path_qs}: {answer.get('error')}")
+                found += answer["members"]
+                following = MemberCursor.parse(answer["next"]) if answer["next"] else None
+            if following is None and not local and at.partition + 1 < p.settings.partitions:
+                following = at.at(at.partition + 1)
+            at = following
+        return found, at

@@ -24,6 +24,12 @@ direction,state}                             or recovered; segment empty but for
 ampelios_changelog_records_recovered{table}  changelog records this worker read into its
                                              local tables since it started (a restart on
                                              kept local state reads only the newer ones)
+ampelios_webhook_deliveries_total            webhook deliveries this worker made, by
+{subscription,outcome}                       attempt: ``delivered`` (2xx) or ``failed``
+                                             (retried)
+ampelios_webhook_changes_total{subscription}  enters, exits and members delivered
+ampelios_webhook_seconds{subscription}       from a segment-changes record's write to
+                                             the receiver's 2xx, retries included
 ===========================================  ==========================================
 """
 
@@ -70,6 +76,22 @@ class Metrics:
             "ampelios_alerts",
             "Drift alerts of a source's signals, open (not recovered) or recovered",
             ["source_id", "signal", "segment", "direction", "state"],
+            registry=r,
+        )
+        self.webhook_deliveries = Counter(
+            "ampelios_webhook_deliveries",
+            "Webhook delivery attempts, delivered (2xx) or failed (retried)",
+            ["subscription", "outcome"],
+            registry=r,
+        )
+        self.webhook_changes = Counter(
+            "ampelios_webhook_changes", "Enters, exits and members delivered", ["subscription"], registry=r
+        )
+        self.webhook_seconds = Histogram(
+            "ampelios_webhook_seconds",
+            "From a segment-changes record's write to the receiver's 2xx",
+            ["subscription"],
+            buckets=(0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0),
             registry=r,
         )
         self.recovered = Gauge(

@@ -10,6 +10,7 @@ from typing import Any
 
 from ampelios import __version__
 from ampelios.core.events import MAX_SOURCE_ID
+from ampelios.core.labels import KINDS
 from ampelios.core.rejections import MAX_REASONS
 
 MAX_USER_LIMIT = 10_000  # visitor ids per segment that /view?verbose=true may list
@@ -41,8 +42,9 @@ def _errors(*statuses: int) -> dict[str, Any]:
         400: "a parameter or the body is not valid",
         401: "AMPELIOS_API_TOKEN is set and the request does not carry it as a bearer token",
         403: "a write from a web page of another origin (AMPELIOS_CORS_ORIGINS does not list it)",
-        404: "unknown source, visitor, job or file",
+        404: "unknown source, visitor, job, file or webhook subscription",
         408: "the body did not arrive in time",
+        409: "the subscription is defined in AMPELIOS_WEBHOOKS: remove it there",
         413: f"the body is larger than {MAX_BODY_BYTES} bytes",
         415: "the body is not sent as Content-Type: application/json",
         503: (
@@ -428,6 +430,137 @@ def _collector_operation(kind: str) -> dict[str, Any]:
     }
 
 
+_SUBSCRIPTION = {
+    "type": "object",
+    "required": ["id", "url", "source_id", "segments", "defined_in", "deliveries_url"],
+    "properties": {
+        "id": {"type": "string"},
+        "url": {"type": "string"},
+        "source_id": {"type": "integer"},
+        "segments": {"type": ["array", "null"], "items": {"type": "string"}},
+        "defined_in": {"enum": ["AMPELIOS_WEBHOOKS", "POST /webhooks"]},
+        "deliveries_url": {"type": "string"},
+    },
+}
+_DELIVERY = {
+    "type": "object",
+    "required": ["id", "type", "size", "created", "attempts", "status", "error", "delivered", "worker"],
+    "properties": {
+        "id": {"type": "string", "description": "the webhook-id (idempotency key) every attempt carried"},
+        "type": {"enum": ["members", "changes"]},
+        "size": {"type": "integer", "description": "members, or enters and exits, it holds"},
+        "created": {"type": "string", "format": "date-time"},
+        "attempts": {"type": "integer"},
+        "status": {"type": ["integer", "null"], "description": "the receiver's last answer (null: none)"},
+        "error": {"type": ["string", "null"]},
+        "delivered": {"type": ["string", "null"], "format": "date-time"},
+        "worker": {"type": "string"},
+    },
+}
+_SUBSCRIPTION_ID = {"name": "subscription_id", "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _webhook_paths(token_required: bool) -> dict[str, Any]:
+    """``/webhooks`` and its sub-resources (:mod:`ampelios.stream.webhooks`)."""
+    security = [{"bearer": []}] if token_required else []
+    auth = (401,) if token_required else ()
+    new = {
+        "type": "object",
+        "required": ["url", "source_id"],
+        "additionalProperties": False,
+        "properties": {
+            "url": {
+                "type": "string",
+                "pattern": "^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[^\\s]*)?$",
+                "description": "http or https URL the deliveries are POSTed to",
+            },
+            "source_id": {"type": "integer", "minimum": 0, "maximum": MAX_SOURCE_ID},
+            "secret": {
+                "type": "string",
+                "pattern": "^whsec_([A-Za-z0-9+/]{4}){6,}$",
+                "description": "whsec_ and base64 of at least 16 bytes (default: a new one)",
+            },
+            "segments": {
+                "type": ["array", "null"],
+                "minItems": 1,
+                "items": {"type": "string", "pattern": f"^({'|'.join(KINDS)})( .+)?$"},
+                "description": "labels or kinds, e.g. cart abandoners (null or left out: every segment)",
+            },
+        },
+    }
+    created = {**_SUBSCRIPTION, "required": [*_SUBSCRIPTION["required"], "secret"]}
+    created = {**created, "properties": {**_SUBSCRIPTION["properties"], "secret": {"type": "string"}}}
+    return {
+        "/webhooks": {
+            "get": {
+                "summary": "Every webhook subscription (without its secret)",
+                "security": security,
+                "responses": {
+                    "200": _answer(
+                        "the file's and those made over HTTP",
+                        {
+                            "type": "object",
+                            "required": ["subscriptions"],
+                            "properties": {"subscriptions": {"type": "array", "items": _SUBSCRIPTION}},
+                        },
+                    ),
+                    **_errors(*auth, 503),
+                },
+            },
+            "post": {
+                "summary": "Subscribe a URL to a source's segment membership: members, then enters and exits",
+                "security": security,
+                "requestBody": {"required": True, "content": {"application/json": {"schema": new}}},
+                "responses": {
+                    "201": _answer("subscribed; the secret is shown this once", created),
+                    **_errors(400, *auth, 403, 408, 413, 415, 503),
+                },
+            },
+        },
+        "/webhooks/{subscription_id}": {
+            "get": {
+                "summary": "One webhook subscription (without its secret)",
+                "security": security,
+                "parameters": [_SUBSCRIPTION_ID],
+                "responses": {"200": _answer("the subscription", _SUBSCRIPTION), **_errors(*auth, 404, 503)},
+            },
+            "delete": {
+                "summary": "Delete a subscription made with POST /webhooks",
+                "security": security,
+                "parameters": [_SUBSCRIPTION_ID],
+                "responses": {
+                    "200": _answer(
+                        "deleted: its deliveries stop",
+                        {"type": "object", "required": ["deleted"], "properties": {"deleted": {"type": "string"}}},
+                    ),
+                    **_errors(*auth, 403, 404, 409, 503),
+                },
+            },
+        },
+        "/webhooks/{subscription_id}/deliveries": {
+            "get": {
+                "summary": "The last deliveries of a subscription, newest first (each worker keeps its last 100)",
+                "security": security,
+                "parameters": [_SUBSCRIPTION_ID, _LOCAL],
+                "responses": {
+                    "200": _answer(
+                        "newest first",
+                        {
+                            "type": "object",
+                            "required": ["subscription", "deliveries"],
+                            "properties": {
+                                "subscription": {"type": "string"},
+                                "deliveries": {"type": "array", "items": _DELIVERY},
+                            },
+                        },
+                    ),
+                    **_errors(*auth, 404, 503),
+                },
+            }
+        },
+    }
+
+
 def openapi_document(token_required: bool, visitors_protected: bool = False) -> dict[str, Any]:
     """The API's OpenAPI 3.1 document; ``token_required`` when AMPELIOS_API_TOKEN is set,
     ``visitors_protected`` when AMPELIOS_PROTECT_VISITORS is set too."""
@@ -647,6 +780,7 @@ def openapi_document(token_required: bool, visitors_protected: bool = False) -> 
                 }
             },
             **{f"/v1/{kind}": {"post": _collector_operation(kind)} for kind in ("track", "page", "identify", "batch")},
+            **_webhook_paths(token_required),
             "/trigger": {
                 "post": {
                     "summary": "Replay a CSV file of the data directory into the events topic",

@@ -43,6 +43,7 @@ class Pipeline:
     segments: BatchTable
     published: PublishedTable
     identities: PublishedTable  # link_key -> the user id an anonymous id is linked to
+    webhooks: PublishedTable  # subscription id -> the subscription made over HTTP (JSON, with its secret)
     history: History | None
     sink: PostgresSink | None
     intake: Intake  # the messages of events, taken from Faust's consumer as fetched

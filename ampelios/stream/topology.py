@@ -19,7 +19,8 @@ segment-alerts         1           a signal of a source shifted or recovered (ou
 Faust adds the changelog topics of the tables (``<app>-<table>-changelog``). The
 Postgres sink reads ``segment-changes``, ``segment-alerts``, ``<app>-visitor-updates``
 and ``<app>-snapshots`` with a consumer group of its own, so a slow or absent database never
-holds up the stream.
+holds up the stream; each webhook subscription reads ``segment-changes`` in a group of its
+own (``<app>-webhook-<id>``), so a receiver that is down holds up nothing else.
 """
 
 from __future__ import annotations
@@ -75,6 +76,10 @@ class Topology:
     def sink_group(self) -> str:
         """Consumer group of the Postgres sink."""
         return f"{self.app_id}-postgres"
+
+    def webhook_group(self, subscription_id: str) -> str:
+        """Consumer group of one webhook subscription's deliveries."""
+        return f"{self.app_id}-webhook-{subscription_id}"
 
     def topics(self) -> list[TopicSpec]:
         """The topics to create before anything produces or consumes."""

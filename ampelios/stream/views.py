@@ -25,6 +25,10 @@ GET  /health               ``{"status": "ok"}``
 GET  /openapi.json         the OpenAPI document of all of these (:mod:`.openapi`)
 POST /v1/track|page|...    Segment-style tracking calls (``identify``, ``batch`` too):
                            events from a site's tracker (:mod:`.collector`)
+GET|POST /webhooks         webhook subscriptions: list them, or subscribe a URL to a
+                           source's segment membership (:mod:`.webhooks`)
+GET|DELETE /webhooks/{id}  one subscription; delete it
+GET  /webhooks/{id}/deliveries  the last deliveries of a subscription, from every worker
 =========================  ============================================================
 
 Errors are ``{"error": "..."}`` with status 400 (bad request), 401 (``/trigger`` without
@@ -37,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -58,17 +63,27 @@ from ampelios.core.labels import action, advice, summary
 from ampelios.core.model import SegmentModel
 from ampelios.core.partitioning import partition_for, visitor_key
 from ampelios.core.rejections import MAX_REASONS, RejectionSummary
+from ampelios.core.webhooks import Subscription, SubscriptionRefused
 from ampelios.sinks.history import HistoryUnavailable
 from ampelios.stream import collector
 from ampelios.stream.cluster import FORWARDED, PeerUnavailable, ask, holder_of, own_url, relay, workers_of
 from ampelios.stream.jobs import PathMissing, PathRefused, ReplayJob, data_files, resolve_data_path, start_job
 from ampelios.stream.journey_store import read_journey
-from ampelios.stream.members import CONTENT_TYPES, CSV_HEADER, FORMATS, MemberCursor, first_members, read_members
+from ampelios.stream.members import (
+    CONTENT_TYPES,
+    CSV_HEADER,
+    FORMATS,
+    MemberCursor,
+    MemberPages,
+    first_members,
+    read_members,
+)
 from ampelios.stream.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ampelios.stream.openapi import MAX_BODY_BYTES, MAX_MEMBERS, MAX_USER_LIMIT, openapi_document
 from ampelios.stream.pipeline import Pipeline, snapshot_request
 from ampelios.stream.segment_owner import stored_population
 from ampelios.stream.web_guard import BODY_SECONDS, authorized, connection_options, guard
+from ampelios.stream.webhooks import Webhooks
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +127,8 @@ def _moment(request: Request, name: str) -> datetime | None:
 
 
 def _int(raw: Any, name: str, lo: int = 0, hi: int = 2**63 - 1) -> int:
+    if isinstance(raw, str) and re.fullmatch(r"-?[0-9]+\.0*", raw):  # 7.0 is the integer 7, as in JSON Schema
+        raw = raw.partition(".")[0]
     try:
         value = int(raw)
     except (TypeError, ValueError):
@@ -218,6 +235,8 @@ def _endpoint(p: Pipeline, *, needs_state: bool = True, writes: bool = False, vi
                 status, body = answer
             except HttpError as exc:
                 status, body = exc.status, {"error": str(exc)}
+            except PeerUnavailable as exc:
+                status, body = 503, {"error": f"{exc}; retry"}
             except StreamCut:
                 raise
             except Exception as exc:
@@ -232,12 +251,13 @@ def _endpoint(p: Pipeline, *, needs_state: bool = True, writes: bool = False, vi
     return decorate
 
 
-def register(p: Pipeline) -> None:
+def register(p: Pipeline, webhooks: Webhooks) -> None:
     app = p.app
     app.web.web_app.middlewares.extend([guard(p.settings), _json_errors])
     internals.serve_connections_with(app.web, connection_options())
 
     journeys_topic = p.journeys.changelog_topic.get_topic_name()
+    pages = MemberPages(p)
 
     def _peers() -> list[str]:
         """URLs of the other workers holding journeys partitions."""
@@ -406,7 +426,7 @@ def register(p: Pipeline) -> None:
                 raise HttpError(503, f"partition {cursor.partition} is not held here (a rebalance is under way); retry")
             if fmt == "json":
                 limit = _int(request.query.get("limit", DEFAULT_MEMBERS), "limit", 1, MAX_MEMBERS)
-                found, after = await members_page(cursor, limit, local)
+                found, after = await pages.page(cursor, limit, local)
                 return 200, {
                     "source_id": source_id,
                     "segment": cursor.segment,
@@ -453,45 +473,12 @@ def register(p: Pipeline) -> None:
             raise HttpError(404, f"source {source_id} has segments 0 to {model.k - 1}, not {segment}")
         return MemberCursor(source_id, segment, model)
 
-    def holder(partition: int) -> str:
-        url = holder_of(app, journeys_topic, partition)
-        if url is None or url == own_url(app):
-            raise HttpError(503, f"no worker holds partition {partition} right now (a rebalance is under way); retry")
-        return url
-
-    def members_path(cursor: MemberCursor, query: str) -> str:
-        return (
-            f"/segments/{cursor.segment}/members?source_id={cursor.source_id}&after={cursor.token()}&local=true&{query}"
-        )
-
-    async def members_page(cursor: MemberCursor, limit: int, local: bool) -> tuple[list[Any], MemberCursor | None]:
-        """Up to ``limit`` members from the cursor on and the cursor after them (``None``:
-        no more); with ``local``, of the cursor's partition only (held here)."""
-        found: list[Any] = []
-        gap_ms, window_ms = p.settings.session_gap_ms, p.settings.active_window_ms
-        at: MemberCursor | None = cursor
-        while at is not None and len(found) < limit:
-            following: MemberCursor | None
-            if at.partition in p.local_partitions():
-                read = await asyncio.to_thread(read_members, p.journeys, at, gap_ms, window_ms)
-                read = read.head(limit - len(found))
-                found += read.page()
-                following = at.at(at.partition, read.last) if read.last is not None else None
-            else:
-                answer = await _peer_answer(holder(at.partition), members_path(at, f"limit={limit - len(found)}"))
-                found += answer["members"]
-                following = MemberCursor.parse(answer["next"]) if answer["next"] else None
-            if following is None and not local and at.partition + 1 < p.settings.partitions:
-                following = at.at(at.partition + 1)
-            at = following
-        return found, at
-
     async def stream_partition(response: web.StreamResponse, cursor: MemberCursor, fmt: str) -> None:
         """Write every member of the cursor's partition from the cursor on, read here or
         relayed from the worker that holds the partition."""
         if cursor.partition not in p.local_partitions():
             async for piece in relay(
-                app, holder(cursor.partition), members_path(cursor, f"format={fmt}"), p.settings.api_token
+                app, pages.holder(cursor.partition), pages.path(cursor, f"format={fmt}"), p.settings.api_token
             ):
                 await response.write(piece)
             return
@@ -677,6 +664,66 @@ def register(p: Pipeline) -> None:
 
     for kind in (*collector.KINDS, None):
         app.page(f"/v1/{kind or 'batch'}")(collector_endpoint(kind))
+
+    def subscription(sub_id: str) -> Subscription:
+        sub = webhooks.subscriptions().get(sub_id)
+        if sub is None:
+            raise HttpError(404, f"no webhook subscription {sub_id!r:.80}")
+        return sub
+
+    def shown(sub: Subscription) -> dict[str, Any]:
+        defined_in = "AMPELIOS_WEBHOOKS" if sub.id in webhooks.fixed else "POST /webhooks"
+        return {**sub.to_json(), "defined_in": defined_in, "deliveries_url": f"/webhooks/{sub.id}/deliveries"}
+
+    @app.page("/webhooks")
+    class WebhookSubscriptions(View):
+        @_endpoint(p, writes=True)
+        async def get(self, request: Request) -> tuple[int, Any]:
+            """Every webhook subscription, without its secret."""
+            return 200, {"subscriptions": [shown(sub) for sub in webhooks.subscriptions().values()]}
+
+        @_endpoint(p, writes=True)
+        async def post(self, request: Request) -> tuple[int, Any]:
+            """Subscribe a URL to a source's segment membership (all segments, or those
+            named): the current members, then every enter and exit. The answer holds the
+            secret that signs the deliveries (generated unless given), this once."""
+            try:
+                sub = await webhooks.subscribe(await _json_body(request))
+            except SubscriptionRefused as exc:
+                raise HttpError(400, str(exc)) from None
+            return 201, {**shown(sub), "secret": sub.secret}
+
+    @app.page("/webhooks/{subscription_id}")
+    class WebhookSubscription(View):
+        @_endpoint(p, writes=True)
+        async def get(self, request: Request, subscription_id: str) -> tuple[int, Any]:
+            """One webhook subscription, without its secret."""
+            return 200, shown(subscription(subscription_id))
+
+        @_endpoint(p, writes=True)
+        async def delete(self, request: Request, subscription_id: str) -> tuple[int, Any]:
+            """Delete a subscription made with POST /webhooks: its deliveries stop."""
+            sub = subscription(subscription_id)
+            if sub.id in webhooks.fixed:
+                raise HttpError(409, f"{sub.id} is defined in AMPELIOS_WEBHOOKS: remove it there and restart")
+            await webhooks.unsubscribe(sub.id)
+            return 200, {"deleted": sub.id}
+
+    @app.page("/webhooks/{subscription_id}/deliveries")
+    class WebhookDeliveries(View):
+        @_endpoint(p, writes=True)
+        async def get(self, request: Request, subscription_id: str) -> tuple[int, Any]:
+            """The last deliveries of a subscription (each worker keeps its last 100),
+            newest first: id (the webhook-id), type, size, attempts, last status and
+            error, when delivered."""
+            sub = subscription(subscription_id)
+            me = own_url(app)
+            found = [{**entry, "worker": me} for entry in webhooks.deliveries(sub.id)]
+            if not _flag(request, "local"):
+                for url in _peers():
+                    found += (await _peer_answer(url, f"/webhooks/{sub.id}/deliveries?local=true"))["deliveries"]
+            found.sort(key=lambda entry: entry["created"], reverse=True)
+            return 200, {"subscription": sub.id, "deliveries": found}
 
     @app.page("/metrics")
     class PrometheusMetrics(View):

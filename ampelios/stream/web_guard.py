@@ -9,7 +9,8 @@ too. So, with the default settings:
 - **Writes are JSON** (no cross-site request forgery): a POST, PUT, PATCH or DELETE must
   say ``Content-Type: application/json`` (else 415), which a page of another origin can
   only send after a CORS preflight, and a write whose ``Origin`` is another site that
-  ``AMPELIOS_CORS_ORIGINS`` does not list is refused (403).
+  ``AMPELIOS_CORS_ORIGINS`` does not list is refused (403). A DELETE without a body may
+  leave the type out: no form can send a DELETE, and a page only after a preflight.
 - **CORS**: no origin is allowed unless ``AMPELIOS_CORS_ORIGINS`` lists it
   (:func:`cors_options`, Faust's ``web_cors_options``).
 - **Connections**: a connection idle, or still sending its request line and headers, for
@@ -94,7 +95,8 @@ def guard(settings: Settings) -> Callable[[web.Request, Handler], Awaitable[web.
             origin = request.headers.get("Origin")
             if origin is not None and origin not in (f"{request.scheme}://{host}", *settings.cors_origins):
                 return _refuse(403, f"writes from the origin {origin[:80]!r} are not allowed (AMPELIOS_CORS_ORIGINS)")
-            if request.content_type != "application/json":
+            bodiless_delete = request.method == "DELETE" and not request.can_read_body
+            if request.content_type != "application/json" and not bodiless_delete:
                 return _refuse(415, "the body must be JSON, sent with Content-Type: application/json")
         return await handler(request)
 
