@@ -17,8 +17,8 @@ demo: $(VENV)/.installed
 	$(BIN)/ampelios demo
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check ampelios tests scripts
-	$(BIN)/ruff format --check ampelios tests scripts
+	$(BIN)/ruff check ampelios tests scripts examples
+	$(BIN)/ruff format --check ampelios tests scripts examples
 
 # The inner loop: lint, unit and property tests, and one end-to-end smoke test on the
 # embedded broker (CONTRIBUTING.md).

@@ -54,6 +54,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import operator
 import os
 import signal
 import subprocess
@@ -70,6 +71,8 @@ from typing import Any
 import aiohttp
 import click
 import numpy as np
+import orjson
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import TopicPartition
 
 from ampelios.config import Settings, load_settings
@@ -77,11 +80,15 @@ from ampelios.core.collect import visitor_id
 from ampelios.core.events import ADDTOCART, TRANSACTION, VIEW, EventBatch, encode_each_event, encode_events, write_csv
 from ampelios.core.generate import generate_events
 from ampelios.core.partitioning import partition_for, partitions_for, visitor_key
+from ampelios.core.webhooks import Subscription, membership_changes
 from ampelios.services.broker import (
     TansuBroker,
     TopicSpec,
+    bootstrap_servers,
+    end_offsets,
     ensure_topics,
     plain_consumer,
+    read_range,
 )
 from ampelios.services.processes import die_with_parent, free_port, stop_process
 from ampelios.services.stack import (
@@ -94,11 +101,12 @@ from ampelios.services.stack import (
     wait_for_job,
     wait_until_reflected,
 )
+from ampelios.services.webhook_receiver import WebhookReceiver
 from ampelios.stream.replay import new_producer, plan_messages
 from ampelios.stream.topology import Topology
 
 DEFAULT_EVENTS = 2_756_101  # the Retailrocket data set's size (about 1.4M visitors)
-PHASES = ("limit", "ceiling", "replay", "takeover", "single", "steady", "collector", "soak")
+PHASES = ("limit", "ceiling", "replay", "takeover", "single", "steady", "collector", "webhooks", "soak")
 DEFAULT_PHASES = PHASES[:-1]  # the soak runs for an hour by default: only when asked for
 SOAK_SAMPLE_SECONDS = 60.0
 SOURCE_ID = 1
@@ -111,6 +119,7 @@ PRODUCER_TICK_SECONDS = 0.002
 COLLECTOR_TICK_SECONDS = 0.02  # a tracker's batch every 20 ms: 100 calls a request at 5,000 events/s
 COLLECTOR_IN_FLIGHT = 8  # requests under way at once at most (a tracker's sending threads)
 WRITE_KEY = "bench"
+WEBHOOK_WARM_SECONDS = 10.0  # of the rate's events sent before subscribing: a model, the probes' views
 
 Message = tuple[int, bytes | None, bytes]  # partition, key, value
 
@@ -128,6 +137,7 @@ class BenchOptions:
     phases: tuple[str, ...] = DEFAULT_PHASES
     timeout: float = 900.0  # a measurement waits this long for its messages to be consumed or reflected
     probe_timeout: float = 120.0  # after producing, the steady phase waits this long for its probes
+    receiver_down_seconds: float = 0.0  # the webhooks phase's receiver answers 503 this long from the start
     json_path: Path | None = None
     profile_dir: Path | None = None  # py-spy profiles of the worker in each Ampelios phase
 
@@ -751,40 +761,59 @@ class SteadyRun:
     watch: ProbeWatch
 
 
+async def send_at_rate(
+    url: str,
+    topic: str,
+    messages: Sequence[Message],
+    rate: float,
+    seconds: float,
+    on_send: Callable[[int, int, asyncio.Future[Any]], None] = lambda i, partition, ack: None,
+) -> tuple[int, float]:
+    """Produce ``messages`` in order at ``rate`` messages/s, stopping after ``seconds``
+    whatever was sent; ``on_send(i, partition, ack)`` as message ``i`` is handed to the
+    producer. Returns the messages sent and the seconds from the start to the last."""
+    producer = new_producer(url)
+    await producer.start()
+    try:
+        acks: list[asyncio.Future[Any]] = []
+        sent, started, last = 0, time.monotonic(), 0.0
+        while sent < len(messages):
+            elapsed = time.monotonic() - started
+            if elapsed >= seconds:
+                break
+            for i in range(sent, min(len(messages), int(elapsed * rate) + 1)):
+                partition, key, value = messages[i]
+                ack = await producer.send(topic, value, key=key, partition=partition)
+                on_send(i, partition, ack)
+                acks.append(ack)
+                sent, last = i + 1, time.monotonic() - started
+            # keep only what is outstanding: gathering every ack at the end would block
+            # this loop (and the probes' poller) for a second at 150,000 messages
+            acks = [a for a in acks if not a.done() or a.exception() is not None]
+            await asyncio.sleep(PRODUCER_TICK_SECONDS)
+        await asyncio.gather(*acks)
+    finally:
+        await producer.stop()
+    return sent, last
+
+
 async def run_steady(url: str, topic: str, base: str, schedule: Schedule, options: BenchOptions) -> SteadyRun:
     """Send ``schedule`` at ``options.rate`` messages/s, stopping after
     ``options.steady_seconds`` whatever was sent, while probes are watched; then wait up
     to ``options.probe_timeout`` for the probes still pending."""
-    producer = new_producer(url)
     watch = ProbeWatch(base)
-    await producer.start()
-    try:
-        async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
-            watch.watching(session, options.probe_timeout),
-        ):
-            acks: list[asyncio.Future[Any]] = []
-            sent, started, last = 0, time.monotonic(), 0.0
-            while sent < len(schedule.messages):
-                elapsed = time.monotonic() - started
-                if elapsed >= options.steady_seconds:
-                    break
-                for i in range(sent, min(len(schedule.messages), int(elapsed * options.rate) + 1)):
-                    partition, key, value = schedule.messages[i]
-                    if i in schedule.probes:
-                        watch.add(partition, schedule.probes[i], time.monotonic())
-                    ack = await producer.send(topic, value, key=key, partition=partition)
-                    if i in schedule.probes:
-                        ack.add_done_callback(lambda _, v=schedule.probes[i]: watch.acked(v, time.monotonic()))
-                    acks.append(ack)
-                    sent, last = i + 1, time.monotonic() - started
-                # keep only what is outstanding: gathering every ack at the end would block
-                # this loop (and the probes' poller) for a second at 150,000 messages
-                acks = [a for a in acks if not a.done() or a.exception() is not None]
-                await asyncio.sleep(PRODUCER_TICK_SECONDS)
-            await asyncio.gather(*acks)
-    finally:
-        await producer.stop()
+
+    def on_send(i: int, partition: int, ack: asyncio.Future[Any]) -> None:
+        if i in schedule.probes:
+            visitor = schedule.probes[i]
+            watch.add(partition, visitor, time.monotonic())
+            ack.add_done_callback(lambda _: watch.acked(visitor, time.monotonic()))
+
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
+        watch.watching(session, options.probe_timeout),
+    ):
+        sent, last = await send_at_rate(url, topic, schedule.messages, options.rate, options.steady_seconds, on_send)
     return SteadyRun(sent, last, watch)
 
 
@@ -978,6 +1007,175 @@ def phase_collector(bench: Bench) -> list[Row]:
     return [row]
 
 
+@dataclass
+class WebhookSchedule:
+    """The webhooks phase's messages, one event each: ``warm`` first (sent at once, before
+    subscribing: a model, and every probe visitor's first view), then ``measured`` (sent
+    at the rate), in which message ``i`` of ``probes`` is a purchase of visitor
+    ``probes[i]``, which moves it out of the segment its one view put it in."""
+
+    warm: list[Message]
+    measured: list[Message]
+    events: EventBatch  # of ``measured``
+    probes: dict[int, int]
+
+    @classmethod
+    def of(cls, workload: Workload, partitions: int, rate: float, seconds: float) -> WebhookSchedule:
+        """The steady phase's schedule for ``WARM_SECONDS + seconds``, split: the probes
+        of the measured part buy (one product, an order of their own) where the steady
+        phase has them view, and view a minute earlier in the warm part."""
+        whole = Schedule.of(workload, partitions, rate, WEBHOOK_WARM_SECONDS + seconds)
+        split = round(rate * WEBHOOK_WARM_SECONDS)
+        probes = {i - split: v for i, v in whole.probes.items() if i >= split}
+        measured = whole.events.take(slice(split, len(whole.events)))
+        at = np.array(sorted(probes), dtype=np.int64)
+        event, order = measured.event.copy(), measured.transactionid.copy()
+        event[at], order[at] = TRANSACTION, measured.visitorid[at]
+        measured = EventBatch(measured.source_id, measured.timestamp, measured.visitorid, event, measured.itemid, order)
+        views = EventBatch(
+            measured.source_id[at],
+            measured.timestamp[at] - 60_000,
+            measured.visitorid[at],
+            np.full(len(at), VIEW, dtype=measured.event.dtype),
+            measured.itemid[at],
+            np.full(len(at), -1, dtype=measured.transactionid.dtype),
+        )
+        return cls(
+            warm=whole.messages[:split] + one_event_messages(views, partitions),
+            measured=one_event_messages(measured, partitions),
+            events=measured,
+            probes=probes,
+        )
+
+
+async def records_since(url: str, starts: dict[TopicPartition, int]) -> list[dict[str, Any]]:
+    """The records (JSON) of each partition from its offset in ``starts`` to its end now."""
+    ends = await end_offsets(url, list(starts))
+    records = []
+    for tp, start in starts.items():
+        records += [orjson.loads(r.value) for r in await read_range(url, tp, start, ends[tp])]
+    return records
+
+
+async def members_delivered(
+    url: str, group: str, tps: list[TopicPartition], timeout: float
+) -> dict[TopicPartition, int]:
+    """Wait until a subscription's group committed an offset on every partition (it does
+    once the partition's members are delivered); those offsets, where its changes begin."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers(url))
+    await admin.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            offsets = await admin.list_consumer_group_offsets(group, partitions=tps)
+            if all(tp in offsets and offsets[tp].offset >= 0 for tp in tps) or time.monotonic() > deadline:
+                return {tp: max(0, offsets[tp].offset) if tp in offsets else 0 for tp in tps}
+            await asyncio.sleep(0.5)
+    finally:
+        await admin.close()
+
+
+def phase_webhooks(bench: Bench) -> list[Row]:
+    """Ampelios at a fixed rate, one event per message, with a webhook subscription to
+    every segment of the source: latency from a probe's purchase to its move arriving at
+    the receiver, and every change of ``segment-changes`` since the subscription
+    delivered (nothing lost), with the receiver down for ``--receiver-down-seconds``
+    from the start of sending."""
+    options = bench.options
+    partitions = bench.settings.partitions
+    schedule = WebhookSchedule.of(bench.workload, partitions, options.rate, options.steady_seconds)
+    workdir = bench.workdir("webhooks")
+    settings = stack_settings(bench, workdir)
+    topology = Topology.of(settings)
+    with fresh_stack(settings, workdir, bench.profile("webhooks")) as stack, WebhookReceiver() as receiver:
+        base, url = base_url(stack), stack.settings.broker_url
+        asyncio.run(produce(url, bench.topic, partitions, schedule.warm))
+        wait_until_reflected(base, SOURCE_ID, timeout=options.timeout)
+        code, sub = http_json("POST", f"{base}/webhooks", {"url": receiver.url("/hook"), "source_id": SOURCE_ID})
+        if code != 201:
+            raise RuntimeError(f"POST /webhooks answered {code}: {sub}")
+        changes = [TopicPartition(topology.segment_changes, p) for p in range(partitions)]
+        starts = asyncio.run(members_delivered(url, topology.webhook_group(sub["id"]), changes, options.timeout))
+        members = sum(len(orjson.loads(r.body).get("visitors", [])) for r in receiver.attempts("/hook"))
+        sent_at: dict[int, float] = {}  # probe visitor -> when its purchase was handed to the producer
+
+        def on_send(i: int, partition: int, ack: asyncio.Future[Any]) -> None:
+            if i in schedule.probes:
+                sent_at[schedule.probes[i]] = time.time()
+
+        if options.receiver_down_seconds:
+            receiver.status["/hook"] = 503
+        down_from = time.monotonic()
+        sent, seconds = asyncio.run(
+            send_at_rate(url, bench.topic, schedule.measured, options.rate, options.steady_seconds, on_send)
+        )
+        stats, figures = after_sending(stack, options.timeout)
+        time.sleep(max(0.0, options.receiver_down_seconds - (time.monotonic() - down_from)))
+        receiver.status.pop("/hook", None)
+        back_at = time.time()
+        everything = Subscription.from_json(
+            {"url": receiver.url("/hook"), "source_id": SOURCE_ID}, id="x", secret=sub["secret"]
+        )
+        expected = membership_changes(asyncio.run(records_since(url, starts)), everything)
+        key = operator.itemgetter("visitorid", "at", "action", "segment")
+        deadline = time.monotonic() + options.timeout
+        while True:
+            arrived: dict[tuple[Any, ...], float] = {}
+            for r in receiver.attempts("/hook"):
+                if r.status == 200:
+                    body = orjson.loads(r.body)
+                    for change in body.get("changes", []):
+                        arrived.setdefault(key(change), r.at)
+            missing = [c for c in expected if key(c) not in arrived]
+            if not missing or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+    latencies = []
+    for visitor, at in sent_at.items():
+        moved = [t for (v, _, action, _), t in arrived.items() if v == visitor and action == "enter"]
+        if moved:
+            latencies.append(min(moved) - at)
+    p50, p95, p99, top = (None,) * 4 if not latencies else np.percentile(np.array(latencies) * 1000, [50, 95, 99, 100])
+    caught_up = max((arrived[key(c)] for c in expected if key(c) in arrived), default=back_at) - back_at
+    figures.update(
+        target_rate=options.rate,
+        achieved_rate=sent / seconds if seconds else None,
+        members_delivered=members,
+        changes_expected=len(expected),
+        changes_delivered=len(expected) - len(missing),
+        changes_missing=len(missing),
+        missing_sample=missing[:5],
+        changes_from={tp.partition: offset for tp, offset in starts.items()},
+        probes=len(sent_at),
+        probes_moved=len(latencies),
+        latency_ms={"p50": p50, "p95": p95, "p99": p99, "max": top},
+        receiver_down_seconds=options.receiver_down_seconds,
+        caught_up_seconds_after_back=caught_up if options.receiver_down_seconds else None,
+        deliveries=sum(1 for r in receiver.attempts("/hook") if r.status == 200),
+        failed_attempts=sum(1 for r in receiver.attempts("/hook") if r.status != 200),
+        stats_at_end=stats,
+    )
+    latency = "-" if p50 is None else f"p50 {p50:,.0f} ms, p95 {p95:,.0f} ms, p99 {p99:,.0f} ms"
+    outage = (
+        f"; receiver down {options.receiver_down_seconds:g} s, all delivered {caught_up:,.1f} s after it was back"
+        if options.receiver_down_seconds
+        else ""
+    )
+    row = Row(
+        "webhooks",
+        f"Ampelios: webhooks {options.rate:g} ev/s, 1 event/msg",
+        sent,
+        sent,
+        seconds,
+        notes=f"{len(expected) - len(missing):,} of {len(expected):,} changes delivered; "
+        f"{len(latencies)} probes purchase -> webhook: {latency}{outage}",
+        figures=figures,
+    )
+    if missing:
+        row.error = f"{len(missing)} of {len(expected)} changes not delivered"
+    return [row]
+
+
 def soak_messages(workload: Workload, partitions: int, lap: int) -> list[Message]:
     """The workload's events as one-event messages in time order, for the ``lap``-th time:
     each lap's visitors are new ones, its events later than the previous lap's."""
@@ -1107,6 +1305,7 @@ PHASE_RUNNERS: dict[str, Callable[[Bench], list[Row]]] = {
     "single": phase_single,
     "steady": phase_steady,
     "collector": phase_collector,
+    "webhooks": phase_webhooks,
     "soak": phase_soak,
 }
 
@@ -1284,6 +1483,13 @@ def _phases(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str
     help="Steady phase: seconds to wait for probes after producing stops.",
 )
 @click.option(
+    "--receiver-down-seconds",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Webhooks phase: seconds the receiver answers 503 from the start of sending.",
+)
+@click.option(
     "--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write every figure here."
 )
 @click.option(
@@ -1302,6 +1508,7 @@ def main(
     phases: tuple[str, ...],
     timeout: float,
     probe_timeout: float,
+    receiver_down_seconds: float,
     json_path: Path | None,
     profile_dir: Path | None,
 ) -> None:
@@ -1318,6 +1525,7 @@ def main(
         phases=phases,
         timeout=timeout,
         probe_timeout=probe_timeout,
+        receiver_down_seconds=receiver_down_seconds,
         json_path=json_path,
         profile_dir=profile_dir,
     )

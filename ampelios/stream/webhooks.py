@@ -90,6 +90,7 @@ class Deliveries(Service):
         self.consumer: aiokafka.AIOKafkaConsumer | None = None
         self.session: aiohttp.ClientSession | None = None
         self.unsynced: dict[TopicPartition, int] = {}  # partition -> end offset, members not yet sent
+        self.generation = 0  # assignments so far: a sync begun under an older one is left to the newer
         self.recent: deque[dict[str, Any]] = deque(maxlen=LOG_SIZE)  # the delivery log
 
     async def on_start(self) -> None:
@@ -129,7 +130,7 @@ class Deliveries(Service):
         """Deliver the members of the subscribed segments among the visitors of ``tp``'s
         partition, then commit ``end`` and resume the partition there."""
         assert self.consumer is not None
-        sub, held = self.sub, {tp}
+        sub, held, generation = self.sub, {tp}, self.generation
         while not self.p.ready() and not self.should_stop:
             await self.sleep(0.5)
         model = self.p.published_model(sub.source_id)
@@ -137,7 +138,7 @@ class Deliveries(Service):
         for segment in segments:
             cursor: MemberCursor | None = MemberCursor(sub.source_id, segment, model, partition=tp.partition)
             while cursor is not None:
-                if self.should_stop or tp not in self.consumer.assignment():
+                if self.should_stop or self.generation != generation:
                     return
                 try:
                     found, following = await self.pages.page(cursor, MEMBERS_PAGE, local=True)
@@ -159,7 +160,7 @@ class Deliveries(Service):
                     if not await self._deliver(body, key, held, None, len(found)):
                         return
                 cursor = following
-        if await self._commit({tp: end}):
+        if self.generation == generation and await self._commit({tp: end}):
             self.unsynced.pop(tp, None)
             self.consumer.resume(tp)
 
@@ -248,6 +249,7 @@ class _NewPartitions(aiokafka.ConsumerRebalanceListener):  # type: ignore[misc]
         self.d = deliveries
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        self.d.generation += 1  # whatever was begun is done again under the new assignment
         for tp in revoked:
             self.d.unsynced.pop(tp, None)
 
@@ -309,12 +311,12 @@ class Webhooks(Service):
                 await deliveries.stop()
                 del self.running[sub_id]
         for sub_id, sub in wanted.items():
-            if sub_id not in self.running:
+            if sub_id not in self.running and not self.should_stop:
                 deliveries = Deliveries(self.p, sub, self.pages)
                 await deliveries.start()
                 self.running[sub_id] = deliveries
 
     async def on_stop(self) -> None:
-        for deliveries in self.running.values():
+        running, self.running = self.running, {}
+        for deliveries in running.values():
             await deliveries.stop()
-        self.running.clear()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +25,7 @@ from ampelios.core.webhooks import (
 )
 
 SECRET = new_secret()
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "webhook_receiver.py"
 LABELS = [*KINDS, "returning browsers with more visits"]
 
 
@@ -118,3 +120,19 @@ def test_the_webhooks_file_is_read_at_start_and_a_wrong_one_stops_it(tmp_path: P
         Settings.from_env({"AMPELIOS_WEBHOOKS": str(bad)})
     with pytest.raises(ConfigError, match="AMPELIOS_WEBHOOKS"):
         Settings.from_env({"AMPELIOS_WEBHOOKS": str(tmp_path / "missing.json")})
+
+
+def test_the_documented_receiver_verifies_a_delivery_with_the_standard_library_alone():
+    spec = importlib.util.spec_from_file_location("webhook_receiver", EXAMPLE)
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    s = sub()
+    body = json.dumps({"type": "changes", "changes": []}).encode()
+    headers = signed_headers(s, delivery_id(s, "changes", [(0, 1, 2)]), body)
+    assert example.verify(SECRET, headers, body) == {"type": "changes", "changes": []}
+    with pytest.raises(ValueError, match="no signature"):
+        example.verify(new_secret(), headers, body)
+    stale = signed_headers(s, headers["webhook-id"], body, datetime(2015, 6, 1, tzinfo=UTC))
+    with pytest.raises(ValueError, match="too far"):
+        example.verify(SECRET, stale, body)
