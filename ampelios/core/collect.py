@@ -20,6 +20,10 @@ same visitor, and a user id and an anonymous id never share one. A call that car
 (an ``identify``, or any call of a browser tracker after one) *links* the anonymous id to
 the user: from then on, calls with only that anonymous id are the user's. What the
 anonymous id did before stays with its own visitor (a journey is never split or moved).
+Every visitor's *original id* (``user:<userId>`` or ``anonymous:<anonymousId>``) is kept
+the first time it is seen (:attr:`Collected.names`), so that webhooks can name it; a call
+whose original id hashes to a visitor that another original id already has (a collision:
+about n**2 / 2**64 for n ids) is rejected, so that no journey mixes two people.
 
 **When** (Segment's rule, made repeatable): the call's ``timestamp`` (ISO 8601), else its
 ``sentAt``, else when it was received. When the sender's clock is off by more than
@@ -117,13 +121,15 @@ def parse_time(value: Any) -> int:
 @dataclass(frozen=True)
 class Collected:
     """What the calls of one request give: ``events``, ``rejections`` (one per call,
-    ``position`` its index), ``ignored`` calls and the ``links`` (anonymous id, user id)
-    that calls carrying both made, new ones only, in order."""
+    ``position`` its index), ``ignored`` calls, the ``links`` (anonymous id, user id)
+    that calls carrying both made, and the ``names`` (visitor, original id) of visitors
+    not named before; new ones only, in order."""
 
     events: EventBatch
     rejections: list[Rejection]
     ignored: int
     links: list[tuple[str, str]]
+    names: list[tuple[int, str]]
 
 
 def collect(
@@ -134,15 +140,18 @@ def collect(
     sent_at: Any = None,
     kind: str | None = None,
     linked: Callable[[str], str | None] = lambda anonymous: None,
+    named: Callable[[int], str | None] = lambda visitor: None,
 ) -> Collected:
     """The events of ``calls`` of one request (see the module docstring), received at
     ``received_ms``; ``sent_at`` is the request's ``sentAt`` (a batch's), ``kind`` the
     type every call has (``/v1/track`` etc.; ``None``: each call says, as in a batch),
-    ``linked(anonymous id)`` the user id an earlier call linked it to, if any."""
+    ``linked(anonymous id)`` the user id an earlier call linked it to, if any, and
+    ``named(visitor)`` the original id an earlier call named it with, if any."""
     columns: list[list[int]] = [[], [], [], [], []]  # timestamp, visitor, event, item, transaction
     rejections: list[Rejection] = []
     ignored = 0
     links: dict[str, str] = {}  # made by these calls
+    names: dict[int, str] = {}  # visitors these calls named first
     for index, call in enumerate(calls):
         try:
             call_type, user, anonymous = _who(call, kind)
@@ -150,8 +159,14 @@ def collect(
                 links[anonymous] = user
             if user is None and anonymous is not None:
                 user = links.get(anonymous) or linked(anonymous)
-            visitor = visitor_id("user", user) if user is not None else visitor_id("anonymous", anonymous or "")
+            original = f"user:{user}" if user is not None else f"anonymous:{anonymous}"
+            visitor = visitor_id(*original.split(":", 1))
+            known = names.get(visitor) or named(visitor)
+            if known is not None and known != original:
+                raise ValueError(f"{original[:80]!r} has the visitor id of {known[:80]!r} (a hash collision)")
             rows = _rows(call, call_type, visitor, codes, received_ms, sent_at)
+            if known is None:
+                names[visitor] = original
         except ValueError as exc:
             raw = orjson.dumps(call)[:200].decode(errors="replace") if _dumpable(call) else repr(call)[:200]
             rejections.append(Rejection(str(index), str(exc), raw))
@@ -161,7 +176,7 @@ def collect(
             for column, value in zip(columns, row):
                 column.append(value)
     events = EventBatch.from_columns([source_id] * len(columns[0]), *columns)
-    return Collected(events, rejections, ignored, list(links.items()))
+    return Collected(events, rejections, ignored, list(links.items()), list(names.items()))
 
 
 def _dumpable(value: Any) -> bool:

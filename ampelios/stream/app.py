@@ -28,6 +28,9 @@ identities          1 (global)  ``link:source:anonymousId`` -> the user id a col
                                 call linked it to (:mod:`ampelios.stream.collector`)
 webhooks            1 (global)  subscription id -> a webhook subscription made with
                                 ``POST /webhooks`` (:mod:`ampelios.stream.webhooks`)
+visitor-names       1 (global)  ``name:source:visitor`` -> a collected visitor's original
+                                id (``user:<userId>``); a :class:`PublishedBatches`: one
+                                changelog record per collector request
 ==================  ==========  =======================================================
 """
 
@@ -59,7 +62,7 @@ from ampelios.services.broker import (
 from ampelios.sinks.history import History
 from ampelios.sinks.postgres import PostgresSink
 from ampelios.stream import agents, views
-from ampelios.stream.batch_table import BatchTable, PublishedTable
+from ampelios.stream.batch_table import BatchTable, PublishedBatches, PublishedTable
 from ampelios.stream.exactly_once import seek_stalled, steer
 from ampelios.stream.intake import Intake
 from ampelios.stream.pipeline import Pipeline
@@ -240,6 +243,7 @@ def create_pipeline(settings: Settings) -> Pipeline:
         published=app.tables.add(PublishedTable(app, name="segment-published", partitions=1, **table)),
         identities=app.tables.add(PublishedTable(app, name="identities", partitions=1, **table)),
         webhooks=app.tables.add(PublishedTable(app, name="webhooks", partitions=1, **table)),
+        names=app.tables.add(PublishedBatches(app, name="visitor-names", partitions=1, **table)),
         history=history,
         event_codes=event_codes(settings.event_map),
         collector_codes=collector_codes(settings.event_map),

@@ -20,6 +20,7 @@ Values are bytes; the store must be RocksDB (``store="rocksdb://"``).
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -127,24 +128,31 @@ class BatchTable(faust.Table):  # type: ignore[misc]
             self._db(partition).write(write)
 
     def apply_changelog_batch(self, batch: Iterable[Any]) -> None:
-        """Recovery: apply batch records in order, each partition's values and its newest
-        offset in one RocksDB write batch."""
-        writes: defaultdict[int, rocksdict.WriteBatch] = defaultdict(lambda: rocksdict.WriteBatch(raw_mode=True))
-        offsets: dict[int, int] = {}
-        for event in batch:
-            message = event.message
-            self.recovered += 1
-            offsets[message.partition] = max(message.offset, offsets.get(message.partition, -1))
-            write = writes[message.partition]
-            if message.value is not None:
-                for key, value in unpack_pairs(message.value):
-                    if value is None:
-                        write.delete(key)
-                    else:
-                        write.put(key, value)
-        for partition, offset in offsets.items():
-            writes[partition].put(persisted_offset_key(self.data), b"%d" % offset)
-            self._db(partition).write(writes[partition])
+        """Recovery: apply batch records in order (:func:`apply_packed`)."""
+        self.recovered += apply_packed(self.data, batch)
+
+
+def apply_packed(store: Any, batch: Iterable[Any]) -> int:
+    """Apply changelog records of packed pairs in order to a RocksDB ``store``: each
+    partition's values and its newest offset in one write batch. Returns the records."""
+    writes: defaultdict[int, rocksdict.WriteBatch] = defaultdict(lambda: rocksdict.WriteBatch(raw_mode=True))
+    offsets: dict[int, int] = {}
+    applied = 0
+    for event in batch:
+        message = event.message
+        applied += 1
+        offsets[message.partition] = max(message.offset, offsets.get(message.partition, -1))
+        write = writes[message.partition]
+        if message.value is not None:
+            for key, value in unpack_pairs(message.value):
+                if value is None:
+                    write.delete(key)
+                else:
+                    write.put(key, value)
+    for partition, offset in offsets.items():
+        writes[partition].put(persisted_offset_key(store), b"%d" % offset)
+        store_db(store, partition).write(writes[partition])
+    return applied
 
 
 class PublishedTable(faust.GlobalTable):  # type: ignore[misc]
@@ -168,10 +176,37 @@ class PublishedTable(faust.GlobalTable):  # type: ignore[misc]
         sent = await self.changelog_topic.send(
             key=key, value=value, partition=0, key_serializer="raw", value_serializer="raw"
         )
+        self._write_local([(key, value)], (await sent).offset)
+
+    def _write_local(self, pairs: Sequence[tuple[bytes, bytes | None]], offset: int) -> None:
+        """Write ``pairs`` and the changelog offset they came with, in one write batch."""
         write = rocksdict.WriteBatch(raw_mode=True)
-        if value is None:
-            write.delete(key)
-        else:
-            write.put(key, value)
-        write.put(persisted_offset_key(self.data), b"%d" % (await sent).offset)
+        for key, value in pairs:
+            if value is None:
+                write.delete(key)
+            else:
+                write.put(key, value)
+        write.put(persisted_offset_key(self.data), b"%d" % offset)
         store_db(self.data, 0).write(write)
+
+
+class PublishedBatches(PublishedTable):
+    """A :class:`PublishedTable` whose :meth:`publish_many` is one changelog record of
+    packed pairs, keyed by a new random id (so compaction never drops one): for many
+    small values at once, such as the visitor names of a collector request, which one
+    record per key would cost every worker a Faust event each."""
+
+    async def publish_many(self, pairs: Sequence[tuple[bytes, bytes | None]]) -> None:
+        """Set each key (``None``: delete it) for every worker: one changelog record of
+        them all, acknowledged, then the changes and its offset in one local write."""
+        if not pairs:
+            return
+        packed = pack_pairs([k for k, _ in pairs], [v for _, v in pairs])
+        sent = await self.changelog_topic.send(
+            key=uuid.uuid4().bytes, value=packed, partition=0, key_serializer="raw", value_serializer="raw"
+        )
+        self._write_local(pairs, (await sent).offset)
+
+    def apply_changelog_batch(self, batch: Iterable[Any]) -> None:
+        """Every worker, as records arrive: the packed pairs (:func:`apply_packed`)."""
+        apply_packed(self.data, batch)

@@ -11,8 +11,11 @@ events (:func:`ampelios.core.collect.collect`) and answers only once the broker 
 - each rejected call on the dead-letter topic (stage ``collector``) and the count of the
   ignored ones, so that ``/stats`` and ``/rejections`` count them as for files;
 - the links of anonymous ids to users its calls made, in the global table every worker
-  reads (``identities``), so that the next calls with only that
-  anonymous id are the user's on any worker (once the link reached it: as the models do).
+  reads (``identities``), so that the next calls with only that anonymous id are the
+  user's on any worker (once the link reached it: as the models do);
+- the original ids of visitors seen for the first time, in the global table
+  ``visitor-names`` (one record per request), which notices hash collisions and names
+  the visitors webhooks send.
 
 The answer says what became of each call: ``{"success": true, "accepted": events,
 "ignored": calls, "rejected": [{"index", "reason"}]}``. A request that is not JSON, too
@@ -34,7 +37,7 @@ from ampelios.core.collect import Collected, collect
 from ampelios.core.events import encode_events
 from ampelios.core.partitioning import partitions_for
 from ampelios.stream.outbox import Outbox
-from ampelios.stream.pipeline import Pipeline, link_key
+from ampelios.stream.pipeline import Pipeline, link_key, name_key
 from ampelios.stream.replay import ignored_record, rejection_record
 
 KINDS = ("track", "page", "identify")  # the single-call endpoints; /v1/batch says per call
@@ -82,10 +85,13 @@ async def accept(p: Pipeline, authorization: str, body: dict[str, Any], kind: st
             raise CollectorRefused(400, "a batch needs a list of calls in batch")
     else:
         calls = [body]
-    linked = partial(p.linked_user, source_id)
-    got = collect(calls, source_id, p.collector_codes, round(time.time() * 1000), body.get("sentAt"), kind, linked)
-    for anonymous, user in got.links:  # before the events: a call after this answer finds the link
+    linked, named = partial(p.linked_user, source_id), partial(p.original_id, source_id)
+    now = round(time.time() * 1000)
+    got = collect(calls, source_id, p.collector_codes, now, body.get("sentAt"), kind, linked, named)
+    # before the events: a call after this answer finds the links and the names
+    for anonymous, user in got.links:
         await p.identities.publish(link_key(source_id, anonymous), user.encode())
+    await p.names.publish_many([(name_key(source_id, v), original.encode()) for v, original in got.names])
     await _send(p, source_id, got)
     if kind is not None and got.rejections:  # a single call: Segment answers 400
         raise CollectorRefused(400, got.rejections[0].reason)

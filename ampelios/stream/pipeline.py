@@ -19,7 +19,7 @@ from ampelios.core.rejections import RejectionSummary
 from ampelios.services.broker import committed_offsets, end_offsets
 from ampelios.sinks.history import History
 from ampelios.sinks.postgres import PostgresSink
-from ampelios.stream.batch_table import BatchTable, PublishedTable
+from ampelios.stream.batch_table import BatchTable, PublishedBatches, PublishedTable
 from ampelios.stream.exactly_once import ExactlyOnce, forwarded_key
 from ampelios.stream.intake import Intake
 from ampelios.stream.metrics import Metrics
@@ -44,6 +44,7 @@ class Pipeline:
     published: PublishedTable
     identities: PublishedTable  # link_key -> the user id an anonymous id is linked to
     webhooks: PublishedTable  # subscription id -> the subscription made over HTTP (JSON, with its secret)
+    names: PublishedBatches  # name_key -> a collected visitor's original id
     history: History | None
     sink: PostgresSink | None
     intake: Intake  # the messages of events, taken from Faust's consumer as fetched
@@ -75,6 +76,12 @@ class Pipeline:
     def linked_user(self, source_id: int, anonymous_id: str) -> str | None:
         """The user id a collected call linked an anonymous id of a source to, if any."""
         value = self.identities.get(link_key(source_id, anonymous_id))
+        return value.decode() if value is not None else None
+
+    def original_id(self, source_id: int, visitor: int) -> str | None:
+        """The original id of a collected visitor (``user:<userId>`` or
+        ``anonymous:<anonymousId>``); ``None`` for a visitor that was not collected."""
+        value = self.names.get(name_key(source_id, visitor))
         return value.decode() if value is not None else None
 
     def local_partitions(self) -> list[int]:
@@ -155,6 +162,12 @@ def ignored_key(source_id: int) -> bytes:
 def link_key(source_id: int, anonymous_id: str) -> bytes:
     """identities key of the user id an anonymous id of a source is linked to."""
     return b"link:%d:%s" % (source_id, anonymous_id.encode())
+
+
+def name_key(source_id: int, visitor: int) -> bytes:
+    """names key of the original id (``user:<userId>``, ``anonymous:<id>``) of a
+    collected visitor of a source."""
+    return b"name:%d:%d" % (source_id, visitor)
 
 
 def snapshot_request(source_id: int, reason: str) -> bytes:

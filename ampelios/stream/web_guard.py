@@ -10,7 +10,10 @@ too. So, with the default settings:
   say ``Content-Type: application/json`` (else 415), which a page of another origin can
   only send after a CORS preflight, and a write whose ``Origin`` is another site that
   ``AMPELIOS_CORS_ORIGINS`` does not list is refused (403). A DELETE without a body may
-  leave the type out: no form can send a DELETE, and a page only after a preflight.
+  leave the type out: no form can send a DELETE, and a page only after a preflight. The
+  collector (``/v1/*``) also takes ``text/plain``, as browser trackers send it to spare a
+  preflight: it trusts the write key, not the browser, and a page of another origin is
+  still refused unless ``AMPELIOS_CORS_ORIGINS`` lists it (the site's own).
 - **CORS**: no origin is allowed unless ``AMPELIOS_CORS_ORIGINS`` lists it
   (:func:`cors_options`, Faust's ``web_cors_options``).
 - **Connections**: a connection idle, or still sending its request line and headers, for
@@ -96,7 +99,8 @@ def guard(settings: Settings) -> Callable[[web.Request, Handler], Awaitable[web.
             if origin is not None and origin not in (f"{request.scheme}://{host}", *settings.cors_origins):
                 return _refuse(403, f"writes from the origin {origin[:80]!r} are not allowed (AMPELIOS_CORS_ORIGINS)")
             bodiless_delete = request.method == "DELETE" and not request.can_read_body
-            if request.content_type != "application/json" and not bodiless_delete:
+            tracker_text = request.path.startswith("/v1/") and request.content_type == "text/plain"
+            if request.content_type != "application/json" and not (bodiless_delete or tracker_text):
                 return _refuse(415, "the body must be JSON, sent with Content-Type: application/json")
         return await handler(request)
 

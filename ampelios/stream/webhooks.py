@@ -36,6 +36,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -155,6 +156,7 @@ class Deliveries(Service):
                         "label": model.labels[segment],
                         "model_version": model.version,
                         "visitors": [m["visitorid"] for m in found],
+                        "original_ids": self._original_ids(m["visitorid"] for m in found),
                     }
                     key = delivery_id(sub, "members", tp.partition, end, model.version, segment, cursor.after)
                     if not await self._deliver(body, key, held, None, len(found)):
@@ -164,6 +166,11 @@ class Deliveries(Service):
             self.unsynced.pop(tp, None)
             self.consumer.resume(tp)
 
+    def _original_ids(self, visitors: Iterable[int]) -> dict[str, str]:
+        """visitor id (as JSON keys are: text) -> original id, for the collected ones."""
+        found = ((v, self.p.original_id(self.sub.source_id, v)) for v in visitors)
+        return {str(v): original for v, original in found if original is not None}
+
     async def _send_changes(self, records: dict[TopicPartition, list[Any]]) -> None:
         """Deliver the changes of one fetch, then commit it; when it could not be
         delivered here, put the partitions still held back to its start."""
@@ -171,6 +178,8 @@ class Deliveries(Service):
         sub = self.sub
         ordered = [orjson.loads(r.value) for tp in sorted(records) for r in records[tp]]
         changes = membership_changes(ordered, sub)
+        for change in changes:
+            change["original_id"] = self.p.original_id(sub.source_id, change["visitorid"])
         if changes:
             ranges = sorted((tp.partition, rs[0].offset, rs[-1].offset) for tp, rs in records.items())
             body = {"type": "changes", "subscription": sub.id, "source_id": sub.source_id, "changes": changes}

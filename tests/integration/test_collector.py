@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import base64
 import json
+import urllib.error
+import urllib.request
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from rudderstack.analytics.client import Client as RudderClient
@@ -25,6 +28,21 @@ START = datetime(2015, 6, 1, 10, 0, tzinfo=UTC)
 
 def basic(key: str) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(f"{key}:".encode()).decode()}
+
+
+SHOP = "https://shop.example"
+
+
+def post_text(url: str, body: bytes, origin: str) -> tuple[int, Any]:
+    """POST ``body`` as ``text/plain`` from a page of ``origin``: status and headers."""
+    request = urllib.request.Request(
+        url, data=body, method="POST", headers={"Content-Type": "text/plain", "Origin": origin}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.headers
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers
 
 
 def state_of(base: str, kind: str, value: str) -> list[int]:
@@ -92,9 +110,16 @@ def test_a_site_s_tracker_sends_events_that_become_journeys(sdk, settings: Setti
 
 
 def test_the_collector_answers_as_segment_does_and_rejects_a_bad_call_alone(settings: Settings, workers: Workers):
-    worker = workers.start(settings.with_(write_keys={WRITE_KEY: 7}))
+    worker = workers.start(settings.with_(write_keys={WRITE_KEY: 7}, cors_origins=(SHOP,)))
     base = worker.base_url
     view = {"type": "track", "event": "Product Viewed", "userId": "ada", "timestamp": START.isoformat()}
+
+    # A browser tracker on the site's page sends text/plain (no preflight); another site's
+    # page is refused.
+    beacon = json.dumps({**view, "userId": "dee", "writeKey": WRITE_KEY}).encode()
+    status, headers = post_text(f"{base}/v1/track", beacon, SHOP)
+    assert status == 200 and headers["Access-Control-Allow-Origin"] == SHOP
+    assert post_text(f"{base}/v1/track", beacon, "https://elsewhere.example")[0] == 403
 
     code, answer = http_json("POST", f"{base}/v1/track", view, headers=basic("wrong"))
     assert code == 401 and "write key" in answer["error"]
@@ -127,6 +152,6 @@ def test_the_collector_answers_as_segment_does_and_rejects_a_bad_call_alone(sett
     assert code == 400 and "at most" in answer["error"]
 
     stats = wait_until_reflected(base, 7)
-    assert (stats["events"], stats["rejected"], stats["ignored"]) == (3, 3, 1)
+    assert (stats["events"], stats["rejected"], stats["ignored"]) == (4, 3, 1)
     reasons = {r["reason"] for r in http_json("GET", f"{base}/rejections?source_id=7")[1]["reasons"]}
     assert any("ISO 8601" in r for r in reasons) and any("userId or an anonymousId" in r for r in reasons)

@@ -115,6 +115,8 @@ def test_a_receiver_gets_the_members_then_every_move_and_all_it_missed_while_dow
     for path, secret in (("/hook", sub["secret"]), ("/file", fixed_secret)):
         wait_for(lambda: set(members(receiver, path, secret)) == EVERYONE, f"the members at {path}")  # noqa: B023
         assert sorted(members(receiver, path, secret)) == sorted(EVERYONE)
+    originals = {v: o for b in receiver.bodies("/hook", sub["secret"]) for v, o in b.get("original_ids", {}).items()}
+    assert originals[str(visitor_id("user", "buyer-7"))] == "user:buyer-7" and len(originals) == 30
     view = {s["id"]: s["label"] for s in http_json("GET", f"{base}/view?source_id={SOURCE}")[1]}
     first = receiver.bodies("/hook", sub["secret"])
     assert all(b["label"] == view[b["segment"]] for b in first)
@@ -144,6 +146,7 @@ def test_a_receiver_gets_the_members_then_every_move_and_all_it_missed_while_dow
     assert [c["action"] for c in mine] == ["exit", "enter"] * (len(mine) // 2)
     assert [c["at"] for c in mine] == sorted(c["at"] for c in mine) and mine[-1]["segment"] == buyers
     assert mine == moves
+    assert {c["original_id"] for c in mine} == {"user:bouncer-0"}  # whom a CRM knows
 
     metrics = urllib.request.urlopen(f"{base}/metrics").read().decode()
     assert f'ampelios_webhook_deliveries_total{{outcome="failed",subscription="{sub["id"]}"}}' in metrics

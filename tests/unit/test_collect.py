@@ -127,3 +127,18 @@ def test_times_are_iso_8601_with_utc_when_no_zone_is_given():
             assert "ISO 8601" in str(exc)
         else:
             raise AssertionError(bad)
+
+
+def test_a_visitor_is_named_once_and_a_colliding_original_id_is_rejected_not_mixed_in():
+    calls = [track("Product Viewed"), track("Product Viewed", userId="bob"), track("Product Viewed")]
+    got = collect(calls, 1, CODES, MS)
+    assert got.names == [(visitor_id("user", "ada"), "user:ada"), (visitor_id("user", "bob"), "user:bob")]
+    known = {visitor_id("user", "ada"): "user:ada"}
+    assert collect(calls, 1, CODES, MS, named=known.get).names == [(visitor_id("user", "bob"), "user:bob")]
+
+    # Another original id already has ada's visitor id: her calls are rejected, bob's kept.
+    collided = {visitor_id("user", "ada"): "anonymous:someone-else"}
+    got = collect(calls, 1, CODES, MS, named=collided.get)
+    assert [r.position for r in got.rejections] == ["0", "2"]
+    assert "hash collision" in got.rejections[0].reason
+    assert got.events.visitorid.tolist() == [visitor_id("user", "bob")]
