@@ -38,6 +38,14 @@ collector          the real stack fed as a site's tracker feeds it: the steady p
                    ``/visitors/{id}`` 200 - the call's send (and - the collector's 200,
                    which comes once the broker has the events); at the end every
                    distinct event is in ``/stats`` (nothing lost)
+webhooks           the real stack at R events/s, one event per message, with a webhook
+                   subscription to every segment (a receiver in this process): after a
+                   warm-up (a model, each probe's first view), probes buy; latency = the
+                   receiver's arrival of the probe's move - the purchase's produce time;
+                   every change ``segment-changes`` holds since the subscription must
+                   arrive (nothing lost). ``--receiver-down-seconds`` takes the receiver
+                   down from the start of sending, and says how soon after it is back
+                   everything arrived
 soak               (only with ``--phases soak``) the local stack as ``ampelios up`` runs it
                    (``AMPELIOS_LOCAL_BROKER``: Apache Kafka by default) under one event per
                    message at R events/s for ``--soak-seconds`` (an hour by default),

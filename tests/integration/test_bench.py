@@ -25,6 +25,7 @@ LABELS = [
     "Ampelios: 1 event/msg",
     "Ampelios: steady 200 ev/s, 1 event/msg",
     "Ampelios: collector 200 ev/s, Segment batches",
+    "Ampelios: webhooks 200 ev/s, 1 event/msg",
 ]
 
 
@@ -70,7 +71,7 @@ def test_a_tiny_bench_reports_every_figure_consistently(tmp_path: Path, scratch:
     assert report["distinct_events"] == 3000 and 0 < report["visitors"] < 3000
     rows = report["rows"]
     ids = ["limit.batched", "limit.single", "ceiling.batched", "ceiling.single", "replay", "takeover"]
-    ids += ["single", "steady", "collector"]
+    ids += ["single", "steady", "collector", "webhooks"]
     assert list(rows) == ids
     for row in rows.values():
         assert row["error"] is None and row["seconds"] >= 0 and {"events_per_s", "messages_per_s"} <= set(row), row
@@ -108,7 +109,12 @@ def test_a_tiny_bench_reports_every_figure_consistently(tmp_path: Path, scratch:
     assert collector["reflected_events"] == collector["sent_distinct_events"] > collector["probes"]
     assert 0 < collector["latency_ms"]["p50"] <= collector["latency_ms"]["p99"] <= collector["latency_ms"]["max"]
 
-    for row in (replay, single, steady, collector):
+    webhooks = rows["webhooks"]  # every change since the subscription reached the receiver
+    assert webhooks["members_delivered"] > 0 and webhooks["changes_missing"] == 0
+    assert webhooks["changes_delivered"] == webhooks["changes_expected"] >= webhooks["probes_moved"] > 0
+    assert 0 < webhooks["latency_ms"]["p50"] <= webhooks["latency_ms"]["p95"] <= webhooks["latency_ms"]["max"]
+
+    for row in (replay, single, steady, collector, webhooks):
         assert row["peak_rss_mib"] > 0 and row["rocksdb_bytes"] > 0
     assert list(scratch.iterdir()) == []  # the temporary directory is gone ...
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
