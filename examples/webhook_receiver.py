@@ -47,7 +47,8 @@ def handle(delivery: dict[str, Any]) -> None:
     if delivery["type"] == "members":  # the segment's members when the subscription began
         print(f"{len(delivery['visitors'])} members of {delivery['label']!r}")
     for change in delivery.get("changes", []):  # then every move, in order per visitor
-        print(f"visitor {change['visitorid']} {change['action']}s {change['label']!r}")
+        who = change["original_id"] or change["visitorid"]  # the site's own id when it was collected
+        print(f"{who} {change['action']}s {change['label']!r}")
 
 
 def main() -> None:

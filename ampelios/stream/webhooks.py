@@ -110,11 +110,13 @@ class Deliveries(Service):
         await self.consumer.start()
 
     async def on_stop(self) -> None:
-        if self.consumer is not None:
-            leave_even_the_first_generation(self.consumer)
-            await self.consumer.stop()
-        if self.session is not None:
-            await self.session.close()
+        try:
+            if self.session is not None:
+                await self.session.close()
+        finally:
+            if self.consumer is not None:
+                leave_even_the_first_generation(self.consumer)
+                await self.consumer.stop()
 
     @Service.task
     async def _run(self) -> None:
