@@ -32,7 +32,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiokafka
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -132,6 +132,24 @@ def plain_consumer(url: str) -> aiokafka.AIOKafkaConsumer:
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
+    )
+
+
+def group_consumer(url: str, group_id: str, *topics: str, **options: Any) -> aiokafka.AIOKafkaConsumer:
+    """A consumer (not started) in consumer group ``group_id`` that commits only what its
+    owner says (no auto-commit), starts a new group from the earliest records, reads
+    records up to ``MAX_MESSAGE_BYTES`` and heartbeats every second within the broker's
+    session timeout; ``options`` go to aiokafka as they are."""
+    return aiokafka.AIOKafkaConsumer(
+        *topics,
+        bootstrap_servers=bootstrap_servers(url),
+        group_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
+        session_timeout_ms=session_timeout_seconds(url) * 1000,
+        heartbeat_interval_ms=1_000,
+        **options,
     )
 
 

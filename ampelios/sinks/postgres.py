@@ -19,7 +19,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from mode import Service
 
 from ampelios.internals import leave_even_the_first_generation
-from ampelios.services.broker import MAX_MESSAGE_BYTES, bootstrap_servers, session_timeout_seconds
+from ampelios.services.broker import group_consumer
 from ampelios.sinks.history import History, HistoryUnavailable
 from ampelios.stream.topology import Topology
 
@@ -42,20 +42,8 @@ class PostgresSink(Service):
 
     async def on_start(self) -> None:
         t = self.topology
-        self.consumer = aiokafka.AIOKafkaConsumer(
-            t.snapshots,
-            t.visitor_updates,
-            t.segment_changes,
-            t.segment_alerts,
-            bootstrap_servers=bootstrap_servers(self.broker_url),
-            group_id=t.sink_group,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
-            fetch_max_bytes=64 * 1024 * 1024,
-            session_timeout_ms=session_timeout_seconds(self.broker_url) * 1000,
-            heartbeat_interval_ms=1_000,
-        )
+        topics = (t.snapshots, t.visitor_updates, t.segment_changes, t.segment_alerts)
+        self.consumer = group_consumer(self.broker_url, t.sink_group, *topics, fetch_max_bytes=64 * 1024 * 1024)
         await self.consumer.start()
 
     async def on_stop(self) -> None:

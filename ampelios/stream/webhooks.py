@@ -59,7 +59,7 @@ from ampelios.core.webhooks import (
     signed_headers,
 )
 from ampelios.internals import leave_even_the_first_generation
-from ampelios.services.broker import MAX_MESSAGE_BYTES, bootstrap_servers, session_timeout_seconds
+from ampelios.services.broker import group_consumer
 from ampelios.stream.cluster import PeerUnavailable
 from ampelios.stream.members import MemberCursor, MemberPages
 from ampelios.stream.pipeline import Pipeline
@@ -96,16 +96,8 @@ class Deliveries(Service):
 
     async def on_start(self) -> None:
         self.session = aiohttp.ClientSession(timeout=DELIVERY_TIMEOUT)
-        self.consumer = aiokafka.AIOKafkaConsumer(
-            bootstrap_servers=bootstrap_servers(self.p.settings.broker_url),
-            group_id=self.p.topology.webhook_group(self.sub.id),
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
-            session_timeout_ms=session_timeout_seconds(self.p.settings.broker_url) * 1000,
-            heartbeat_interval_ms=1_000,
-            max_poll_interval_ms=MAX_POLL_INTERVAL_MS,
-        )
+        group = self.p.topology.webhook_group(self.sub.id)
+        self.consumer = group_consumer(self.p.settings.broker_url, group, max_poll_interval_ms=MAX_POLL_INTERVAL_MS)
         self.consumer.subscribe([self.p.topology.segment_changes], listener=_NewPartitions(self))
         await self.consumer.start()
 
