@@ -58,6 +58,15 @@ def unpack_pairs(blob: bytes) -> list[tuple[bytes, bytes | None]]:
     return list(zip(pieces[:n], pieces[n:]))  # type: ignore[arg-type]
 
 
+def add_pairs(write: rocksdict.WriteBatch, pairs: Iterable[tuple[bytes, bytes | None]]) -> None:
+    """Put each (key, value) into ``write``; a value of ``None`` deletes its key."""
+    for key, value in pairs:
+        if value is None:
+            write.delete(key)
+        else:
+            write.put(key, value)
+
+
 class BatchTable(faust.Table):  # type: ignore[misc]
     """A bytes -> bytes table with batch reads and writes (see the module docstring).
 
@@ -119,11 +128,7 @@ class BatchTable(faust.Table):  # type: ignore[misc]
             )
             offset = (await sent).offset  # if the broker refuses it, the local state stays as it was
             write = rocksdict.WriteBatch(raw_mode=True)
-            for key, value in zip(keys, values):
-                if value is None:
-                    write.delete(key)
-                else:
-                    write.put(key, value)
+            add_pairs(write, zip(keys, values))
             write.put(persisted_offset_key(self.data), b"%d" % offset)
             self._db(partition).write(write)
 
@@ -144,11 +149,7 @@ def apply_packed(store: Any, batch: Iterable[Any]) -> int:
         offsets[message.partition] = max(message.offset, offsets.get(message.partition, -1))
         write = writes[message.partition]
         if message.value is not None:
-            for key, value in unpack_pairs(message.value):
-                if value is None:
-                    write.delete(key)
-                else:
-                    write.put(key, value)
+            add_pairs(write, unpack_pairs(message.value))
     for partition, offset in offsets.items():
         writes[partition].put(persisted_offset_key(store), b"%d" % offset)
         store_db(store, partition).write(writes[partition])
@@ -181,11 +182,7 @@ class PublishedTable(faust.GlobalTable):  # type: ignore[misc]
     def _write_local(self, pairs: Sequence[tuple[bytes, bytes | None]], offset: int) -> None:
         """Write ``pairs`` and the changelog offset they came with, in one write batch."""
         write = rocksdict.WriteBatch(raw_mode=True)
-        for key, value in pairs:
-            if value is None:
-                write.delete(key)
-            else:
-                write.put(key, value)
+        add_pairs(write, pairs)
         write.put(persisted_offset_key(self.data), b"%d" % offset)
         store_db(self.data, 0).write(write)
 
