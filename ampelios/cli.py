@@ -28,8 +28,8 @@ def worker() -> None:
     database (AMPELIOS_DATABASE_URL). The same as ``faust -A ampelios.app worker``."""
     from faust.worker import Worker
 
-    from ampelios.stream import event_loop
-    from ampelios.stream.app import create_pipeline
+    from ampelios.runtime import event_loop
+    from ampelios.worker.app import create_pipeline
 
     event_loop.install()
     settings = load_settings()
@@ -70,9 +70,9 @@ def replay(file: Path, source_id: int, file_order: bool) -> None:
     from aiokafka.errors import KafkaError
 
     from ampelios.core.events import event_codes, read_csv
+    from ampelios.ingest.replay import ReplayProgress, replay_parsed
     from ampelios.services.stack import RunningStack
-    from ampelios.stream.replay import ReplayProgress, replay_parsed
-    from ampelios.stream.topology import Topology
+    from ampelios.topology import Topology
 
     settings = load_settings()
     if settings.broker is None:

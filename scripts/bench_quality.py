@@ -45,7 +45,7 @@ from ampelios.core.generate import EVENTS_PER_VISITOR, generate_events
 from ampelios.core.journeys import batch_shapes, features_from_shapes, merge_journeys
 from ampelios.core.model import SegmentModel, update
 from ampelios.core.population import Population, PopulationDelta
-from ampelios.stream.replay import plan_messages
+from ampelios.ingest.replay import plan_messages
 
 GAP_MS = 20 * 60_000
 

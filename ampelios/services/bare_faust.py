@@ -22,8 +22,8 @@ import orjson
 from faust.worker import Worker
 
 import ampelios.services.broker  # noqa: F401  (registers the tansu:// transport)
+from ampelios.runtime import event_loop
 from ampelios.services.broker import MAX_MESSAGE_BYTES, session_timeout_seconds
-from ampelios.stream import event_loop
 
 APP_ID = "ampelios-bench-bare"
 
@@ -37,7 +37,7 @@ def create_app(broker: str, topic: str, partitions: int, datadir: Path, expected
         topic_partitions=partitions,
         topic_replication_factor=1,
         web_enabled=False,
-        # As Ampelios's app (ampelios/stream/app.py), so that only the agent's work differs.
+        # As Ampelios's app (ampelios/worker/app.py), so that only the agent's work differs.
         broker_rebalance_timeout=10,
         broker_session_timeout=session_timeout_seconds(broker),
         broker_heartbeat_interval=1,

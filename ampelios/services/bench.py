@@ -89,6 +89,7 @@ from ampelios.core.events import ADDTOCART, TRANSACTION, VIEW, EventBatch, encod
 from ampelios.core.generate import generate_events
 from ampelios.core.partitioning import partition_for, partitions_for, visitor_key
 from ampelios.core.webhooks import Subscription, membership_changes
+from ampelios.ingest.replay import new_producer, plan_messages
 from ampelios.services.broker import (
     TansuBroker,
     TopicSpec,
@@ -110,8 +111,7 @@ from ampelios.services.stack import (
     wait_until_reflected,
 )
 from ampelios.services.webhook_receiver import WebhookReceiver
-from ampelios.stream.replay import new_producer, plan_messages
-from ampelios.stream.topology import Topology
+from ampelios.topology import Topology
 
 DEFAULT_EVENTS = 2_756_101  # the Retailrocket data set's size (about 1.4M visitors)
 PHASES = ("limit", "ceiling", "replay", "takeover", "single", "steady", "collector", "webhooks", "soak")

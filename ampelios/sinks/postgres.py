@@ -21,7 +21,7 @@ from mode import Service
 from ampelios.internals import leave_even_the_first_generation
 from ampelios.services.broker import group_consumer
 from ampelios.sinks.history import History, HistoryUnavailable
-from ampelios.stream.topology import Topology
+from ampelios.topology import Topology
 
 log = logging.getLogger(__name__)
 

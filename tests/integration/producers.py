@@ -11,7 +11,7 @@ from confluent_kafka import Producer
 from ampelios.config import Settings
 from ampelios.core.events import EventBatch, encode_each_event, encode_events
 from ampelios.services.broker import bootstrap_servers
-from ampelios.stream.topology import Topology
+from ampelios.topology import Topology
 
 BATCH_SHARE = 0.1  # share of the events sent in multi-visitor messages
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ampelios.stream.batch_table import pack_pairs, unpack_pairs
+from ampelios.engine.batch_table import pack_pairs, unpack_pairs
 
 
 @given(st.lists(st.tuples(st.binary(max_size=40), st.none() | st.binary(max_size=300)), max_size=50))

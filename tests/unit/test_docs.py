@@ -7,8 +7,8 @@ import re
 from dataclasses import fields
 from pathlib import Path
 
+from ampelios.api.openapi import openapi_document
 from ampelios.config import Settings
-from ampelios.stream.openapi import openapi_document
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -18,7 +18,7 @@ MODULES = [
     "ampelios.core.partitioning",
     "ampelios.core.population",
     "ampelios.sinks.history",
-    "ampelios.stream.outbox",
+    "ampelios.engine.outbox",
 ]
 
 

@@ -17,8 +17,8 @@ from typing import Any
 
 from aiokafka.structs import TopicPartition
 
-from ampelios.stream.exactly_once import ExactlyOnce, Step
-from ampelios.stream.outbox import Outbox
+from ampelios.engine.exactly_once import ExactlyOnce, Step
+from ampelios.engine.outbox import Outbox
 
 TOPIC = "events"
 POSITION, OUTBOX = b"~position", b"~outbox"

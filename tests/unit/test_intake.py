@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from ampelios.stream import intake as intake_module
-from ampelios.stream.intake import Intake
+from ampelios.engine import intake as intake_module
+from ampelios.engine.intake import Intake
 
 
 @dataclass

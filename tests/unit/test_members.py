@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ampelios.api.members import MemberCursor
 from ampelios.core.model import update
 from ampelios.core.population import Population
-from ampelios.stream.members import MemberCursor
 
 MODEL = update(None, Population({(1, 0, 0, 1): 900, (3, 0, 0, 2): 300, (30, 3, 2, 4): 40, (2, 1, 1, 1): 9}), k=4)
 

@@ -17,7 +17,7 @@ def test_a_recovery_that_never_finishes_ends_the_worker_with_code_70(tmp_path):
         from aiokafka.structs import TopicPartition
         from pathlib import Path
         from ampelios.config import Settings
-        from ampelios.stream.app import create_pipeline
+        from ampelios.worker.app import create_pipeline
 
         logging.basicConfig(level=logging.INFO)
         app = create_pipeline(Settings(state_dir=Path({str(tmp_path)!r}))).app

@@ -7,7 +7,7 @@ commit waits at most 0.1 s for table writes to leave the producer buffer. A cras
 such a commit loses those messages. Ampelios therefore does not trust
 committed offsets for correctness. Every agent stores the offset of the last message it
 applied in the same atomic write as the state it changed (a
-:class:`~ampelios.stream.batch_table.BatchTable` key), and :meth:`Positions.admit` turns
+:class:`~ampelios.engine.batch_table.BatchTable` key), and :meth:`Positions.admit` turns
 each run of delivered messages into the messages to apply, so that each partition's
 messages are applied exactly once, in order:
 
@@ -26,7 +26,7 @@ offsets, so that messages skipped at the end of a partition do not wait for a la
 message to show the gap; and so it is again when a held partition's position stays
 behind the partition's end with nothing applied for a few seconds (Faust dropped messages
 delivered around the rebalance after that seek:
-:func:`~ampelios.stream.exactly_once.seek_stalled`).
+:func:`~ampelios.engine.exactly_once.seek_stalled`).
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ from typing import Any
 
 from aiokafka.structs import TopicPartition
 
+from ampelios.engine.batch_table import BatchTable
 from ampelios.services.broker import read_range
-from ampelios.stream.batch_table import BatchTable
 
 log = logging.getLogger(__name__)
 

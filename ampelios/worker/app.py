@@ -25,9 +25,9 @@ segment-state       1           ``model:source`` -> the authoritative :class:`Se
 segment-published   1 (global)  ``source`` -> a copy of the model every worker reads;
                                 a :class:`PublishedTable`
 identities          1 (global)  ``link:source:anonymousId`` -> the user id a collected
-                                call linked it to (:mod:`ampelios.stream.collector`)
+                                call linked it to (:mod:`ampelios.ingest.collector`)
 webhooks            1 (global)  subscription id -> a webhook subscription made with
-                                ``POST /webhooks`` (:mod:`ampelios.stream.webhooks`)
+                                ``POST /webhooks`` (:mod:`ampelios.api.webhooks`)
 visitor-names       1 (global)  ``name:source:visitor`` -> a collected visitor's original
                                 id (``user:<userId>``); a :class:`PublishedBatches`: one
                                 changelog record per collector request
@@ -47,9 +47,16 @@ from aiokafka.structs import TopicPartition
 
 import ampelios.services.broker  # noqa: F401  (registers the tansu:// transport)
 from ampelios import internals
+from ampelios.api import views
+from ampelios.api.web_guard import cors_options
+from ampelios.api.webhooks import Webhooks
 from ampelios.config import Settings
 from ampelios.core.collect import collector_codes
 from ampelios.core.events import event_codes
+from ampelios.engine.batch_table import BatchTable, PublishedBatches, PublishedTable
+from ampelios.engine.exactly_once import seek_stalled, steer
+from ampelios.engine.intake import Intake
+from ampelios.runtime.pipeline import Pipeline
 from ampelios.services.broker import (
     EPOCH_FILE,
     MAX_MESSAGE_BYTES,
@@ -61,14 +68,8 @@ from ampelios.services.broker import (
 )
 from ampelios.sinks.history import History
 from ampelios.sinks.postgres import PostgresSink
-from ampelios.stream import agents, views
-from ampelios.stream.batch_table import BatchTable, PublishedBatches, PublishedTable
-from ampelios.stream.exactly_once import seek_stalled, steer
-from ampelios.stream.intake import Intake
-from ampelios.stream.pipeline import Pipeline
-from ampelios.stream.topology import Topology
-from ampelios.stream.web_guard import cors_options
-from ampelios.stream.webhooks import Webhooks
+from ampelios.topology import Topology
+from ampelios.worker import agents
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ class AmpeliosApp(internals.App):
 
     def consumer_created(self, consumer: Any) -> None:
         """Faust's consumer is positioned and committed by the agents' stored positions
-        rather than by Faust's acknowledgements (:mod:`ampelios.stream.exactly_once`)."""
+        rather than by Faust's acknowledgements (:mod:`ampelios.engine.exactly_once`)."""
         p = self.pipeline
         steer(consumer, p.processors, lambda: self.rebalancing, lambda: self.in_recovery)
         internals.divert_messages(consumer, p.topology.events, p.intake.deliver)

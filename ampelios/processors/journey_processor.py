@@ -1,7 +1,7 @@
 """Events -> journeys: what a run of ``events`` messages of one partition changes.
 
 :meth:`JourneyProcessor.steps` is given the messages of one partition to apply, in order
-(by :class:`~ampelios.stream.exactly_once.ExactlyOnce`, which stores and sends what it
+(by :class:`~ampelios.engine.exactly_once.ExactlyOnce`, which stores and sends what it
 yields). It dead-letters what cannot be used, then yields one :class:`Step` per group of
 at most RUN_EVENTS events (a message whose events pass into a later event-time snapshot
 period starts a new group, so that a replay's daily snapshots see the model as it was at
@@ -37,11 +37,11 @@ from ampelios.core.journeys import JourneyBatch, features_from_shapes, merge_jou
 from ampelios.core.partitioning import route, visitor_key
 from ampelios.core.periods import batch_delta
 from ampelios.core.population import PopulationDelta
-from ampelios.stream.exactly_once import Step
-from ampelios.stream.journey_store import read_journeys, store
-from ampelios.stream.outbox import Outbox
-from ampelios.stream.pipeline import Pipeline, counts_key, ignored_key
-from ampelios.stream.replay import rejection_record
+from ampelios.engine.exactly_once import Step
+from ampelios.engine.outbox import Outbox
+from ampelios.ingest.replay import rejection_record
+from ampelios.processors.journey_store import read_journeys, store
+from ampelios.runtime.pipeline import Pipeline, counts_key, ignored_key
 
 log = logging.getLogger(__name__)
 

@@ -1,11 +1,11 @@
 """The agents and timers: events -> journeys -> population deltas -> the segment model.
 
 Wiring only. Each agent takes *runs* -- the messages of one partition that arrived
-together -- and hands them to the :class:`~ampelios.stream.exactly_once.ExactlyOnce` of
+together -- and hands them to the :class:`~ampelios.engine.exactly_once.ExactlyOnce` of
 its input topic, with the processor that turns them into steps. A run of hundreds of
 one-event messages costs about what one message of hundreds of events costs: one read of
 the state, one batch of numpy work, one write. The journeys agent takes its runs from the
-:class:`~ampelios.stream.intake.Intake` (what each fetch brought, bypassing Faust's
+:class:`~ampelios.engine.intake.Intake` (what each fetch brought, bypassing Faust's
 per-message path); the two others from their Faust streams (up to RUN_MESSAGES within
 RUN_SECONDS).
 
@@ -25,12 +25,12 @@ import importlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from ampelios.stream.exactly_once import CONFIRM_SECONDS, ExactlyOnce
-from ampelios.stream.journey_processor import JourneyProcessor
-from ampelios.stream.outbox import OUTBOX_KEY
-from ampelios.stream.pipeline import Pipeline
-from ampelios.stream.rejection_counter import RejectionCounter
-from ampelios.stream.segment_owner import SegmentOwner
+from ampelios.engine.exactly_once import CONFIRM_SECONDS, ExactlyOnce
+from ampelios.engine.outbox import OUTBOX_KEY
+from ampelios.processors.journey_processor import JourneyProcessor
+from ampelios.processors.rejection_counter import RejectionCounter
+from ampelios.processors.segment_owner import SegmentOwner
+from ampelios.runtime.pipeline import Pipeline
 
 RUN_MESSAGES = 512  # messages an agent takes at most at once (over all its partitions)
 RUN_SECONDS = 0.05  # longest wait for more messages before applying those taken
@@ -79,7 +79,7 @@ def register(p: Pipeline) -> None:
     @p.app.agent(p.events, name="journeys")
     async def journeys_agent(stream: Any) -> None:
         """Faust subscribes the topic and assigns its partitions; the messages come from
-        the intake, not from ``stream`` (:mod:`ampelios.stream.intake`)."""
+        the intake, not from ``stream`` (:mod:`ampelios.engine.intake`)."""
         async for taken in p.intake.runs():
             await each_partition(taken, lambda run: journeys.process(run, journey_processor.steps))
 

@@ -53,6 +53,18 @@ from aiokafka.structs import TopicPartition
 from faust.web import Request, Response, View
 
 from ampelios import internals
+from ampelios.api.members import (
+    CONTENT_TYPES,
+    CSV_HEADER,
+    FORMATS,
+    MemberCursor,
+    MemberPages,
+    first_members,
+    read_members,
+)
+from ampelios.api.openapi import MAX_BODY_BYTES, MAX_MEMBERS, MAX_USER_LIMIT, openapi_document
+from ampelios.api.web_guard import BODY_SECONDS, authorized, connection_options, guard
+from ampelios.api.webhooks import Webhooks
 from ampelios.config import AUTO
 from ampelios.core.collect import MAX_BATCH_BYTES, MAX_CALL_BYTES, visitor_id
 from ampelios.core.events import MAX_SOURCE_ID, UNKNOWN_SOURCE
@@ -64,26 +76,14 @@ from ampelios.core.model import SegmentModel
 from ampelios.core.partitioning import partition_for, visitor_key
 from ampelios.core.rejections import MAX_REASONS, RejectionSummary
 from ampelios.core.webhooks import Subscription, SubscriptionRefused
+from ampelios.ingest import collector
+from ampelios.ingest.jobs import PathMissing, PathRefused, ReplayJob, data_files, resolve_data_path, start_job
+from ampelios.processors.journey_store import read_journey
+from ampelios.processors.segment_owner import stored_population
+from ampelios.runtime.cluster import FORWARDED, PeerUnavailable, ask, holder_of, own_url, relay, workers_of
+from ampelios.runtime.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from ampelios.runtime.pipeline import Pipeline, snapshot_request
 from ampelios.sinks.history import HistoryUnavailable
-from ampelios.stream import collector
-from ampelios.stream.cluster import FORWARDED, PeerUnavailable, ask, holder_of, own_url, relay, workers_of
-from ampelios.stream.jobs import PathMissing, PathRefused, ReplayJob, data_files, resolve_data_path, start_job
-from ampelios.stream.journey_store import read_journey
-from ampelios.stream.members import (
-    CONTENT_TYPES,
-    CSV_HEADER,
-    FORMATS,
-    MemberCursor,
-    MemberPages,
-    first_members,
-    read_members,
-)
-from ampelios.stream.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from ampelios.stream.openapi import MAX_BODY_BYTES, MAX_MEMBERS, MAX_USER_LIMIT, openapi_document
-from ampelios.stream.pipeline import Pipeline, snapshot_request
-from ampelios.stream.segment_owner import stored_population
-from ampelios.stream.web_guard import BODY_SECONDS, authorized, connection_options, guard
-from ampelios.stream.webhooks import Webhooks
 
 log = logging.getLogger(__name__)
 
@@ -652,7 +652,7 @@ def register(p: Pipeline, webhooks: Webhooks) -> None:
         class Collector(View):
             @_endpoint(p, needs_state=False)
             async def post(self, request: Request) -> tuple[int, Any]:
-                """Segment-style tracking calls -> events (:mod:`ampelios.stream.collector`)."""
+                """Segment-style tracking calls -> events (:mod:`ampelios.ingest.collector`)."""
                 limit = MAX_CALL_BYTES if kind is not None else MAX_BATCH_BYTES
                 body = await _json_body(request, limit, too_large=400)  # Segment answers 400
                 try:
@@ -728,7 +728,7 @@ def register(p: Pipeline, webhooks: Webhooks) -> None:
     @app.page("/metrics")
     class PrometheusMetrics(View):
         async def get(self, request: Request) -> Response:
-            """Prometheus metrics (text format; see :mod:`ampelios.stream.metrics`)."""
+            """Prometheus metrics (text format; see :mod:`ampelios.runtime.metrics`)."""
             try:
                 pending = await p.pending()
             except Exception as exc:  # the broker is unreachable: say so, keep the rest

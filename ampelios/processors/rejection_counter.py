@@ -7,7 +7,7 @@ them like the events, and sums up their reasons with a few examples each under
 ``/rejections`` merges). A replay's count of rows it ignored (``AMPELIOS_EVENT_MAP``)
 comes the same way and is added under ``~ignored:<source>``, beside the events the
 worker itself ignored. The position of each partition goes in the same write
-(:class:`~ampelios.stream.exactly_once.ExactlyOnce`).
+(:class:`~ampelios.engine.exactly_once.ExactlyOnce`).
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import orjson
 
 from ampelios.core.events import UNKNOWN_SOURCE, Rejection
 from ampelios.core.rejections import RejectionSummary
-from ampelios.stream.batch_table import BatchTable
-from ampelios.stream.exactly_once import Step
-from ampelios.stream.pipeline import ignored_key, rejected_key, rejections_key
+from ampelios.engine.batch_table import BatchTable
+from ampelios.engine.exactly_once import Step
+from ampelios.runtime.pipeline import ignored_key, rejected_key, rejections_key
 
 
 class RejectionCounter:

@@ -22,7 +22,7 @@ from ampelios.core.events import EVENT_CODES, EventBatch, ParsedCsv, Rejection, 
 from ampelios.core.partitioning import partitions_for
 from ampelios.core.rejections import RejectionSummary
 from ampelios.services.broker import MAX_MESSAGE_BYTES, bootstrap_servers, ensure_topics
-from ampelios.stream.topology import Topology
+from ampelios.topology import Topology
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """The collector: Segment-style tracking calls in, events on the ``events`` topic out.
 
 Every worker serves ``POST /v1/track``, ``/v1/page``, ``/v1/identify`` and ``/v1/batch``
-(:mod:`ampelios.stream.views`). A request names its source by its write key
+(:mod:`ampelios.api.views`). A request names its source by its write key
 (``AMPELIOS_WRITE_KEYS``: write key -> source id), as Segment's clients send it: the user
 of HTTP Basic auth, or ``writeKey`` in the body. :func:`accept` turns its calls into
 events (:func:`ampelios.core.collect.collect`) and answers only once the broker has them:
@@ -36,9 +36,9 @@ import numpy as np
 from ampelios.core.collect import Collected, collect
 from ampelios.core.events import encode_events
 from ampelios.core.partitioning import partitions_for
-from ampelios.stream.outbox import Outbox
-from ampelios.stream.pipeline import Pipeline, link_key, name_key
-from ampelios.stream.replay import ignored_record, rejection_record
+from ampelios.engine.outbox import Outbox
+from ampelios.ingest.replay import ignored_record, rejection_record
+from ampelios.runtime.pipeline import Pipeline, link_key, name_key
 
 KINDS = ("track", "page", "identify")  # the single-call endpoints; /v1/batch says per call
 

@@ -1,6 +1,6 @@
 """The OpenAPI 3.1 document of the HTTP API, served at ``/openapi.json``.
 
-It is the contract :mod:`ampelios.stream.views` keeps (the test suite runs schemathesis
+It is the contract :mod:`ampelios.api.views` keeps (the test suite runs schemathesis
 against a live worker with it): every documented status, every field of every answer.
 """
 
@@ -400,7 +400,7 @@ _SCHEMAS: dict[str, Any] = {
 
 
 def _collector_operation(kind: str) -> dict[str, Any]:
-    """A Segment-style collector endpoint (:mod:`ampelios.stream.collector`)."""
+    """A Segment-style collector endpoint (:mod:`ampelios.ingest.collector`)."""
     call = {"type": "object", "description": "a Segment call: userId or anonymousId, event, properties, timestamp"}
     body = (
         call
@@ -461,7 +461,7 @@ _SUBSCRIPTION_ID = {"name": "subscription_id", "in": "path", "required": True, "
 
 
 def _webhook_paths(token_required: bool) -> dict[str, Any]:
-    """``/webhooks`` and its sub-resources (:mod:`ampelios.stream.webhooks`)."""
+    """``/webhooks`` and its sub-resources (:mod:`ampelios.api.webhooks`)."""
     security = [{"bearer": []}] if token_required else []
     auth = (401,) if token_required else ()
     new = {

@@ -18,7 +18,7 @@ from ampelios.core.journeys import (
     join_journey,
     store_journey,
 )
-from ampelios.stream.batch_table import BatchTable
+from ampelios.engine.batch_table import BatchTable
 
 
 def read_journeys(table: BatchTable, partition: int, keys: Sequence[bytes]) -> list[bytes | None]:

@@ -1,7 +1,7 @@
 """Exactly-once processing of an input topic's partitions, as one named thing.
 
 Kafka delivers at least once, Faust commits from its own bookkeeping (which can move past
-messages never processed, :mod:`ampelios.stream.positions`), and the embedded broker has
+messages never processed, :mod:`ampelios.engine.positions`), and the embedded broker has
 no transactions. An :class:`ExactlyOnce` makes the processing of one input topic exact
 anyway by keeping, per partition, the state, the position and the outputs together. An
 agent hands it each run of delivered messages and a function that turns the messages to
@@ -12,7 +12,7 @@ for each step it
    *position*) and its outbox in **one** changelog record, acknowledged, then one
    RocksDB write batch (:meth:`BatchTable.write`): a crash before leaves nothing behind,
    a crash after keeps all of it;
-2. sends the outbox (:mod:`ampelios.stream.outbox`) and waits for the broker's
+2. sends the outbox (:mod:`ampelios.engine.outbox`) and waits for the broker's
    acknowledgements; every receiver is idempotent, so sending it again is harmless.
 
 A partition's stored outbox is sent again, before its next run, whenever this worker does
@@ -45,10 +45,10 @@ from typing import Any
 from aiokafka.structs import TopicPartition
 
 from ampelios.core.events import EventBatch, encode_events
+from ampelios.engine.batch_table import BatchTable
+from ampelios.engine.outbox import Outbox
+from ampelios.engine.positions import Positions
 from ampelios.internals import Commit, steer_consumer
-from ampelios.stream.batch_table import BatchTable
-from ampelios.stream.outbox import Outbox
-from ampelios.stream.positions import Positions
 
 log = logging.getLogger(__name__)
 

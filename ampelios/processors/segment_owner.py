@@ -4,7 +4,7 @@
 population deltas of the journeys processors and snapshot requests. :class:`SegmentOwner`
 applies a run of them in order to the population of their source, updates each changed
 source's segment model once per run (:func:`ampelios.core.model.update`), and hands the
-whole run to its :class:`~ampelios.stream.exactly_once.ExactlyOnce` as one step (model,
+whole run to its :class:`~ampelios.engine.exactly_once.ExactlyOnce` as one step (model,
 population, applied offsets and position in one write of ``segment-state``); once that is
 stored it publishes the models in the global table every worker reads.
 
@@ -38,10 +38,10 @@ from ampelios.core.k_choice import choose_k, evaluate
 from ampelios.core.model import SegmentModel, update
 from ampelios.core.periods import PeriodDelta, PeriodPopulations, PeriodTables
 from ampelios.core.population import Population, PopulationDelta, Shape
-from ampelios.stream.batch_table import BatchTable
-from ampelios.stream.exactly_once import ExactlyOnce, Step
-from ampelios.stream.outbox import Outbox
-from ampelios.stream.pipeline import Pipeline, snapshot_request
+from ampelios.engine.batch_table import BatchTable
+from ampelios.engine.exactly_once import ExactlyOnce, Step
+from ampelios.engine.outbox import Outbox
+from ampelios.runtime.pipeline import Pipeline, snapshot_request
 
 log = logging.getLogger(__name__)
 

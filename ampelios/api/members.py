@@ -28,10 +28,10 @@ import orjson
 
 from ampelios.core.journeys import FEATURE_NAMES, N_FEATURES, stored_features
 from ampelios.core.model import SegmentModel
-from ampelios.stream.batch_table import BatchTable
-from ampelios.stream.cluster import PeerUnavailable, ask, holder_of, own_url
-from ampelios.stream.journey_store import scan_journeys
-from ampelios.stream.pipeline import Pipeline
+from ampelios.engine.batch_table import BatchTable
+from ampelios.processors.journey_store import scan_journeys
+from ampelios.runtime.cluster import PeerUnavailable, ask, holder_of, own_url
+from ampelios.runtime.pipeline import Pipeline
 
 CHUNK = 10_000  # journeys read, decoded and classified at a time
 FORMATS = ("json", "csv", "ndjson")

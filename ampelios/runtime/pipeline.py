@@ -1,6 +1,6 @@
 """What a running worker has -- settings, the app, its topics and tables -- and the keys
-and records its agents and views share. Built by :func:`ampelios.stream.app.create_pipeline`;
-the agents (:mod:`ampelios.stream.agents`) and the views (:mod:`ampelios.stream.views`)
+and records its agents and views share. Built by :func:`ampelios.worker.app.create_pipeline`;
+the agents (:mod:`ampelios.worker.agents`) and the views (:mod:`ampelios.api.views`)
 are given it and take nothing else from each other.
 """
 
@@ -16,14 +16,14 @@ from aiokafka.structs import TopicPartition
 from ampelios.config import Settings
 from ampelios.core.model import SegmentModel
 from ampelios.core.rejections import RejectionSummary
+from ampelios.engine.batch_table import BatchTable, PublishedBatches, PublishedTable
+from ampelios.engine.exactly_once import ExactlyOnce, forwarded_key
+from ampelios.engine.intake import Intake
+from ampelios.runtime.metrics import Metrics
 from ampelios.services.broker import committed_offsets, end_offsets
 from ampelios.sinks.history import History
 from ampelios.sinks.postgres import PostgresSink
-from ampelios.stream.batch_table import BatchTable, PublishedBatches, PublishedTable
-from ampelios.stream.exactly_once import ExactlyOnce, forwarded_key
-from ampelios.stream.intake import Intake
-from ampelios.stream.metrics import Metrics
-from ampelios.stream.topology import Topology
+from ampelios.topology import Topology
 
 
 @dataclass

@@ -47,6 +47,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import TopicPartition
 from mode import Service
 
+from ampelios.api.members import MemberCursor, MemberPages
 from ampelios.core.webhooks import (
     MEMBERS_PAGE,
     Subscription,
@@ -59,10 +60,9 @@ from ampelios.core.webhooks import (
     signed_headers,
 )
 from ampelios.internals import leave_even_the_first_generation
+from ampelios.runtime.cluster import PeerUnavailable
+from ampelios.runtime.pipeline import Pipeline
 from ampelios.services.broker import group_consumer
-from ampelios.stream.cluster import PeerUnavailable
-from ampelios.stream.members import MemberCursor, MemberPages
-from ampelios.stream.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 

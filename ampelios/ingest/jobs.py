@@ -12,8 +12,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ampelios.core.events import CsvError
-from ampelios.stream.replay import ReplayProgress, replay_file
-from ampelios.stream.topology import Topology
+from ampelios.ingest.replay import ReplayProgress, replay_file
+from ampelios.topology import Topology
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The outputs of a run of events messages, stored with the state that produced them.
 
 A run of messages of one partition is applied as steps
-(:mod:`ampelios.stream.exactly_once`): each step's journeys, its position and its outputs
+(:mod:`ampelios.engine.exactly_once`): each step's journeys, its position and its outputs
 -- the population delta for the model's owner, the changed visitors for SQL, the segment
 changes, forwarded events -- go into one atomic write of the ``journeys`` table under
 :data:`OUTBOX_KEY`, and only then are the outputs sent.
@@ -29,7 +29,7 @@ from typing import Any
 
 import orjson
 
-from ampelios.stream.batch_table import pack_pairs, unpack_pairs
+from ampelios.engine.batch_table import pack_pairs, unpack_pairs
 
 OUTBOX_KEY = b"~outbox"
 

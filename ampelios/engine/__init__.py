@@ -1,0 +1,1 @@
+"""The exactly-once engine: each input partition's state, position and outputs in one write."""

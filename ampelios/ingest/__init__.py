@@ -1,0 +1,1 @@
+"""Events in: a CSV replayed into the events topic, replay jobs, and Segment-style tracking calls."""

@@ -1,0 +1,2 @@
+"""What a running worker has and its parts share: the pipeline (settings, app, topics,
+tables), metrics, the other workers, the event loop."""
