@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ampelios.api.openapi import openapi_document
+from ampelios.api.routes import OPERATIONS
 from ampelios.config import Settings
 from ampelios.core.events import write_csv
 from ampelios.core.generate import generate_events
@@ -185,7 +186,7 @@ def record(base: str, receiver: WebhookReceiver) -> dict[tuple[str, str], list[t
 
 def api_document(examples: dict[tuple[str, str], list[tuple[str, Any, int, Any]]]) -> str:
     """The markdown: an index, then each operation's parameters and recorded examples."""
-    document = openapi_document(token_required=False)
+    document = openapi_document(OPERATIONS, token_required=False)
     parts = [INTRO]
     parts.append("| operation | summary |\n|---|---|")
     operations = [(m.upper(), path, op) for path, item in document["paths"].items() for m, op in item.items()]

@@ -1,7 +1,7 @@
 """The collector: Segment-style tracking calls in, events on the ``events`` topic out.
 
 Every worker serves ``POST /v1/track``, ``/v1/page``, ``/v1/identify`` and ``/v1/batch``
-(:mod:`ampelios.api.views`). A request names its source by its write key
+(:mod:`ampelios.api.routes`). A request names its source by its write key
 (``AMPELIOS_WRITE_KEYS``: write key -> source id), as Segment's clients send it: the user
 of HTTP Basic auth, or ``writeKey`` in the body. :func:`accept` turns its calls into
 events (:func:`ampelios.core.collect.collect`) and answers only once the broker has them:
@@ -75,9 +75,9 @@ def source_of(p: Pipeline, authorization: str, body: dict[str, Any]) -> int:
     return p.settings.write_keys[key]
 
 
-async def accept(p: Pipeline, authorization: str, body: dict[str, Any], kind: str | None) -> dict[str, Any]:
+async def accept(p: Pipeline, authorization: str, body: dict[str, Any], kind: str | None) -> Collected:
     """Collect the calls of one request (``kind``: the endpoint's call type, ``None`` for
-    a batch) and send what they give; return the answer once the broker has it all."""
+    a batch) and send what they give; return what was collected once the broker has it all."""
     source_id = source_of(p, authorization, body)
     if kind is None:
         calls = body.get("batch")
@@ -95,12 +95,7 @@ async def accept(p: Pipeline, authorization: str, body: dict[str, Any], kind: st
     await _send(p, source_id, got)
     if kind is not None and got.rejections:  # a single call: Segment answers 400
         raise CollectorRefused(400, got.rejections[0].reason)
-    return {
-        "success": True,
-        "accepted": len(got.events),
-        "ignored": got.ignored,
-        "rejected": [{"index": int(r.position), "reason": r.reason} for r in got.rejections],
-    }
+    return got
 
 
 async def _send(p: Pipeline, source_id: int, got: Collected) -> None:

@@ -1,6 +1,6 @@
 """What a running worker has -- settings, the app, its topics and tables -- and the keys
-and records its agents and views share. Built by :func:`ampelios.worker.app.create_pipeline`;
-the agents (:mod:`ampelios.worker.agents`) and the views (:mod:`ampelios.api.views`)
+and records its agents and routes share. Built by :func:`ampelios.worker.app.create_pipeline`;
+the agents (:mod:`ampelios.worker.agents`) and the routes (:mod:`ampelios.api.routes`)
 are given it and take nothing else from each other.
 """
 

@@ -47,7 +47,7 @@ from aiokafka.structs import TopicPartition
 
 import ampelios.services.broker  # noqa: F401  (registers the tansu:// transport)
 from ampelios import internals
-from ampelios.api import views
+from ampelios.api import server
 from ampelios.api.web_guard import cors_options
 from ampelios.api.webhooks import Webhooks
 from ampelios.config import Settings
@@ -270,5 +270,5 @@ def create_pipeline(settings: Settings) -> Pipeline:
     webhooks = Webhooks(pipeline)
     app.service(webhooks)
     agents.register(pipeline)
-    views.register(pipeline, webhooks)
+    server.register(pipeline, webhooks)
     return pipeline
