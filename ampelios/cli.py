@@ -28,7 +28,7 @@ def worker() -> None:
     database (AMPELIOS_DATABASE_URL). The same as ``faust -A ampelios.app worker``."""
     from faust.worker import Worker
 
-    from ampelios.runtime import event_loop
+    from ampelios.services import event_loop
     from ampelios.worker.app import create_pipeline
 
     event_loop.install()
@@ -213,7 +213,7 @@ def status(source_id: int, url: str | None, evaluate: bool) -> None:
 def bench(ctx: click.Context) -> None:
     """Measure each layer's throughput and the steady-state latency, side by side (see
     ``ampelios bench --help``)."""
-    from ampelios.services.bench import main as bench_main
+    from ampelios.bench.run import main as bench_main
 
     bench_main.main(ctx.args, prog_name=ctx.command_path)
 

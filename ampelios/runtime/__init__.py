@@ -1,2 +1,2 @@
 """What a running worker has and its parts share: the pipeline (settings, app, topics,
-tables), metrics, the other workers, the event loop."""
+tables), metrics, and the other workers."""

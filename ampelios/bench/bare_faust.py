@@ -6,7 +6,7 @@ Ampelios's own app uses. When it has counted ``--expected`` messages it writes a
 report ``{"count": n, "first": t0, "last": t1}`` (``time.time()`` of its first and last
 message) to ``--report``, atomically, and goes on running until it is stopped::
 
-    python -m ampelios.services.bare_faust --broker tansu://127.0.0.1:9092 --topic events \\
+    python -m ampelios.bench.bare_faust --broker tansu://127.0.0.1:9092 --topic events \\
         --partitions 8 --datadir /tmp/bare --expected 552 --report /tmp/bare/report.json
 """
 
@@ -22,7 +22,7 @@ import orjson
 from faust.worker import Worker
 
 import ampelios.services.broker  # noqa: F401  (registers the tansu:// transport)
-from ampelios.runtime import event_loop
+from ampelios.services import event_loop
 from ampelios.services.broker import MAX_MESSAGE_BYTES, session_timeout_seconds
 
 APP_ID = "ampelios-bench-bare"
