@@ -34,7 +34,6 @@ from ampelios.runtime.cluster import PeerUnavailable, ask, holder_of, own_url
 from ampelios.runtime.pipeline import Pipeline
 
 CHUNK = 10_000  # journeys read, decoded and classified at a time
-FORMATS = ("json", "csv", "ndjson")
 CONTENT_TYPES = {"csv": "text/csv; charset=utf-8", "ndjson": "application/x-ndjson"}
 CSV_HEADER = (",".join(("visitorid", *FEATURE_NAMES)) + "\n").encode()
 

@@ -70,7 +70,7 @@ async def visitor(api: Api, request: Request, path: VisitorPath, query: SourceQu
     answer = Visitor(
         visitorid=vid,
         source_id=source_id,
-        sessions=[Session(start=s.start, end=s.end, state=[s.views, s.addtocarts, s.transactions]) for s in sessions],
+        sessions=[Session(**s.to_dict()) for s in sessions],
         state=features[:3].astype(np.int64).tolist(),
         features=features.tolist(),
         segment=segment,
