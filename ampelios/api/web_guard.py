@@ -78,7 +78,7 @@ def cors_options(settings: Settings) -> Mapping[str, ResourceOptions]:
         origin: ResourceOptions(
             allow_credentials=False,
             expose_headers=(),
-            allow_headers=("Content-Type", "Authorization"),
+            allow_headers=("Content-Type", "Authorization", "X-Retry-Count"),  # analytics.js counts its retries
             max_age=600,
             allow_methods=("GET", "POST"),
         )

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import psycopg2
 import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
 
 from ampelios.config import Settings
 from ampelios.core.events import EventBatch, write_csv
@@ -27,6 +29,7 @@ from ampelios.services.database import EmbeddedPostgres
 from ampelios.services.kafka import ApacheKafka
 from ampelios.services.processes import free_port
 from ampelios.services.stack import WorkerProcess, http_json, wait_for_job, wait_until_reflected
+from tests.conftest import require_tool
 
 pytestmark = pytest.mark.integration
 
@@ -293,3 +296,20 @@ def outcome(settings: Settings, base: str, sample: list[int]) -> dict:
             for code, answer in answers
         ],
     }
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[webdriver.Chrome]:
+    chromium = require_tool("chromium", "Debian: apt-get install chromium chromium-driver")
+    driver_path = require_tool("chromedriver", "Debian: apt-get install chromium-driver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        options.add_argument(argument)
+    options.add_argument("--window-size=1400,1900")
+    options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
+    driver = webdriver.Chrome(options=options, service=Service(driver_path, log_output=str(tmp_path / "driver.log")))
+    try:
+        yield driver
+    finally:
+        driver.quit()  # stops chromedriver and the browser it started

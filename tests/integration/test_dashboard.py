@@ -8,42 +8,22 @@ from __future__ import annotations
 
 import shutil
 import urllib.request
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from ampelios.config import Settings
 from ampelios.core.generate import generate_events
 from ampelios.services.stack import WorkerProcess, http_json
-from tests.conftest import require_tool
 from tests.integration.conftest import replay, write_events
 
 pytestmark = pytest.mark.integration
 
 JULY, AUGUST = (round(datetime(2015, m, 1, tzinfo=UTC).timestamp() * 1000) for m in (7, 8))
-
-
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[webdriver.Chrome]:
-    chromium = require_tool("chromium", "Debian: apt-get install chromium chromium-driver")
-    driver_path = require_tool("chromedriver", "Debian: apt-get install chromium-driver")
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
-        options.add_argument(argument)
-    options.add_argument("--window-size=1400,1900")
-    options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
-    driver = webdriver.Chrome(options=options, service=Service(driver_path, log_output=str(tmp_path / "driver.log")))
-    try:
-        yield driver
-    finally:
-        driver.quit()  # stops chromedriver and the browser it started
 
 
 # label -> colour of every card, and of every dataset of each chart, read at one moment
