@@ -45,6 +45,20 @@ def post_text(url: str, body: bytes, origin: str) -> tuple[int, Any]:
         return exc.code, exc.headers
 
 
+def preflight(url: str, origin: str, headers: str) -> tuple[int, Any]:
+    """A browser's CORS preflight of a POST with ``headers`` from a page of ``origin``."""
+    request = urllib.request.Request(
+        url,
+        method="OPTIONS",
+        headers={"Origin": origin, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": headers},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.headers
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers
+
+
 def state_of(base: str, kind: str, value: str) -> list[int]:
     code, visitor = http_json("GET", f"{base}/visitors/{visitor_id(kind, value)}?source_id=7")
     assert code == 200, visitor
@@ -120,6 +134,11 @@ def test_the_collector_answers_as_segment_does_and_rejects_a_bad_call_alone(sett
     status, headers = post_text(f"{base}/v1/track", beacon, SHOP)
     assert status == 200 and headers["Access-Control-Allow-Origin"] == SHOP
     assert post_text(f"{base}/v1/track", beacon, "https://elsewhere.example")[0] == 403
+    # analytics.js sends its write key as Basic auth and counts retries: a preflight first.
+    status, headers = preflight(f"{base}/v1/t", SHOP, "authorization,content-type,x-retry-count")
+    assert status == 200 and headers["Access-Control-Allow-Origin"] == SHOP
+    assert "X-RETRY-COUNT" in headers["Access-Control-Allow-Headers"].upper()
+    assert preflight(f"{base}/v1/t", "https://elsewhere.example", "authorization")[0] == 403
 
     code, answer = http_json("POST", f"{base}/v1/track", view, headers=basic("wrong"))
     assert code == 401 and "write key" in answer["error"]
