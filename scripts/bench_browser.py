@@ -16,13 +16,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import functools
-import http.server
 import json
 import shutil
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,26 +35,12 @@ from ampelios.core.collect import visitor_id
 from ampelios.core.partitioning import partition_for
 from ampelios.services.processes import free_port
 from ampelios.services.stack import Stack
+from ampelios.services.static_site import static_site
 
 SHOP = Path(__file__).resolve().parents[1] / "examples" / "browser"
 WRITE_KEY = "bench-key"
 PAGE = '<!doctype html><html><head><script src="shop.bundle.js"></script></head><body>Shop</body></html>'
 CALL = 'analytics.track("Product Viewed", {product_id: "355908"}, {anonymousId: arguments[0]});'
-
-
-@contextlib.contextmanager
-def served(root: Path) -> Iterator[str]:
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *args: None  # type: ignore[method-assign]
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 @contextlib.contextmanager
@@ -102,7 +85,7 @@ def main() -> None:
             [esbuild, SHOP / "shop.js", "--bundle", "--format=iife", bundle], check=True, capture_output=True
         )
         (site / "shop.html").write_text(PAGE)
-        with served(site) as shop:
+        with static_site(site) as shop:
             settings = Settings(
                 state_dir=Path(root) / "state",
                 data_dir=Path(root) / "data",

@@ -5,13 +5,8 @@ and loaded the usual way with Segment's snippet whose CDN host is the worker."""
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import http.server
 import subprocess
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -20,8 +15,8 @@ import pytest
 from selenium import webdriver
 
 from ampelios.config import Settings
-from ampelios.services.processes import free_port
 from ampelios.services.stack import http_json
+from ampelios.services.static_site import static_site
 from tests.conftest import require_tool
 from tests.integration.conftest import Workers
 
@@ -56,22 +51,6 @@ def node_modules() -> Path:
     return installed
 
 
-@contextlib.contextmanager
-def shop_site(root: Path) -> Iterator[str]:
-    """Serve ``root`` over HTTP on a free port (another origin than any worker's)."""
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *args: None  # type: ignore[method-assign]
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
-
-
 def state_when_reflected(base: str, anonymous_id: str, expected: list[int]) -> list[int]:
     """The visitor's views, add-to-carts and transactions once they are ``expected`` (or
     what they were when REFLECTED_SECONDS ran out)."""
@@ -104,7 +83,7 @@ def test_analytics_next_bundled_by_the_shop_sends_through_the_worker(
         capture_output=True,
     )
     (site / "shop.html").write_text(SHOP.format(head='<script src="shop.bundle.js"></script>'))
-    with shop_site(site) as shop:
+    with static_site(site) as shop:
         worker = workers.start(settings.with_(write_keys={WRITE_KEY: SOURCE_ID}, cors_origins=(shop,)))
         base = worker.base_url
         browser.get(f"{shop}/shop.html?writeKey={WRITE_KEY}&collector={quote(base)}")
@@ -131,7 +110,7 @@ def test_analytics_js_loaded_with_segment_s_snippet_from_the_worker(
     site = tmp_path / "site"
     site.mkdir()
     (site / "shop.html").write_text(SHOP.format(head=f"<script>{snippet}</script>"))
-    with shop_site(site) as shop:
+    with static_site(site) as shop:
         worker = workers.start(settings.with_(write_keys={WRITE_KEY: SOURCE_ID}, cors_origins=(shop,)))
         base = worker.base_url
         assert base.rstrip("/") == f"http://{host}"
