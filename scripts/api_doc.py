@@ -166,6 +166,7 @@ def record(base: str, receiver: WebhookReceiver) -> dict[tuple[str, str], list[t
     ask("POST", "/v1/{call}", "/v1/t", {**browser_view, "properties": {"product_id": "248676"}})
     ask("POST", "/v1/m", "/v1/m", {"series": [{"type": "Counter", "metric": "analytics_js.invoke", "value": 1}]})
     ask("GET", "/v1/projects/{write_key}/settings", "/v1/projects/shop-key/settings")
+    ask("GET", "/sourceConfig/", "/sourceConfig/?writeKey=shop-key")  # RudderStack's SDK
     library = "/analytics.js/v1/{write_key}/analytics.min.js"
     status, script = text_get(base + "/analytics.js/v1/shop-key/analytics.min.js")
     examples[("GET", library)] = [("/analytics.js/v1/shop-key/analytics.min.js", None, status, script[:100] + "...")]

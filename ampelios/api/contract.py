@@ -228,6 +228,28 @@ class Dropped(Shape):
     success: bool
 
 
+class SourceConfigQuery(Shape):
+    writeKey: Annotated[str, Meta(description="one of AMPELIOS_WRITE_KEYS (else the Basic auth user)")] = ""
+
+
+class RudderSource(Shape):
+    id: str
+    name: str
+    writeKey: str
+    workspaceId: str
+    enabled: bool
+    config: dict[str, Any]
+    destinations: list[Any]
+
+
+class SourceConfig(Shape):
+    """What RudderStack's JavaScript SDK fetches as its source's configuration: no device-mode
+    destination, every call to the data plane (this worker)."""
+
+    isHosted: bool
+    source: RudderSource
+
+
 class WriteKeyPath(Shape):
     write_key: Annotated[str, Meta(description="one of AMPELIOS_WRITE_KEYS")]
 

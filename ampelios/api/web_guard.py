@@ -38,6 +38,18 @@ from ampelios.config import Settings
 IDLE_SECONDS = 15.0  # an idle connection, or one that has not sent its headers, is closed
 BODY_SECONDS = 10.0  # to send a request body (at most 64 KiB)
 WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# What browser trackers add to their calls: analytics.js counts its retries; RudderStack's
+# SDK names the visitor, the send time and its retries.
+TRACKER_HEADERS = (
+    "X-Retry-Count",
+    "AnonymousId",
+    "SentAt",
+    "Rsa-Recovered",
+    "Rsa-Retry-Attempt",
+    "Rsa-Since-Last-Attempt",
+    "Rsa-Since-First-Attempt",
+    "Rsa-Retry-Reason",
+)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -78,7 +90,7 @@ def cors_options(settings: Settings) -> Mapping[str, ResourceOptions]:
         origin: ResourceOptions(
             allow_credentials=False,
             expose_headers=(),
-            allow_headers=("Content-Type", "Authorization", "X-Retry-Count"),  # analytics.js counts its retries
+            allow_headers=("Content-Type", "Authorization", *TRACKER_HEADERS),
             max_age=600,
             allow_methods=("GET", "POST"),
         )

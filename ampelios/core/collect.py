@@ -25,7 +25,8 @@ the first time it is seen (:attr:`Collected.names`), so that webhooks can name i
 whose original id hashes to a visitor that another original id already has (a collision:
 about n**2 / 2**64 for n ids) is rejected, so that no journey mixes two people.
 
-**When** (Segment's rule, made repeatable): the call's ``timestamp`` (ISO 8601), else its
+**When** (Segment's rule, made repeatable): the call's ``timestamp`` (ISO 8601; RudderStack's
+``originalTimestamp`` is the same), else its
 ``sentAt``, else when it was received. When the sender's clock is off by more than
 :data:`CLOCK_SKEW_MS` (its ``sentAt`` against the time received), the timestamp is moved
 by that difference, rounded to the minute, so that a retried call gives the same time.
@@ -244,10 +245,13 @@ def _rows(
 def _event_time(call: Mapping[str, Any], received_ms: int, batch_sent_at: Any) -> int:
     sent_raw = call.get("sentAt", batch_sent_at)
     sent = parse_time(sent_raw) if sent_raw is not None else None
-    if call.get("timestamp") is not None:
-        at = parse_time(call["timestamp"])
+    stamped = call.get("timestamp", call.get("originalTimestamp"))  # RudderStack's name for it
+    if stamped is not None:
+        at = parse_time(stamped)
+    elif sent is not None:
+        at = sent
     else:
-        at = sent if sent is not None else received_ms
+        at = received_ms
     if sent is not None and abs(received_ms - sent) > CLOCK_SKEW_MS:
         at += round((received_ms - sent) / 60_000) * 60_000
     if not MIN_TIMESTAMP_MS <= at < MAX_TIMESTAMP_MS:

@@ -1,7 +1,8 @@
-"""Segment's browser library (analytics-next, from npm at the versions of
-examples/browser/package.json) in headless Chromium, on a shop page served from another
-origin than the worker's: bundled into the shop's own script with the worker as its CDN,
-and loaded the usual way with Segment's snippet whose CDN host is the worker."""
+"""Browser trackers from npm (at the versions of examples/browser/package-lock.json) in
+headless Chromium, on a shop page served from another origin than the worker's: Segment's
+analytics-next bundled into the shop's own script with the worker as its CDN, and loaded
+the usual way with Segment's snippet whose CDN host is the worker; RudderStack's JavaScript
+SDK bundled, with the worker as its data plane and source configuration."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from tests.integration.conftest import Workers
 
 pytestmark = pytest.mark.integration
 
-TRACKERS = Path(__file__).resolve().parents[2] / "examples" / "browser"  # shop.js, snippet.js, package.json
+TRACKERS = Path(__file__).resolve().parents[2] / "examples" / "browser"  # shop.js, rudderstack.js, snippet.js
 WRITE_KEY = "shop-key"
 SOURCE_ID = 5
 REFLECTED_SECONDS = 60  # a call reaches /visitors well within this, or the test fails
@@ -38,6 +39,16 @@ const done = arguments[arguments.length - 1];
   await analytics.track("Product Added", {product_id: "111016"});
   done((await analytics.user()).anonymousId());
 })().catch((error) => done("failed: " + error));
+"""
+
+# The same calls through RudderStack's SDK, once it has its source's configuration.
+RUDDERSTACK_CALLS = """
+const done = arguments[arguments.length - 1];
+rudderanalytics.ready(() => {
+  for (const id of ["355908", "248676", "111016"]) rudderanalytics.track("Product Viewed", {product_id: id});
+  rudderanalytics.track("Product Added", {product_id: "111016"});
+  done(rudderanalytics.getAnonymousId());
+});
 """
 
 
@@ -71,18 +82,20 @@ def run_calls(browser: webdriver.Chrome, script: str = CALLS) -> Any:
     return answer
 
 
+def bundle(node_modules: Path, entry: str, site: Path) -> None:
+    """Bundle ``examples/browser/<entry>`` into ``site/shop.bundle.js`` as a site's build does."""
+    esbuild = node_modules / ".bin" / "esbuild"
+    out = f"--outfile={site / 'shop.bundle.js'}"
+    subprocess.run([esbuild, TRACKERS / entry, "--bundle", "--format=iife", out], check=True, capture_output=True)
+    (site / "shop.html").write_text(SHOP.format(head='<script src="shop.bundle.js"></script>'))
+
+
 def test_analytics_next_bundled_by_the_shop_sends_through_the_worker(
     settings: Settings, workers: Workers, browser: webdriver.Chrome, node_modules: Path, tmp_path: Path
 ):
     site = tmp_path / "site"
     site.mkdir()
-    esbuild = node_modules / ".bin" / "esbuild"
-    subprocess.run(
-        [esbuild, TRACKERS / "shop.js", "--bundle", "--format=iife", f"--outfile={site / 'shop.bundle.js'}"],
-        check=True,
-        capture_output=True,
-    )
-    (site / "shop.html").write_text(SHOP.format(head='<script src="shop.bundle.js"></script>'))
+    bundle(node_modules, "shop.js", site)
     with static_site(site) as shop:
         worker = workers.start(settings.with_(write_keys={WRITE_KEY: SOURCE_ID}, cors_origins=(shop,)))
         base = worker.base_url
@@ -98,6 +111,21 @@ def test_analytics_next_bundled_by_the_shop_sends_through_the_worker(
         assert state_when_reflected(base, anonymous_id, [6, 2, 0]) == [6, 2, 0]
     code, stats = http_json("GET", f"{base}/stats?source_id={SOURCE_ID}")
     assert (code, stats["rejected"]) == (200, 0)
+
+
+def test_rudderstack_s_sdk_bundled_by_the_shop_sends_through_the_worker(
+    settings: Settings, workers: Workers, browser: webdriver.Chrome, node_modules: Path, tmp_path: Path
+):
+    site = tmp_path / "site"
+    site.mkdir()
+    bundle(node_modules, "rudderstack.js", site)
+    with static_site(site) as shop:
+        worker = workers.start(settings.with_(write_keys={WRITE_KEY: SOURCE_ID}, cors_origins=(shop,)))
+        base = worker.base_url
+        browser.get(f"{shop}/shop.html?writeKey={WRITE_KEY}&collector={quote(base)}")
+        browser.set_script_timeout(REFLECTED_SECONDS)
+        anonymous_id = browser.execute_async_script(RUDDERSTACK_CALLS)
+        assert state_when_reflected(base, anonymous_id, [3, 1, 0]) == [3, 1, 0]
 
 
 def test_analytics_js_loaded_with_segment_s_snippet_from_the_worker(

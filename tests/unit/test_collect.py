@@ -121,6 +121,13 @@ def test_a_sender_s_clock_is_corrected_beyond_five_minutes_and_a_retry_gives_the
     assert CLOCK_SKEW_MS == 300_000
 
 
+def test_rudderstack_s_original_timestamp_is_the_call_s_time():
+    call = {k: v for k, v in track("Product Viewed").items() if k != "timestamp"}
+    later = (AT + timedelta(seconds=30)).isoformat()
+    rudder = collect([{**call, "originalTimestamp": AT.isoformat(), "sentAt": later}], 1, CODES, received_ms=MS)
+    assert rudder.events.timestamp.tolist() == [MS]
+
+
 def test_times_are_iso_8601_with_utc_when_no_zone_is_given():
     assert parse_time("2015-06-01T10:00:00Z") == parse_time("2015-06-01T10:00:00") == MS
     assert parse_time("2015-06-01T12:00:00+02:00") == MS

@@ -26,9 +26,12 @@ from ampelios.api.contract import (
     Dropped,
     LibrarySettings,
     RejectedCall,
+    RudderSource,
     SegmentBatch,
     SegmentCall,
     SegmentIntegration,
+    SourceConfig,
+    SourceConfigQuery,
     WriteKeyPath,
 )
 from ampelios.api.http import HttpError, Routes, json_body
@@ -159,6 +162,35 @@ async def library_settings(api: Api, request: Request, path: WriteKeyPath) -> tu
         legacyVideoPluginsEnabled=False,
         remotePlugins=[],
     )
+
+
+@routes.get(
+    "/sourceConfig/",
+    "The source configuration RudderStack's JavaScript SDK fetches: its calls go to this worker",
+    query=SourceConfigQuery,
+    answers={200: ("the source's configuration", SourceConfig)},
+    errors=(401, 404),
+    needs_state=False,
+)
+async def source_config(api: Api, request: Request, query: SourceConfigQuery) -> tuple[int, SourceConfig]:
+    """The configuration of the source of the write key (the query's, or the Basic auth
+    user), with no destination of its own: the SDK sends every call to its data plane URL."""
+    try:
+        key = query.writeKey or collector.write_key_of(request.headers.get("Authorization", ""), {})
+    except collector.CollectorRefused as exc:
+        raise HttpError(exc.status, str(exc)) from None
+    key = _source_key(api, key or "")
+    source_id = str(api.p.settings.write_keys[key])
+    source = RudderSource(
+        id=source_id,
+        name=f"source {source_id}",
+        writeKey=key,
+        workspaceId="ampelios",
+        enabled=True,
+        config={},
+        destinations=[],
+    )
+    return 200, SourceConfig(isHosted=False, source=source)
 
 
 @functools.cache
