@@ -41,6 +41,10 @@ EVENT_NAMES: tuple[str, ...] = ("view", "addtocart", "transaction")
 EVENT_CODES: dict[str, int] = {name: code for code, name in enumerate(EVENT_NAMES)}
 IGNORE = "ignore"  # what a site's event name maps to when Ampelios should skip it
 IGNORED = 254  # the code of such an event: read, counted as ignored, never a journey's
+# A link, never a journey's event: visitor ``visitorid`` is the same person as visitor
+# ``itemid`` (an anonymous id linked to a user), whose journey takes in its events.
+MERGE, MERGE_NAME = 253, "$merge"
+_WIRE_NAMES = np.array([{**dict(enumerate(EVENT_NAMES)), MERGE: MERGE_NAME}.get(c) for c in range(256)], dtype=object)
 
 
 def event_codes(event_map: Mapping[str, str]) -> dict[str, int]:
@@ -56,7 +60,7 @@ def event_codes(event_map: Mapping[str, str]) -> dict[str, int]:
     if unknown:
         raise ValueError(f"events can map only to {', '.join(EVENT_NAMES)} or {IGNORE}, not {', '.join(unknown)}")
     targets = {**EVENT_CODES, IGNORE: IGNORED}
-    return {**EVENT_CODES, **{name: targets[target] for name, target in event_map.items()}}
+    return {**EVENT_CODES, MERGE_NAME: MERGE, **{name: targets[target] for name, target in event_map.items()}}
 
 
 MIN_TIMESTAMP_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
@@ -146,7 +150,7 @@ def valid_rows(batch: EventBatch) -> tuple[np.ndarray, list[str | None]]:
             "timestamp outside 2000-01-01..2100-01-01 (expected Unix milliseconds)",
         ),
         (batch.visitorid >= 0, "visitorid is negative"),
-        ((batch.event < len(EVENT_NAMES)) | (batch.event == IGNORED), "unknown event"),
+        ((batch.event < len(EVENT_NAMES)) | (batch.event == IGNORED) | (batch.event == MERGE), "unknown event"),
         (batch.itemid >= -1, "itemid is negative"),
         (batch.transactionid >= -1, "transactionid is negative"),
     )
@@ -297,7 +301,7 @@ def encode_events(events: EventBatch) -> bytes:
     sources = np.unique(events.source_id)
     if len(sources) > 1:
         raise ValueError("a message holds events of one source only")
-    names = np.array(EVENT_NAMES, dtype=object)[events.event].tolist()
+    names = _WIRE_NAMES[events.event].tolist()
     tx = events.transactionid
     return orjson.dumps(
         {

@@ -60,6 +60,8 @@ _FORMAT = 2
 _HEADER = struct.Struct("<BB")  # format version, flags
 _ACTIVE = 1  # flag: the journey counts in the population
 CHUNKED = 2  # flag (second byte of a value): the head of a journey stored in chunks
+MERGED = 4  # flag: no journey, but a link: the visitor's events belong to the visitor it names
+_TARGET = struct.Struct("<q")
 _CHUNK_HEAD = struct.Struct("<BBI")  # format version, flags, number of chunks
 CHUNK_EVENTS = 65_536  # events per stored chunk of a long journey (1.6 MB)
 
@@ -188,6 +190,20 @@ class JourneyState:
         return features_from_shapes(shape)[0]
 
 
+def merged_value(target: int) -> bytes:
+    """What a visitor merged into visitor ``target`` stores instead of a journey.
+
+    >>> merged_into(merged_value(42)), merged_into(JourneyState(np.zeros(1, dtype=JOURNEY_EVENT)).to_bytes())
+    (42, None)
+    """
+    return _HEADER.pack(_FORMAT, MERGED) + _TARGET.pack(target)
+
+
+def merged_into(value: bytes) -> int | None:
+    """The visitor a stored value says its events belong to (``None``: a journey)."""
+    return _TARGET.unpack_from(value, _HEADER.size)[0] if value[1] & MERGED else None
+
+
 def stored_features(
     values: Sequence[bytes], gap_ms: int, window_ms: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -246,8 +262,8 @@ class JourneyBatch:
 
     @property
     def last_event(self) -> np.ndarray:
-        """Time (ms) of each journey's latest event after the batch."""
-        return self.rows["timestamp"][self.starts[1:] - 1]
+        """Time (ms) of each journey's latest event after the batch (-1: none left)."""
+        return _last_events(self.rows, self.starts)
 
     @property
     def changed(self) -> np.ndarray:
@@ -262,6 +278,14 @@ class JourneyBatch:
         return [h + rows[a:b].tobytes() for h, a, b in zip(headers, starts, ends)]
 
 
+def _last_events(rows: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """The time of the last of each journey's ``rows[starts[i]:starts[i + 1]]`` (-1: none)."""
+    ends = starts[1:] - 1
+    if not len(rows):
+        return np.full(len(ends), -1, dtype=np.int64)
+    return np.where(ends >= starts[:-1], rows["timestamp"][np.maximum(ends, 0)], -1)
+
+
 def merge_journeys(
     old: Sequence[bytes | None],
     events: EventBatch,
@@ -269,6 +293,7 @@ def merge_journeys(
     gap_ms: int,
     window_ms: int | None = None,
     active_after: int | None = None,
+    leaving: np.ndarray | None = None,
 ) -> JourneyBatch:
     """Merge a batch of events into the journeys of their visitors.
 
@@ -276,7 +301,9 @@ def merge_journeys(
     the visitor index of event ``j``. Events already in a journey, or repeated within
     the batch, are dropped. Shapes count the events of ``window_ms`` up to each journey's
     latest event (all when ``None``); a journey is active when its latest event is after
-    ``active_after`` (always when ``None``). Vectorized: one sort, no per-event Python.
+    ``active_after`` (always when ``None``). A journey of ``leaving`` (a mask) gives up its
+    events (they move to another visitor's): it ends empty and inactive. Vectorized: one
+    sort, no per-event Python.
     """
     n = len(old)
     old_states = [JourneyState.from_bytes(v) if v is not None else None for v in old]
@@ -299,8 +326,9 @@ def merge_journeys(
     new_rows["event"] = events.event
     new_rows["itemid"] = events.itemid
     new_rows["transactionid"] = events.transactionid
-    rows = np.concatenate([old_rows, new_rows])
-    row_owner = np.concatenate([old_owner, np.asarray(owner, dtype=np.int64)])
+    kept = np.ones(len(old_rows), dtype=bool) if leaving is None else ~leaving[old_owner]
+    rows = np.concatenate([old_rows[kept], new_rows])
+    row_owner = np.concatenate([old_owner[kept], np.asarray(owner, dtype=np.int64)])
     order = np.lexsort((rows["transactionid"], rows["itemid"], rows["event"], rows["timestamp"], row_owner))
     rows, row_owner = rows[order], row_owner[order]
     distinct = np.ones(len(rows), dtype=bool)
@@ -310,8 +338,8 @@ def merge_journeys(
 
     counts = np.bincount(row_owner, minlength=n)
     starts = np.concatenate([[0], np.cumsum(counts)])
-    last_event = rows["timestamp"][np.maximum(starts[1:] - 1, 0)]
-    active = np.ones(n, dtype=bool) if active_after is None else last_event > active_after
+    last_event = _last_events(rows, starts)
+    active = (counts > 0) if active_after is None else last_event > active_after
     return JourneyBatch(
         rows=rows,
         starts=starts,

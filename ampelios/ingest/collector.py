@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from ampelios.core.collect import Collected, collect
-from ampelios.core.events import encode_events
+from ampelios.core.collect import Collected, collect, visitor_id
+from ampelios.core.events import MERGE, EventBatch, encode_events
 from ampelios.core.partitioning import partitions_for
 from ampelios.engine.outbox import Outbox
 from ampelios.ingest.replay import ignored_record, rejection_record
@@ -88,19 +88,30 @@ async def accept(p: Pipeline, authorization: str, body: dict[str, Any], kind: st
     linked, named = partial(p.linked_user, source_id), partial(p.original_id, source_id)
     now = round(time.time() * 1000)
     got = collect(calls, source_id, p.collector_codes, now, body.get("sentAt"), kind, linked, named)
-    # before the events: a call after this answer finds the links and the names
+    # The names before the events (a call after this answer finds them); the links after
+    # their merges are acknowledged, so that a retry after a crash in between links (and
+    # merges) again. A call that meanwhile finds no link still ends as the user's: its
+    # events follow the merge on the anonymous visitor's partition.
+    await p.names.publish_many([(name_key(source_id, v), original.encode()) for v, original in got.names])
+    await _send(p, source_id, got, now)
     for anonymous, user in got.links:
         await p.identities.publish(link_key(source_id, anonymous), user.encode())
-    await p.names.publish_many([(name_key(source_id, v), original.encode()) for v, original in got.names])
-    await _send(p, source_id, got)
     if kind is not None and got.rejections:  # a single call: Segment answers 400
         raise CollectorRefused(400, got.rejections[0].reason)
     return got
 
 
-async def _send(p: Pipeline, source_id: int, got: Collected) -> None:
+async def _send(p: Pipeline, source_id: int, got: Collected, now: int) -> None:
+    """Send the events of ``got``, a ``MERGE`` row per link it made (on the anonymous
+    visitor's partition: its journey joins the user's there), and its dead letters."""
     topology, box = p.topology, Outbox()
     events = got.events
+    if got.links:
+        anonymous = [visitor_id("anonymous", a) for a, _ in got.links]
+        users = [visitor_id("user", u) for _, u in got.links]
+        n = len(anonymous)
+        merges = EventBatch.from_columns([source_id] * n, [now] * n, anonymous, [MERGE] * n, users, [-1] * n)
+        events = EventBatch.concat([events, merges])
     if len(events):
         visitors, owner = np.unique(events.visitorid, return_inverse=True)
         partition = partitions_for(np.full(len(visitors), source_id), visitors, topology.partitions)[owner]

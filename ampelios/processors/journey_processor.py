@@ -33,14 +33,20 @@ import numpy as np
 import orjson
 
 from ampelios.core.events import EventBatch, Rejection, decode_run
-from ampelios.core.journeys import JourneyBatch, features_from_shapes, merge_journeys
+from ampelios.core.identities import follow_links, has_links
+from ampelios.core.journeys import (
+    JourneyBatch,
+    features_from_shapes,
+    merge_journeys,
+    merged_value,
+)
 from ampelios.core.partitioning import route, visitor_key
 from ampelios.core.periods import batch_delta
 from ampelios.core.population import PopulationDelta
 from ampelios.engine.exactly_once import Step
 from ampelios.engine.outbox import Outbox
 from ampelios.ingest.replay import rejection_record
-from ampelios.processors.journey_store import read_journeys, store
+from ampelios.processors.journey_store import drop_chunks, read_journeys, store
 from ampelios.runtime.pipeline import Pipeline, counts_key, ignored_key
 
 log = logging.getLogger(__name__)
@@ -114,22 +120,48 @@ class JourneyProcessor:
         for source in sources:
             of_source = events if len(sources) == 1 else events.take(events.source_id == source)
             try:
-                step.writes.update(self.merge(source, partition, step.last, of_source, step.outbox))
+                step.writes.update(self.merge(source, partition, step.last, of_source, step.outbox, step.forward))
             except Exception as exc:  # a message that breaks the code must not stop the stream
                 where = f"{topology.events}:{partition}:{messages[0].offset}..{step.last}"
                 log.exception("could not apply %s (source %d)", where, source)
                 await self.dead_letter(source, [Rejection(where, f"internal error: {exc!r}")])
         return step
 
-    def merge(self, source_id: int, partition: int, offset: int, events: EventBatch, outbox: Outbox) -> Writes:
+    def merge(
+        self,
+        source_id: int,
+        partition: int,
+        offset: int,
+        events: EventBatch,
+        outbox: Outbox,
+        forward: list[tuple[int, EventBatch]],
+    ) -> Writes:
         """Merge ``events`` (one source, visitors of this partition) into their journeys;
-        return what to store and add the outputs to ``outbox``."""
+        return what to store, add the outputs to ``outbox`` and the events that now belong
+        to visitors of other partitions (links, :mod:`ampelios.core.identities`) to ``forward``."""
         p, window_ms = self.p, self.window_ms
         writes: Writes = {}
         visitors, owner = np.unique(events.visitorid, return_inverse=True)
         ids = visitors.tolist()
         keys = [visitor_key(source_id, v) for v in ids]
-        watermark = int(events.timestamp.max())
+        old = read_journeys(p.journeys, partition, keys)
+        leaving = None
+        stored = {v: value for v, value in zip(ids, old) if value is not None}
+        if has_links(events, stored):
+            followed = follow_links(events, stored, source_id)
+            routed = route(followed.moved, partition, p.topology.partitions, p.settings.replay_batch_events)
+            forward.extend(routed.forwarded)  # to the partitions of the visitors linked to
+            events = EventBatch.concat([followed.kept, routed.own])
+            visitors, owner = np.unique(np.concatenate([events.visitorid, followed.gone]), return_inverse=True)
+            owner = owner[: len(events)]
+            ids = visitors.tolist()
+            keys = [visitor_key(source_id, v) for v in ids]
+            old = read_journeys(p.journeys, partition, keys)
+            leaving = np.isin(visitors, followed.gone)  # their journeys' events went with them
+            for i in np.flatnonzero(leaving).tolist():
+                drop_chunks(writes, keys[i], old[i])
+            writes.update({visitor_key(source_id, a): merged_value(u) for a, u in followed.links.items()})
+        watermark = int(events.timestamp.max()) if len(events) else 0  # none left: all moved by links
         cutoff = None
         if window_ms is not None:
             clock = b"~watermark:%d" % source_id
@@ -137,10 +169,9 @@ class JourneyProcessor:
             watermark = max(watermark, int(stored or 0))
             writes[clock] = b"%d" % watermark
             cutoff = watermark - window_ms
-        old = read_journeys(p.journeys, partition, keys)
-        batch = merge_journeys(old, events, owner, self.gap_ms, window_ms, cutoff)
+        batch = merge_journeys(old, events, owner, self.gap_ms, window_ms, cutoff, leaving)
         changed = np.flatnonzero(batch.changed)
-        store(writes, keys, old, batch, changed)
+        store(writes, keys, old, batch, changed if leaving is None else changed[~leaving[changed]])
         left = [batch.old_shapes[changed[batch.was_active[changed]]]]
         updated = [visitors[changed], batch.new_shapes[changed], batch.last_event[changed], batch.active[changed]]
         if cutoff is not None:
@@ -159,8 +190,10 @@ class JourneyProcessor:
         events_seen, visitors_seen = (int(x) for x in stored.split(b",")) if stored is not None else (0, 0)
         added = int(batch.added.sum())
         events_seen += added
-        p.metrics.events.labels(str(source_id)).inc(added)
+        p.metrics.events.labels(str(source_id)).inc(int(batch.added[batch.added > 0].sum()))  # not those moved
         visitors_seen += int((~batch.existed & batch.changed).sum())
+        if leaving is not None:
+            visitors_seen -= int((batch.existed & leaving).sum())
         writes[counts_key(source_id)] = b"%d,%d" % (events_seen, visitors_seen)
 
         topology = p.topology

@@ -12,7 +12,9 @@ import numpy as np
 from ampelios.core.journeys import (
     CHUNK_EVENTS,
     CHUNKED,
+    MERGED,
     JourneyBatch,
+    JourneyState,
     chunk_count,
     chunk_key,
     join_journey,
@@ -42,10 +44,11 @@ def read_journey(table: BatchTable, key: bytes) -> bytes | None:
 
 def scan_journeys(table: BatchTable, partition: int, start: bytes, stop: bytes) -> Iterator[tuple[bytes, bytes]]:
     """(key, whole journey) of every journey of ``partition`` with ``start <= key < stop``,
-    in key order, lazily (a long journey's chunks are read with its head)."""
+    in key order, lazily (a long journey's chunks are read with its head; a visitor merged
+    into another has none)."""
     for key, value in table.scan(partition, start, stop):
-        if b"#" in key:
-            continue  # a chunk, read with its head
+        if b"#" in key or value[1] & MERGED:
+            continue  # a chunk, read with its head; a visitor merged into another, no journey
         if value[1] & CHUNKED:
             value = join_journey(
                 value, table.get_many(partition, [chunk_key(key, c) for c in range(chunk_count(value))])
@@ -71,3 +74,11 @@ def store(
     for i, value, chunked in zip(positions, values, long.tolist()):
         for c, stored in store_journey(old[i], value) if chunked else [(-1, value)]:
             writes[keys[i] if c < 0 else chunk_key(keys[i], c)] = stored
+
+
+def drop_chunks(writes: dict[bytes, bytes | None], key: bytes, whole: bytes) -> None:
+    """Add to ``writes`` the deletion of the chunks of the journey ``whole`` stored under
+    ``key`` (none unless it is long), whose head gives way to something else."""
+    events = len(JourneyState.from_bytes(whole).events)
+    if events > CHUNK_EVENTS:
+        writes.update((chunk_key(key, c), None) for c in range(-(-events // CHUNK_EVENTS)))

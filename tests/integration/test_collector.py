@@ -18,7 +18,7 @@ from segment.analytics import Client as SegmentClient
 from ampelios.config import Settings
 from ampelios.core.collect import MAX_CALL_BYTES, visitor_id
 from ampelios.services.stack import http_json, wait_until_reflected
-from tests.integration.conftest import Workers
+from tests.integration.conftest import Workers, replay
 
 pytestmark = pytest.mark.integration
 
@@ -89,21 +89,22 @@ def test_a_site_s_tracker_sends_events_that_become_journeys(sdk, settings: Setti
     assert errors == []
 
     stats = wait_until_reflected(base, 7)
-    assert (stats["events"], stats["visitors"], stats["rejected"], stats["ignored"]) == (6, 2, 0, 2)
-    assert state_of(base, "user", "ada") == [2, 1, 2]  # an order of two products: two transactions
-    assert state_of(base, "anonymous", "anon-9") == [1, 0, 0]
+    # One person: the anonymous id's view joined ada's journey when the identify linked them.
+    assert (stats["events"], stats["visitors"], stats["rejected"], stats["ignored"]) == (6, 1, 0, 2)
+    assert state_of(base, "user", "ada") == [3, 1, 2]  # an order of two products: two transactions
+    assert state_of(base, "anonymous", "anon-9") == [3, 1, 2]  # the anonymous id finds the person
     sessions = http_json("GET", f"{base}/visitors/{visitor_id('user', 'ada')}?source_id=7")[1]["sessions"]
     assert sessions[0]["start"] == int(at[0].timestamp() * 1000)
 
-    # After the identify, calls with only the anonymous id are ada's; its past stays its own.
+    # After the identify, calls with only the anonymous id are ada's too.
     client.track(anonymous_id="anon-9", event="Product Added", properties={"product_id": 1}, timestamp=at[9])
     client.flush()
     client.join()  # the client's sending thread ends
     assert errors == [] and wait_until_reflected(base, 7)["events"] == 7
-    assert state_of(base, "user", "ada") == [2, 2, 2]
-    assert state_of(base, "anonymous", "anon-9") == [1, 0, 0]
-    by_original = http_json("GET", f"{base}/visitors/user:ada?source_id=7")[1]
-    assert by_original["visitorid"] == visitor_id("user", "ada") and by_original["state"] == [2, 2, 2]
+    assert state_of(base, "user", "ada") == [3, 2, 2]
+    for original in ("user:ada", "anonymous:anon-9"):
+        by_original = http_json("GET", f"{base}/visitors/{original}?source_id=7")[1]
+        assert by_original["visitorid"] == visitor_id("user", "ada") and by_original["state"] == [3, 2, 2]
 
     # A retried batch (the same calls and messageIds) counts once.
     batch = {
@@ -174,3 +175,46 @@ def test_the_collector_answers_as_segment_does_and_rejects_a_bad_call_alone(sett
     assert (stats["events"], stats["rejected"], stats["ignored"]) == (4, 3, 1)
     reasons = {r["reason"] for r in http_json("GET", f"{base}/rejections?source_id=7")[1]["reasons"]}
     assert any("ISO 8601" in r for r in reasons) and any("userId or an anonymousId" in r for r in reasons)
+
+
+def test_one_person_across_login_whatever_arrives_after_the_link(settings: Settings, workers: Workers):
+    """Browsing anonymously, then logging in at checkout: one person, whose journey holds
+    the anonymous past, and an event of the anonymous visitor that arrives after the link
+    (another feed, late) joins it too."""
+    worker = workers.start(settings.with_(write_keys={WRITE_KEY: 7}, partitions=8))
+    base = worker.base_url
+    views = [
+        {"type": "track", "anonymousId": "a-7", "event": "Product Viewed", "properties": {"product_id": str(i)}}
+        for i in range(3)
+    ]
+    for i, call in enumerate(views):
+        call["timestamp"] = (START + timedelta(minutes=i)).isoformat()
+    assert http_json("POST", f"{base}/v1/batch", {"batch": views}, headers=basic(WRITE_KEY))[0] == 200
+    assert wait_until_reflected(base, 7)["visitors"] == 1
+    login = [
+        {
+            "type": "identify",
+            "anonymousId": "a-7",
+            "userId": "bo",
+            "timestamp": (START + timedelta(minutes=5)).isoformat(),
+        },
+        {
+            "type": "track",
+            "userId": "bo",
+            "anonymousId": "a-7",
+            "event": "Order Completed",
+            "properties": {"order_id": "o-9", "products": [{"product_id": "2"}]},
+            "timestamp": (START + timedelta(minutes=6)).isoformat(),
+        },
+    ]
+    assert http_json("POST", f"{base}/v1/batch", {"batch": login}, headers=basic(WRITE_KEY))[0] == 200
+    wait_until_reflected(base, 7)
+    late = f"timestamp,visitorid,event,itemid,transactionid\n{int(START.timestamp() * 1000) + 600_000},"
+    (settings.data_dir / "late.csv").write_text(late + f"{visitor_id('anonymous', 'a-7')},view,4,\n")
+    replay(base, "late.csv", source_id=7)
+
+    stats = wait_until_reflected(base, 7)
+    assert (stats["events"], stats["visitors"]) == (5, 1)
+    assert state_of(base, "user", "bo") == state_of(base, "anonymous", "a-7") == [4, 0, 1]
+    person = http_json("GET", f"{base}/visitors/anonymous:a-7?source_id=7")[1]
+    assert person["visitorid"] == visitor_id("user", "bo") and len(person["sessions"]) == 1

@@ -11,6 +11,7 @@ MODULES = [
     "ampelios.core.events",
     "ampelios.core.explain",
     "ampelios.core.generate",
+    "ampelios.core.identities",
     "ampelios.core.journeys",
     "ampelios.core.k_choice",
     "ampelios.core.labels",

@@ -13,7 +13,7 @@ from ampelios.api.http import HttpError, Routes, parse_int
 from ampelios.api.routes.history import latest
 from ampelios.core.collect import visitor_id
 from ampelios.core.explain import why
-from ampelios.core.journeys import JourneyState
+from ampelios.core.journeys import JourneyState, merged_into
 from ampelios.core.partitioning import partition_for, visitor_key
 from ampelios.processors.journey_store import read_journey
 from ampelios.runtime.cluster import FORWARDED, holder_of, own_url
@@ -53,6 +53,14 @@ async def visitor(api: Api, request: Request, path: VisitorPath, query: SourceQu
     value = read_journey(p.journeys, visitor_key(source_id, vid))
     if value is None:
         raise HttpError(404, f"visitor {vid} of source {source_id} is unknown")
+    target = merged_into(value)
+    if target is not None:  # linked to another visitor (an anonymous id to its user): that one's journey
+        at = holder_of(app, api.journeys_topic, partition_for(source_id, target, p.settings.partitions))
+        if at is not None and at != own_url(app):
+            return await api.from_peer(at, f"/visitors/{target}?source_id={source_id}")
+        vid, value = target, read_journey(p.journeys, visitor_key(source_id, target))
+        if value is None or merged_into(value) is not None:
+            raise HttpError(404, f"visitor {vid} of source {source_id} is unknown")
     journey = JourneyState.from_bytes(value)
     sessions = journey.sessions(p.settings.session_gap_ms)
     features = journey.features(p.settings.session_gap_ms, p.settings.active_window_ms)
