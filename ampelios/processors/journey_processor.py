@@ -173,7 +173,8 @@ class JourneyProcessor:
         changed = np.flatnonzero(batch.changed)
         store(writes, keys, old, batch, changed if leaving is None else changed[~leaving[changed]])
         left = [batch.old_shapes[changed[batch.was_active[changed]]]]
-        updated = [visitors[changed], batch.new_shapes[changed], batch.last_event[changed], batch.active[changed]]
+        last_event = batch.last_event if leaving is None else np.where(leaving, batch.old_last_event, batch.last_event)
+        updated = [visitors[changed], batch.new_shapes[changed], last_event[changed], batch.active[changed]]
         if cutoff is not None:
             for i in changed.tolist():  # the activity index follows each changed journey
                 if batch.was_active[i]:

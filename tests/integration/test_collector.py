@@ -5,12 +5,14 @@ and the answers Segment's API gives."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import urllib.error
 import urllib.request
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg2
 import pytest
 from rudderstack.analytics.client import Client as RudderClient
 from segment.analytics import Client as SegmentClient
@@ -213,8 +215,12 @@ def test_one_person_across_login_whatever_arrives_after_the_link(settings: Setti
     (settings.data_dir / "late.csv").write_text(late + f"{visitor_id('anonymous', 'a-7')},view,4,\n")
     replay(base, "late.csv", source_id=7)
 
-    stats = wait_until_reflected(base, 7)
+    stats = wait_until_reflected(base, 7, stored=True)
     assert (stats["events"], stats["visitors"]) == (5, 1)
     assert state_of(base, "user", "bo") == state_of(base, "anonymous", "a-7") == [4, 0, 1]
+    with contextlib.closing(psycopg2.connect(settings.database_url)) as db, db.cursor() as cur:
+        cur.execute("SELECT visitorid, active, views FROM visitors WHERE source_id = 7 ORDER BY active")
+        rows = cur.fetchall()
+    assert rows == [(visitor_id("anonymous", "a-7"), False, 0), (visitor_id("user", "bo"), True, 4)]
     person = http_json("GET", f"{base}/visitors/anonymous:a-7?source_id=7")[1]
     assert person["visitorid"] == visitor_id("user", "bo") and len(person["sessions"]) == 1
