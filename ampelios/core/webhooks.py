@@ -160,7 +160,7 @@ def membership_changes(records: list[dict[str, Any]], sub: Subscription) -> list
         if r["source_id"] != sub.source_id:
             continue
         for action, segment, label in (("exit", r["from"], r["from_label"]), ("enter", r["to"], r["to_label"])):
-            if sub.wants(label):
+            if segment is not None and sub.wants(label):  # no "to": the visitor joined its person's journey
                 changes.append(
                     {
                         "visitorid": r["visitorid"],

@@ -207,7 +207,8 @@ class JourneyProcessor:
                 value.update(periods.to_json())
             outbox.add(topology.segment_updates, b"%d" % source_id, orjson.dumps(value), 0)
         moved = changed[batch.was_active[changed] & batch.active[changed]]
-        self.segment_moves(source_id, ids, batch, moved, outbox)
+        exits = changed[batch.was_active[changed] & leaving[changed]] if leaving is not None else changed[:0]
+        self.segment_moves(source_id, ids, batch, moved, exits, outbox)
         visitor_ids, shapes, last_event, active = updated
         if len(visitor_ids):
             views, carts, buys, sessions = np.ascontiguousarray(shapes.T)
@@ -250,18 +251,20 @@ class JourneyProcessor:
         return [visitors[i] for i in known], batch
 
     def segment_moves(
-        self, source_id: int, ids: list[int], batch: JourneyBatch, moved: np.ndarray, outbox: Outbox
+        self, source_id: int, ids: list[int], batch: JourneyBatch, moved: np.ndarray, exits: np.ndarray, outbox: Outbox
     ) -> None:
         """Add to ``outbox`` a segment-changes record per visitor (``moved``: active
         before and after) whose own events moved it to another segment under the current
-        model."""
+        model, and one per visitor of ``exits`` (active before, its events gone to the
+        person it was linked to) with no segment after (``to`` null)."""
         model = self.p.published_model(source_id)
-        if model is None or not len(moved):
+        if model is None or not (len(moved) or len(exits)):
             return
-        before = model.assign(features_from_shapes(batch.old_shapes[moved]))
-        after = model.assign(features_from_shapes(batch.new_shapes[moved]))
-        last_event = batch.last_event
-        for i, old, new in zip(moved.tolist(), before.tolist(), after.tolist()):
+        before = model.assign(features_from_shapes(batch.old_shapes[np.concatenate([moved, exits])])).tolist()
+        after: list[int | None] = [*model.assign(features_from_shapes(batch.new_shapes[moved])).tolist()]
+        after += [None] * len(exits)
+        last_event = np.maximum(batch.last_event, batch.old_last_event)  # an exit's: its last event
+        for i, old, new in zip([*moved.tolist(), *exits.tolist()], before, after, strict=True):
             if old != new:
                 record = {
                     "source_id": source_id,
@@ -269,7 +272,7 @@ class JourneyProcessor:
                     "from": old,
                     "to": new,
                     "from_label": model.labels[old],
-                    "to_label": model.labels[new],
+                    "to_label": model.labels[new] if new is not None else None,
                     "at": int(last_event[i]),
                     "model_version": model.version,
                     "lineage": model.lineage,

@@ -667,6 +667,9 @@ async def _write_visitors(cur: Any, update: dict[str, Any]) -> None:
 
 
 async def _write_transitions(cur: Any, transitions: Sequence[dict[str, Any]]) -> None:
+    transitions = [t for t in transitions if t["to"] is not None]  # an exit to no segment: a linked visitor
+    if not transitions:
+        return
     columns = [_array([t[name] for t in transitions]) for name in ("source_id", "visitorid", "at", "from", "to")]
     labels = [_text_array([t[name] for t in transitions]) for name in ("from_label", "to_label")]
     versions = _array([t["model_version"] for t in transitions])
