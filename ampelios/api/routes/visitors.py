@@ -55,9 +55,12 @@ async def visitor(api: Api, request: Request, path: VisitorPath, query: SourceQu
         raise HttpError(404, f"visitor {vid} of source {source_id} is unknown")
     target = merged_into(value)
     if target is not None:  # linked to another visitor (an anonymous id to its user): that one's journey
-        at = holder_of(app, api.journeys_topic, partition_for(source_id, target, p.settings.partitions))
+        target_partition = partition_for(source_id, target, p.settings.partitions)
+        at = holder_of(app, api.journeys_topic, target_partition)
         if at is not None and at != own_url(app):
             return await api.from_peer(at, f"/visitors/{target}?source_id={source_id}")
+        if target_partition not in p.local_partitions():
+            raise HttpError(503, f"no worker holds visitor {target} right now (a rebalance is under way); retry")
         vid, value = target, read_journey(p.journeys, visitor_key(source_id, target))
         if value is None or merged_into(value) is not None:
             raise HttpError(404, f"visitor {vid} of source {source_id} is unknown")
