@@ -19,6 +19,7 @@ type is a 400 that names the field and what it must be.
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -115,6 +116,25 @@ def _field_kind(info: Any) -> tuple[Any, dict[str, Any]]:
     return info, extra
 
 
+@dataclass(frozen=True)
+class _Field:
+    name: str
+    wire: str  # its name in the query, path or body
+    kind: Any  # its type's info, without metadata and ``| None``
+    extra: dict[str, Any]  # its JSON Schema extras (examples)
+    required: bool
+
+
+@functools.cache
+def _fields(shape: type) -> tuple[_Field, ...]:
+    """The fields of a request type, inspected once (not on every request)."""
+    fields = []
+    for f in msgspec.inspect.type_info(shape).fields:
+        kind, extra = _field_kind(f.type)
+        fields.append(_Field(f.name, f.encode_name, kind, extra, f.required))
+    return tuple(fields)
+
+
 def _missing(name: str, extra: dict[str, Any], where: str) -> HttpError:
     examples = extra.get("examples")
     if not examples:
@@ -169,38 +189,34 @@ def read_text(shape: type, values: Mapping[str, str], where: str = "query") -> A
     """``values`` (a query or a path's parameters) as ``shape``: a 400 naming the first
     field that is missing or not of its type; unknown parameters are ignored."""
     read: dict[str, Any] = {}
-    for f in msgspec.inspect.type_info(shape).fields:
-        kind, extra = _field_kind(f.type)
-        raw = values.get(f.encode_name)
+    for f in _fields(shape):
+        raw = values.get(f.wire)
         if raw is None:
             if f.required:
-                raise _missing(f.encode_name, extra, where)
+                raise _missing(f.wire, f.extra, where)
             continue
-        read[f.name] = _from_text(raw, f.encode_name, kind)
+        read[f.name] = _from_text(raw, f.wire, f.kind)
     return shape(**read)
 
 
 def read_body(shape: type, body: Mapping[str, Any]) -> Any:
     """A JSON object body as ``shape``: JSON integers (``1.0`` is 1) in range and strings."""
     read: dict[str, Any] = {}
-    for f in msgspec.inspect.type_info(shape).fields:
-        kind, extra = _field_kind(f.type)
-        if f.encode_name not in body:
+    for f in _fields(shape):
+        if f.wire not in body:
             if f.required:
-                raise _missing(f.encode_name, extra, "body")
+                raise _missing(f.wire, f.extra, "body")
             continue
-        raw = body[f.encode_name]
-        example = orjson.dumps((extra.get("examples") or [None])[0]).decode()
-        if isinstance(kind, msgspec.inspect.IntType):
+        raw = body[f.wire]
+        example = orjson.dumps((f.extra.get("examples") or [None])[0]).decode()
+        if isinstance(f.kind, msgspec.inspect.IntType):
             if type(raw) is float and raw.is_integer():
                 raw = int(raw)
             if type(raw) is not int:
-                raise HttpError(
-                    400, f"{f.encode_name} must be a JSON integer, e.g. {example}, got {orjson.dumps(raw)[:40]!r}"
-                )
-            raw = _from_text(str(raw), f.encode_name, kind)
-        elif isinstance(kind, msgspec.inspect.StrType) and not isinstance(raw, str):
-            raise HttpError(400, f"{f.encode_name} must be a string, e.g. {example}")
+                raise HttpError(400, f"{f.wire} must be a JSON integer, e.g. {example}, got {orjson.dumps(raw)[:40]!r}")
+            raw = _from_text(str(raw), f.wire, f.kind)
+        elif isinstance(f.kind, msgspec.inspect.StrType) and not isinstance(raw, str):
+            raise HttpError(400, f"{f.wire} must be a string, e.g. {example}")
         read[f.name] = raw
     return shape(**read)
 
