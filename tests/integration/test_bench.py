@@ -42,9 +42,13 @@ def bench(*args: str, tmpdir: Path | None = None, script: bool = False) -> subpr
     if tmpdir is not None:
         env["TMPDIR"] = str(tmpdir)
     command = [str(ROOT / "scripts" / "bench.py")] if script else ["-m", "ampelios", "bench"]
-    return subprocess.run(
-        [sys.executable, *command, *args], env=env, capture_output=True, text=True, timeout=600, cwd=ROOT
-    )
+    try:  # within pytest's own timeout (600 s), so that a hang shows how far the bench got
+        return subprocess.run(
+            [sys.executable, *command, *args], env=env, capture_output=True, text=True, timeout=540, cwd=ROOT
+        )
+    except subprocess.TimeoutExpired as exc:
+        parts = [o if isinstance(o, str) else (o or b"").decode(errors="replace") for o in (exc.stdout, exc.stderr)]
+        pytest.fail(f"the bench did not finish in {exc.timeout} s:\n{parts[0][-4000:]}\n{parts[1][-8000:]}")
 
 
 def test_the_script_takes_the_commands_options_and_phases_are_checked():
