@@ -44,6 +44,7 @@ IGNORED = 254  # the code of such an event: read, counted as ignored, never a jo
 # A link, never a journey's event: visitor ``visitorid`` is the same person as visitor
 # ``itemid`` (an anonymous id linked to a user), whose journey takes in its events.
 MERGE, MERGE_NAME = 253, "$merge"
+MERGE_NEEDS_TARGET = "a $merge row needs another visitor to link to, in itemid"
 _WIRE_NAMES = np.array([{**dict(enumerate(EVENT_NAMES)), MERGE: MERGE_NAME}.get(c) for c in range(256)], dtype=object)
 
 
@@ -153,6 +154,10 @@ def valid_rows(batch: EventBatch) -> tuple[np.ndarray, list[str | None]]:
         ((batch.event < len(EVENT_NAMES)) | (batch.event == IGNORED) | (batch.event == MERGE), "unknown event"),
         (batch.itemid >= -1, "itemid is negative"),
         (batch.transactionid >= -1, "transactionid is negative"),
+        (
+            (batch.event != MERGE) | ((batch.itemid >= 0) & (batch.itemid != batch.visitorid)),
+            MERGE_NEEDS_TARGET,
+        ),
     )
     good = np.ones(len(batch), dtype=bool)
     reasons: list[str | None] = [None] * len(batch)
@@ -250,6 +255,8 @@ def parse_csv_lines(
                     reason = "visitorid must be in 0..2**63-1"
                 elif not (-1 <= it < top and -1 <= tr < top):
                     reason = "itemid and transactionid must be in 0..2**63-1 or empty"
+                elif code == MERGE and (it < 0 or it == v):
+                    reason = MERGE_NEEDS_TARGET
                 else:
                     ts.append(t)
                     vid.append(v)

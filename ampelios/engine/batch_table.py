@@ -158,8 +158,8 @@ def apply_packed(store: Any, batch: Iterable[Any]) -> int:
 
 class PublishedTable(faust.GlobalTable):  # type: ignore[misc]
     """A one-partition global bytes -> bytes table (every worker holds all of it), set
-    with :meth:`publish` from anywhere, not only while a stream event is being handled
-    (Faust's ``table[key] = value`` needs one)."""
+    with :meth:`publish` or :meth:`publish_many` from anywhere, not only while a stream
+    event is being handled (Faust's ``table[key] = value`` needs one)."""
 
     def __init__(self, app: Any, **kwargs: Any) -> None:  # what app.GlobalTable passes
         # Every worker holds the global table's partition as an *active* one, whose
@@ -178,6 +178,21 @@ class PublishedTable(faust.GlobalTable):  # type: ignore[misc]
             key=key, value=value, partition=0, key_serializer="raw", value_serializer="raw"
         )
         self._write_local([(key, value)], (await sent).offset)
+
+    async def publish_many(self, pairs: Sequence[tuple[bytes, bytes | None]]) -> None:
+        """Set each key (``None``: delete it) for every worker: a changelog record each,
+        sent together and acknowledged together, then the changes and the last record's
+        offset in one local write."""
+        if not pairs:
+            return
+        sent = [
+            await self.changelog_topic.send(
+                key=key, value=value, partition=0, key_serializer="raw", value_serializer="raw"
+            )
+            for key, value in pairs
+        ]
+        offsets = [(await future).offset for future in sent]
+        self._write_local(pairs, max(offsets))
 
     def _write_local(self, pairs: Sequence[tuple[bytes, bytes | None]], offset: int) -> None:
         """Write ``pairs`` and the changelog offset they came with, in one write batch."""

@@ -45,6 +45,7 @@ from typing import Any
 from aiokafka.structs import TopicPartition
 
 from ampelios.core.events import EventBatch, encode_events
+from ampelios.core.identities import MOVED_KEY
 from ampelios.engine.batch_table import BatchTable
 from ampelios.engine.outbox import Outbox
 from ampelios.engine.positions import Positions
@@ -66,12 +67,15 @@ class Step:
     """What applying consecutive messages of one partition, up to and including offset
     ``last``, changes: ``writes`` to the table (``None``: delete the key), records to send
     once they are stored (``outbox``), and events to forward to the partitions that own
-    their visitors (``forward``: (owner partition, events of one source))."""
+    their visitors (``forward``: (owner partition, events of one source)); ``moved``, the
+    same for events that links moved to another visitor, are sent under the key
+    :data:`~ampelios.core.identities.MOVED_KEY`, by which their owner knows them."""
 
     last: int
     writes: dict[bytes, bytes | None] = field(default_factory=dict)
     outbox: Outbox = field(default_factory=Outbox)
     forward: list[tuple[int, EventBatch]] = field(default_factory=list)
+    moved: list[tuple[int, EventBatch]] = field(default_factory=list)
 
 
 Apply = Callable[[int, list[Any]], AsyncIterator[Step]]
@@ -137,8 +141,8 @@ class ExactlyOnce:
     async def _store_and_send(self, partition: int, step: Step) -> None:
         writes = step.writes
         writes.update([self.positions.position(step.last)])
-        if step.forward:
-            self._forward(partition, step.forward, writes, step.outbox)
+        if step.forward or step.moved:
+            self._forward(partition, step, writes)
         if self.outbox_key is not None:
             writes[self.outbox_key] = step.outbox.to_bytes()
         elif step.outbox.records:
@@ -149,15 +153,15 @@ class ExactlyOnce:
         await step.outbox.send(self._producer())
         self._sent[partition] = writes[self.positions.key]
 
-    def _forward(
-        self, partition: int, forward: list[tuple[int, EventBatch]], writes: dict[bytes, bytes | None], outbox: Outbox
-    ) -> None:
-        """Add to ``outbox`` one message per owner and source, and count them in ``writes``."""
+    def _forward(self, partition: int, step: Step, writes: dict[bytes, bytes | None]) -> None:
+        """Add to the step's outbox one message per owner and source of its ``forward``
+        and ``moved``, and count them in ``writes``."""
         counts: dict[int, int] = {}
-        for owner, events in forward:
-            outbox.add(self.topic, None, encode_events(events), owner)
-            source = int(events.source_id[0])
-            counts[source] = counts.get(source, 0) + len(events)
+        for key, forward in ((None, step.forward), (MOVED_KEY, step.moved)):
+            for owner, events in forward:
+                step.outbox.add(self.topic, key, encode_events(events), owner)
+                source = int(events.source_id[0])
+                counts[source] = counts.get(source, 0) + len(events)
         stored = self.table.get_many(partition, [forwarded_key(s) for s in counts])
         for (source, n), old in zip(counts.items(), stored):
             writes[forwarded_key(source)] = b"%d" % (int(old or 0) + n)

@@ -94,8 +94,7 @@ async def accept(p: Pipeline, authorization: str, body: dict[str, Any], kind: st
     # events follow the merge on the anonymous visitor's partition.
     await p.names.publish_many([(name_key(source_id, v), original.encode()) for v, original in got.names])
     await _send(p, source_id, got, now)
-    for anonymous, user in got.links:
-        await p.identities.publish(link_key(source_id, anonymous), user.encode())
+    await p.identities.publish_many([(link_key(source_id, anonymous), user.encode()) for anonymous, user in got.links])
     if kind is not None and got.rejections:  # a single call: Segment answers 400
         raise CollectorRefused(400, got.rejections[0].reason)
     return got

@@ -7,7 +7,8 @@ at most RUN_EVENTS events (a message whose events pass into a later event-time s
 period starts a new group, so that a replay's daily snapshots see the model as it was at
 the end of each day, to within a message). A step holds:
 
-- the events of visitors another partition owns, to forward (``core/partitioning.py``);
+- the events of visitors another partition owns, to forward (``core/partitioning.py``),
+  and those that links moved to visitors of other partitions (``core/identities.py``);
 - the other events merged into their visitors' journeys (``core/journeys.py``), the
   activity index and the partition's counts, as table writes;
 - its outputs: one :class:`PopulationDelta` (which journey shapes lost and gained
@@ -26,14 +27,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from typing import Any
 
 import numpy as np
 import orjson
 
 from ampelios.core.events import EventBatch, Rejection, decode_run
-from ampelios.core.identities import follow_links, has_links
+from ampelios.core.identities import MOVED_KEY, follow_links, has_links, link_targets
 from ampelios.core.journeys import (
     JourneyBatch,
     features_from_shapes,
@@ -81,10 +82,13 @@ class JourneyProcessor:
             by_source.setdefault(source, []).append(rejection)
         for source, rejections in by_source.items():
             await self.dead_letter(source, rejections)
+        moved = [i for i, m in enumerate(messages) if m.key == MOVED_KEY]
         for start, end in run.groups(len(messages), RUN_EVENTS, self.period_ms):
             started = time.perf_counter()
             rows = slice(*np.searchsorted(run.message, [start, end]))
-            step = await self.step(partition, messages[start:end], run.events.take(rows))
+            events = run.events.take(rows)
+            moved_to = events.take(np.isin(run.message[rows], moved)) if moved else None
+            step = await self.step(partition, messages[start:end], events, moved_to)
             if len(run.ignored_message):
                 step.writes.update(self.ignored(partition, run.ignored_in(start, end)))
             yield step
@@ -106,10 +110,12 @@ class JourneyProcessor:
         await asyncio.gather(*sent)
         p.metrics.rejected.labels(str(source_id)).inc(len(rejections))
 
-    async def step(self, partition: int, messages: list[Any], events: EventBatch) -> Step:
+    async def step(
+        self, partition: int, messages: list[Any], events: EventBatch, moved: EventBatch | None = None
+    ) -> Step:
         """The step of consecutive ``messages`` of a partition with their decoded
-        ``events``: those of visitors this partition owns merged per source, the others
-        to forward."""
+        ``events`` (``moved``: those of them that links moved here): those of visitors
+        this partition owns merged per source, the others to forward."""
         topology = self.p.topology
         step = Step(messages[-1].offset)
         routed = route(events, partition, topology.partitions, self.p.settings.replay_batch_events)
@@ -119,8 +125,9 @@ class JourneyProcessor:
         sources = np.unique(events.source_id).tolist()
         for source in sources:
             of_source = events if len(sources) == 1 else events.take(events.source_id == source)
+            moved_to = () if moved is None else set(moved.visitorid[moved.source_id == source].tolist())
             try:
-                step.writes.update(self.merge(source, partition, step.last, of_source, step.outbox, step.forward))
+                step.writes.update(self.merge(source, partition, of_source, step, moved_to))
             except Exception as exc:  # a message that breaks the code must not stop the stream
                 where = f"{topology.events}:{partition}:{messages[0].offset}..{step.last}"
                 log.exception("could not apply %s (source %d)", where, source)
@@ -131,15 +138,15 @@ class JourneyProcessor:
         self,
         source_id: int,
         partition: int,
-        offset: int,
         events: EventBatch,
-        outbox: Outbox,
-        forward: list[tuple[int, EventBatch]],
+        step: Step,
+        moved_to: Collection[int] = (),
     ) -> Writes:
         """Merge ``events`` (one source, visitors of this partition) into their journeys;
-        return what to store, add the outputs to ``outbox`` and the events that now belong
-        to visitors of other partitions (links, :mod:`ampelios.core.identities`) to ``forward``."""
-        p, window_ms = self.p, self.window_ms
+        return what to store, add the outputs to the step's outbox and the events that now
+        belong to visitors of other partitions (links, :mod:`ampelios.core.identities`;
+        ``moved_to``: the visitors that moved events arrived for) to its ``moved``."""
+        p, window_ms, outbox = self.p, self.window_ms, step.outbox
         writes: Writes = {}
         visitors, owner = np.unique(events.visitorid, return_inverse=True)
         ids = visitors.tolist()
@@ -148,9 +155,13 @@ class JourneyProcessor:
         leaving = None
         stored = {v: value for v, value in zip(ids, old) if value is not None}
         if has_links(events, stored):
-            followed = follow_links(events, stored, source_id)
+            targets = list(link_targets(events, stored))
+            found = read_journeys(p.journeys, partition, [visitor_key(source_id, v) for v in targets])
+            stored.update((v, value) for v, value in zip(targets, found) if value is not None)
+            followed = follow_links(events, stored, source_id, moved_to)
             routed = route(followed.moved, partition, p.topology.partitions, p.settings.replay_batch_events)
-            forward.extend(routed.forwarded)  # to the partitions of the visitors linked to
+            step.moved.extend(routed.forwarded)  # to the partitions of the visitors linked to
+            self.refuse(source_id, partition, step.last, followed.refused, outbox)
             events = EventBatch.concat([followed.kept, routed.own])
             visitors, owner = np.unique(np.concatenate([events.visitorid, followed.gone]), return_inverse=True)
             owner = owner[: len(events)]
@@ -201,7 +212,7 @@ class JourneyProcessor:
         delta = PopulationDelta.of(np.concatenate(left), batch.new_shapes[changed[batch.active[changed]]])
         periods = batch_delta(batch, self.gap_ms, window_ms, self.period_ms) if self.period_ms else None
         if len(delta) or periods:
-            value = {"source_id": source_id, "partition": partition, "offset": offset, "watermark": watermark}
+            value = {"source_id": source_id, "partition": partition, "offset": step.last, "watermark": watermark}
             value.update(delta.to_json())
             if periods:
                 value.update(periods.to_json())
@@ -225,6 +236,18 @@ class JourneyProcessor:
             value = orjson.dumps(update, option=orjson.OPT_SERIALIZE_NUMPY)
             outbox.add(topology.visitor_updates, None, value, partition)
         return writes
+
+    def refuse(self, source_id: int, partition: int, offset: int, refused: EventBatch, outbox: Outbox) -> None:
+        """Dead-letter (in ``outbox``) each event moved here by a link, for a visitor that
+        is itself linked: links are one level deep."""
+        if not len(refused):
+            return
+        where = f"{self.p.topology.events}:{partition}:{offset}"
+        for visitor in refused.visitorid.tolist():
+            reason = f"moved by a link to visitor {visitor}, itself linked to another: links are one level deep"
+            rejection = rejection_record(source_id, Rejection(where, reason), "worker")
+            outbox.add(self.p.topology.dead_letters, b"%d" % source_id, rejection)
+        self.p.metrics.rejected.labels(str(source_id)).inc(len(refused))
 
     def expire(
         self, source_id: int, partition: int, cutoff: int, in_batch: set[int], writes: Writes

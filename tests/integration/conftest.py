@@ -313,3 +313,21 @@ def browser(tmp_path: Path) -> Iterator[webdriver.Chrome]:
         yield driver
     finally:
         driver.quit()  # stops chromedriver and the browser it started
+
+
+def held_partitions(worker: WorkerProcess) -> list[int] | None:
+    """The events partitions a worker holds now (``None``: it is recovering)."""
+    code, answer = http_json("GET", f"{worker.base_url}/stats?source_id=1&local=true")
+    return answer["partitions"] if code == 200 else None
+
+
+def wait_for_split(workers: list[WorkerProcess], partitions: int, timeout: float = 120) -> list[list[int]]:
+    """Wait until every worker holds some partitions and together they hold each once."""
+    deadline = time.monotonic() + timeout
+    held: list[list[int] | None] = []
+    while time.monotonic() < deadline:
+        held = [held_partitions(w) for w in workers]
+        if all(held) and sorted(p for h in held for p in h or []) == list(range(partitions)):
+            return [h or [] for h in held]
+        time.sleep(0.5)
+    raise AssertionError(f"the partitions were not split between the workers: {held}")

@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from ampelios.config import Settings
+from ampelios.core.partitioning import partition_for
 from ampelios.services.broker import bootstrap_servers
 from ampelios.services.stack import WorkerProcess, http_json, wait_for_job, wait_until_reflected
 from tests.integration.conftest import Workers, replay
@@ -140,3 +141,30 @@ def test_rejections_are_explained_and_ignored_event_names_are_counted_apart(work
     code, answer = http_json("POST", f"{worker.base_url}/trigger", {"source_id": 1, "events_path": "wrong.csv"})
     status = wait_for_job(worker.base_url, answer["job"], timeout=120)
     assert (status["state"], status["error"]) == ("failed", "every row was rejected: unknown event 'click' (2)")
+
+
+def test_links_that_go_round_are_refused_not_followed_for_ever(settings: Settings, worker: WorkerProcess):
+    """Another producer's ``$merge`` rows link visitor a to b and b to a (on two
+    partitions), and one visitor to itself: the self-link is rejected in the file, and
+    the events the cycle would move again are refused once; the rest goes on."""
+    a = 50
+    b = next(
+        v for v in range(51, 99) if partition_for(1, v, settings.partitions) != partition_for(1, a, settings.partitions)
+    )
+    rows = [
+        b"%d,%d,view,1," % (T, a),
+        b"%d,%d,view,2," % (T + 1, b),
+        b"%d,%d,$merge,%d," % (T + 2, a, b),
+        b"%d,%d,$merge,%d," % (T + 3, b, a),
+        b"%d,9,$merge,9," % (T + 4),  # a visitor linked to itself
+        b"%d,9,view,3," % (T + 5),
+    ]
+    (settings.data_dir / "links.csv").write_bytes(
+        b"timestamp,visitorid,event,itemid,transactionid\n" + b"\n".join(rows)
+    )
+    job = replay(worker.base_url, "links.csv")
+    assert (job["rows_sent"], job["rows_rejected"]) == (5, 1)
+    stats = wait_until_reflected(worker.base_url, 1, timeout=120)
+    assert (stats["events"], stats["visitors"], stats["rejected"]) == (1, 1, 3)  # both views refused
+    reasons = [r["reason"] for r in http_json("GET", f"{worker.base_url}/rejections?source_id=1")[1]["reasons"]]
+    assert any("another visitor to link to" in r for r in reasons) and any("one level deep" in r for r in reasons)

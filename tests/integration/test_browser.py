@@ -2,7 +2,8 @@
 headless Chromium, on a shop page served from another origin than the worker's: Segment's
 analytics-next bundled into the shop's own script with the worker as its CDN, and loaded
 the usual way with Segment's snippet whose CDN host is the worker; RudderStack's JavaScript
-SDK bundled, with the worker as its data plane and source configuration."""
+SDK bundled, with the worker as its data plane and source configuration. The shopper logs
+in at checkout and buys: one person with the anonymous past."""
 
 from __future__ import annotations
 
@@ -41,6 +42,16 @@ const done = arguments[arguments.length - 1];
 })().catch((error) => done("failed: " + error));
 """
 
+# Logging in at checkout: who the visitor is, then a purchase (and the user's id).
+LOGIN = """
+const done = arguments[arguments.length - 1];
+(async () => {
+  await analytics.identify("bo", {email: "bo@shop.example"});
+  await analytics.track("Order Completed", {order_id: "o-1", products: [{product_id: "111016"}]});
+  done((await analytics.user()).id());
+})().catch((error) => done("failed: " + error));
+"""
+
 # The same calls through RudderStack's SDK, once it has its source's configuration.
 RUDDERSTACK_CALLS = """
 const done = arguments[arguments.length - 1];
@@ -62,12 +73,12 @@ def node_modules() -> Path:
     return installed
 
 
-def state_when_reflected(base: str, anonymous_id: str, expected: list[int]) -> list[int]:
-    """The visitor's views, add-to-carts and transactions once they are ``expected`` (or
-    what they were when REFLECTED_SECONDS ran out)."""
+def state_when_reflected(base: str, visitor: str, expected: list[int], kind: str = "anonymous") -> list[int]:
+    """The views, add-to-carts and transactions of visitor ``kind:visitor`` once they are
+    ``expected`` (or what they were when REFLECTED_SECONDS ran out)."""
     deadline, state = time.monotonic() + REFLECTED_SECONDS, None
     while time.monotonic() < deadline:
-        code, answer = http_json("GET", f"{base}/visitors/anonymous:{quote(anonymous_id)}?source_id={SOURCE_ID}")
+        code, answer = http_json("GET", f"{base}/visitors/{kind}:{quote(visitor)}?source_id={SOURCE_ID}")
         state = answer["state"] if code == 200 else None
         if state == expected:
             break
@@ -109,8 +120,14 @@ def test_analytics_next_bundled_by_the_shop_sends_through_the_worker(
         run_calls(browser)  # the same visitor (its id is in the shop's storage): three views more
         browser.get("about:blank")
         assert state_when_reflected(base, anonymous_id, [6, 2, 0]) == [6, 2, 0]
+
+        # Logged in at checkout: one person, who viewed, added and bought.
+        browser.get(f"{shop}/shop.html?writeKey={WRITE_KEY}&collector={quote(base)}")
+        assert run_calls(browser, LOGIN) == "bo"
+        assert state_when_reflected(base, "bo", [6, 2, 1], kind="user") == [6, 2, 1]
+        assert state_when_reflected(base, anonymous_id, [6, 2, 1]) == [6, 2, 1]
     code, stats = http_json("GET", f"{base}/stats?source_id={SOURCE_ID}")
-    assert (code, stats["rejected"]) == (200, 0)
+    assert (code, stats["rejected"], stats["visitors"]) == (200, 0, 1)
 
 
 def test_rudderstack_s_sdk_bundled_by_the_shop_sends_through_the_worker(

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import itertools
 import json
 import urllib.error
 import urllib.request
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg2
@@ -19,8 +21,10 @@ from segment.analytics import Client as SegmentClient
 
 from ampelios.config import Settings
 from ampelios.core.collect import MAX_CALL_BYTES, visitor_id
+from ampelios.core.partitioning import partition_for
+from ampelios.services.processes import free_port
 from ampelios.services.stack import http_json, wait_until_reflected
-from tests.integration.conftest import Workers, replay
+from tests.integration.conftest import Workers, replay, wait_for_split
 
 pytestmark = pytest.mark.integration
 
@@ -179,48 +183,59 @@ def test_the_collector_answers_as_segment_does_and_rejects_a_bad_call_alone(sett
     assert any("ISO 8601" in r for r in reasons) and any("userId or an anonymousId" in r for r in reasons)
 
 
-def test_one_person_across_login_whatever_arrives_after_the_link(settings: Settings, workers: Workers):
-    """Browsing anonymously, then logging in at checkout: one person, whose journey holds
-    the anonymous past, and an event of the anonymous visitor that arrives after the link
-    (another feed, late) joins it too."""
-    worker = workers.start(settings.with_(write_keys={WRITE_KEY: 7}, partitions=8))
-    base = worker.base_url
+def test_one_person_across_login_across_two_workers_one_killed_midway(
+    settings: Settings, workers: Workers, tmp_path: Path
+):
+    """Forty people browse anonymously, then log in and buy. Each one's anonymous visitor
+    lives on one worker's partitions and the user on the other's, and one worker is
+    SIGKILLed as soon as the logins are accepted, while their merges are under way: the
+    other takes its partitions over, and every person ends as one visitor, exactly once.
+    An event of an anonymous visitor that arrives after the link (another feed, late)
+    joins its person too."""
+    settings = settings.with_(write_keys={WRITE_KEY: 7})
+    a = workers.start(settings.with_(state_dir=tmp_path / "a"))
+    b = workers.start(settings.with_(state_dir=tmp_path / "b", web_port=free_port()))
+    held_a, _ = wait_for_split([a, b], settings.partitions)
+
+    def on_a(kind: str, value: str) -> bool:
+        return partition_for(7, visitor_id(kind, value), settings.partitions) in held_a
+
+    pairs = ((f"anon-{i}", f"user-{i}") for i in itertools.count())
+    people = list(itertools.islice(((x, u) for x, u in pairs if on_a("anonymous", x) != on_a("user", u)), 40))
+    assert {on_a("anonymous", x) for x, _ in people} == {True, False}  # both ways across
+
+    def at(minute: int) -> str:  # each person's own morning: views, login, purchase within minutes
+        return (START + timedelta(minutes=minute)).isoformat()
+
     views = [
-        {"type": "track", "anonymousId": "a-7", "event": "Product Viewed", "properties": {"product_id": str(i)}}
+        {"type": "track", "anonymousId": x, "event": "Product Viewed", "properties": {"product_id": str(i)}}
+        | {"timestamp": at(i)}
+        for x, _ in people
         for i in range(3)
     ]
-    for i, call in enumerate(views):
-        call["timestamp"] = (START + timedelta(minutes=i)).isoformat()
-    assert http_json("POST", f"{base}/v1/batch", {"batch": views}, headers=basic(WRITE_KEY))[0] == 200
-    assert wait_until_reflected(base, 7)["visitors"] == 1
-    login = [
-        {
-            "type": "identify",
-            "anonymousId": "a-7",
-            "userId": "bo",
-            "timestamp": (START + timedelta(minutes=5)).isoformat(),
-        },
-        {
-            "type": "track",
-            "userId": "bo",
-            "anonymousId": "a-7",
-            "event": "Order Completed",
-            "properties": {"order_id": "o-9", "products": [{"product_id": "2"}]},
-            "timestamp": (START + timedelta(minutes=6)).isoformat(),
-        },
-    ]
-    assert http_json("POST", f"{base}/v1/batch", {"batch": login}, headers=basic(WRITE_KEY))[0] == 200
-    wait_until_reflected(base, 7)
-    late = f"timestamp,visitorid,event,itemid,transactionid\n{int(START.timestamp() * 1000) + 600_000},"
-    (settings.data_dir / "late.csv").write_text(late + f"{visitor_id('anonymous', 'a-7')},view,4,\n")
-    replay(base, "late.csv", source_id=7)
+    assert http_json("POST", f"{a.base_url}/v1/batch", {"batch": views}, headers=basic(WRITE_KEY))[0] == 200
+    assert wait_until_reflected(a.base_url, 7)["visitors"] == 40
+    login = []
+    for x, u in people:
+        purchase = {"order_id": f"o-{u}", "products": [{"product_id": "1"}]}
+        login.append({"type": "identify", "anonymousId": x, "userId": u, "timestamp": at(5)})
+        login.append(
+            {"type": "track", "userId": u, "event": "Order Completed", "properties": purchase} | {"timestamp": at(6)}
+        )
+    assert http_json("POST", f"{b.base_url}/v1/batch", {"batch": login}, headers=basic(WRITE_KEY))[0] == 200
+    b.kill()
 
-    stats = wait_until_reflected(base, 7, stored=True)
-    assert (stats["events"], stats["visitors"]) == (5, 1)
-    assert state_of(base, "user", "bo") == state_of(base, "anonymous", "a-7") == [4, 0, 1]
+    wait_for_split([a], settings.partitions)  # a holds every partition
+    late = f"timestamp,visitorid,event,itemid,transactionid\n{int((START + timedelta(minutes=7)).timestamp() * 1000)},"
+    (settings.data_dir / "late.csv").write_text(late + f"{visitor_id('anonymous', people[0][0])},view,4,\n")
+    replay(a.base_url, "late.csv", source_id=7)
+
+    stats = wait_until_reflected(a.base_url, 7, stored=True)
+    assert (stats["events"], stats["visitors"], stats["rejected"]) == (161, 40, 0)
+    for n, (x, u) in enumerate(people):
+        assert state_of(a.base_url, "user", u) == state_of(a.base_url, "anonymous", x) == [4 if n == 0 else 3, 0, 1]
     with contextlib.closing(psycopg2.connect(settings.database_url)) as db, db.cursor() as cur:
-        cur.execute("SELECT visitorid, active, views FROM visitors WHERE source_id = 7 ORDER BY active")
-        rows = cur.fetchall()
-    assert rows == [(visitor_id("anonymous", "a-7"), False, 0), (visitor_id("user", "bo"), True, 4)]
-    person = http_json("GET", f"{base}/visitors/anonymous:a-7?source_id=7")[1]
-    assert person["visitorid"] == visitor_id("user", "bo") and len(person["sessions"]) == 1
+        cur.execute("SELECT active, views, transactions, count(*) FROM visitors WHERE source_id = 7 GROUP BY 1, 2, 3")
+        assert sorted(cur.fetchall()) == [(False, 0, 0, 40), (True, 3, 1, 39), (True, 4, 1, 1)]
+    person = http_json("GET", f"{a.base_url}/visitors/anonymous:{people[0][0]}?source_id=7")[1]
+    assert person["visitorid"] == visitor_id("user", people[0][1]) and len(person["sessions"]) == 1

@@ -15,28 +15,18 @@ from ampelios.config import Settings
 from ampelios.core.generate import generate_events
 from ampelios.core.partitioning import partition_for
 from ampelios.services.processes import free_port
-from ampelios.services.stack import WorkerProcess, http_json
-from tests.integration.conftest import Workers, outcome, replay_with_cli, settle, write_events
+from ampelios.services.stack import http_json
+from tests.integration.conftest import (
+    Workers,
+    held_partitions,
+    outcome,
+    replay_with_cli,
+    settle,
+    wait_for_split,
+    write_events,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.apache]
-
-
-def held_partitions(worker: WorkerProcess) -> list[int] | None:
-    """The events partitions a worker holds now (``None``: it is recovering)."""
-    code, answer = http_json("GET", f"{worker.base_url}/stats?source_id=1&local=true")
-    return answer["partitions"] if code == 200 else None
-
-
-def wait_for_split(workers: list[WorkerProcess], partitions: int, timeout: float = 120) -> list[list[int]]:
-    """Wait until every worker holds some partitions and together they hold each once."""
-    deadline = time.monotonic() + timeout
-    held: list[list[int] | None] = []
-    while time.monotonic() < deadline:
-        held = [held_partitions(w) for w in workers]
-        if all(held) and sorted(p for h in held for p in h or []) == list(range(partitions)):
-            return [h or [] for h in held]
-        time.sleep(0.5)
-    raise AssertionError(f"the partitions were not split between the workers: {held}")
 
 
 def replay_file(settings: Settings, path: Path) -> None:

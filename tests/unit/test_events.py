@@ -272,3 +272,11 @@ def test_groups_cover_the_run_in_order_within_limits(days_per_message, max_event
         if period_days:  # within a group, only the first message with events may open the group's latest period
             latest = [max(d) // period_days for d in days_per_message[start:end] if d]
             assert all(later <= max(latest[: i + 1]) for i, later in enumerate(latest[1:])) or len(latest) <= 1
+
+
+def test_a_merge_row_must_link_its_visitor_to_another():
+    body = b"%d,1,$merge,2,\n%d,1,$merge,1,\n%d,1,$merge,,\n" % (T, T, T)
+    parsed = parse_csv_lines(iter((HEADER + body).splitlines(keepends=True)), 1, "f.csv", event_codes({}))
+    assert parsed.events.itemid.tolist() == [2]  # visitor 1 is visitor 2
+    assert [r.position for r in parsed.rejections] == ["f.csv:3", "f.csv:4"]
+    assert all("another visitor to link to" in r.reason for r in parsed.rejections)
