@@ -180,6 +180,8 @@ class Settings:
     snapshot_seconds: float = 60.0
     snapshot_event_hours: float = 24.0
     active_days: float | None = None
+    history_days: float = 60.0
+    wall_snapshot_days: float = 30.0
     recovery_timeout_seconds: float = 600.0
     event_map: Mapping[str, str] = field(default_factory=dict)
     write_keys: Mapping[str, int] = field(default_factory=dict)
@@ -244,6 +246,8 @@ class Settings:
             "AMPELIOS_SNAPSHOT_SECONDS": ("snapshot_seconds", _positive_float),
             "AMPELIOS_SNAPSHOT_EVENT_HOURS": ("snapshot_event_hours", _non_negative_float),
             "AMPELIOS_ACTIVE_DAYS": ("active_days", _positive_float),
+            "AMPELIOS_HISTORY_DAYS": ("history_days", _positive_float),
+            "AMPELIOS_WALL_SNAPSHOT_DAYS": ("wall_snapshot_days", _positive_float),
             "AMPELIOS_RECOVERY_TIMEOUT_SECONDS": ("recovery_timeout_seconds", _positive_float),
             "AMPELIOS_EVENT_MAP": ("event_map", _event_map),
             "AMPELIOS_WRITE_KEYS": ("write_keys", _write_keys),

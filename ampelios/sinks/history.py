@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -228,7 +229,28 @@ MIGRATIONS: Sequence[tuple[int, str]] = (
             SELECT a.* FROM period_activity a JOIN current_lineages USING (source_id, lineage);
         """,
     ),
+    (
+        4,
+        """
+        -- Retention (History.prune) deletes by time within a source.
+        CREATE INDEX segment_transitions_by_time ON segment_transitions (source_id, at);
+        CREATE INDEX segment_snapshots_by_time ON segment_snapshots (source_id, clock, taken_at);
+        CREATE INDEX visitors_by_last_event ON visitors (source_id, last_event_at) WHERE NOT active;
+        """,
+    ),
 )
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How long Postgres keeps what grows with time, in days: transitions, event-time
+    snapshots and visitors no longer active for ``event_days`` of event time before their
+    source's newest (``AMPELIOS_HISTORY_DAYS``), wall-clock snapshots for ``wall_days``
+    of wall time (``AMPELIOS_WALL_SNAPSHOT_DAYS``). Periods and alerts are kept whole:
+    a row per day and segment, a few thousand a year."""
+
+    event_days: float = 60.0
+    wall_days: float = 30.0
 
 
 class HistoryUnavailable(RuntimeError):
@@ -333,6 +355,20 @@ class History:
                 await _write_alerts(cur, list(newest_alerts.values()))
 
         await self._run(work, transaction=True)
+
+    async def prune(self, retention: Retention, now: datetime | None = None) -> dict[str, int]:
+        """Delete what ``retention`` no longer keeps (wall-clock snapshots: back from
+        ``now``, the database's clock by default); return the rows deleted per table."""
+        values = {"event_days": retention.event_days, "wall_days": retention.wall_days, "now": now}
+
+        async def work(cur: Any) -> dict[str, int]:
+            deleted = {}
+            for table, sql in _PRUNE:
+                await cur.execute(sql, values)
+                deleted[table] = cur.rowcount
+            return deleted
+
+        return await self._run(work, transaction=True)
 
     # ------------------------------------------------------------------- reads
 
@@ -461,6 +497,37 @@ class History:
             ]
 
         return await self._run(work)
+
+
+_PRUNE: Sequence[tuple[str, str]] = (
+    (
+        "segment_transitions",
+        """DELETE FROM segment_transitions t
+           USING (SELECT source_id, max(at) AS newest FROM segment_transitions GROUP BY source_id) n
+           WHERE t.source_id = n.source_id AND t.at < n.newest - %(event_days)s * interval '1 day'""",
+    ),
+    (
+        "segment_snapshots",
+        """DELETE FROM segment_snapshots s
+           USING (SELECT source_id, max(taken_at) AS newest FROM segment_snapshots
+                  WHERE clock = 'event' GROUP BY source_id) n
+           WHERE s.source_id = n.source_id AND s.clock = 'event'
+             AND s.taken_at < n.newest - %(event_days)s * interval '1 day'""",
+    ),
+    (
+        "segment_snapshots (wall)",
+        """DELETE FROM segment_snapshots
+           WHERE clock = 'wall'
+             AND taken_at < coalesce(%(now)s::timestamptz, now()) - %(wall_days)s * interval '1 day'""",
+    ),
+    (
+        "visitors",
+        """DELETE FROM visitors v
+           USING (SELECT source_id, max(last_event_at) AS newest FROM visitors GROUP BY source_id) n
+           WHERE v.source_id = n.source_id AND NOT v.active
+             AND v.last_event_at < n.newest - %(event_days)s * interval '1 day'""",
+    ),
+)
 
 
 async def _migrate(pool: aiopg.Pool) -> None:

@@ -5,7 +5,8 @@ It reads ``<app>-snapshots``, ``<app>-visitor-updates``, ``segment-changes`` and
 has the records. While Postgres is down it retries the same records with backoff; the
 stream goes on meanwhile, the records wait in Kafka, and the sink catches up when the
 database is back: no snapshot is dropped. With several workers, the group spreads the
-partitions over them.
+partitions over them. Every ``prune_seconds`` it deletes what the retention no longer
+keeps (:meth:`History.prune`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from mode import Service
 
 from ampelios.internals import leave_even_the_first_generation
 from ampelios.services.broker import group_consumer
-from ampelios.sinks.history import History, HistoryUnavailable
+from ampelios.sinks.history import History, HistoryUnavailable, Retention
 from ampelios.topology import Topology
 
 log = logging.getLogger(__name__)
@@ -31,11 +32,22 @@ MAX_BACKOFF_SECONDS = 5.0
 class PostgresSink(Service):
     """Consumes the output topics and writes them to Postgres (see the module docstring)."""
 
-    def __init__(self, broker_url: str, topology: Topology, history: History, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        broker_url: str,
+        topology: Topology,
+        history: History,
+        retention: Retention,
+        prune_seconds: float,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.broker_url = broker_url
         self.topology = topology
         self.history = history
+        self.retention = retention
+        self.prune_seconds = prune_seconds
+        self.pruned: dict[str, int] = {}  # rows deleted since start, per table
         self.consumer: aiokafka.AIOKafkaConsumer | None = None
         self.written = 0  # records written since start
         self.unavailable: str | None = None  # why the last write failed, until one succeeds
@@ -64,6 +76,21 @@ class PostgresSink(Service):
                 by_topic.setdefault(tp.topic, []).extend(orjson.loads(r.value) for r in batch)
             await self._write_until_done(by_topic)
             await self._commit()
+
+    @Service.task
+    async def _prune(self) -> None:
+        """Delete what the retention no longer keeps, every ``prune_seconds`` (each worker's
+        sink does; deleting twice deletes nothing more). Postgres away: the next time."""
+        while not self.should_stop:
+            await self.sleep(self.prune_seconds)
+            try:
+                deleted = await self.history.prune(self.retention)
+            except HistoryUnavailable:
+                continue
+            for table, n in deleted.items():
+                self.pruned[table] = self.pruned.get(table, 0) + n
+            if any(deleted.values()):
+                log.info("history retention deleted %s", ", ".join(f"{n} {t}" for t, n in deleted.items() if n))
 
     async def _commit(self) -> None:
         """Commit what was written. When the group rebalanced meanwhile, the partitions'

@@ -66,7 +66,7 @@ from ampelios.services.broker import (
     ensure_topics,
     session_timeout_seconds,
 )
-from ampelios.sinks.history import History
+from ampelios.sinks.history import History, Retention
 from ampelios.sinks.postgres import PostgresSink
 from ampelios.topology import Topology
 from ampelios.worker import agents
@@ -229,6 +229,7 @@ def create_pipeline(settings: Settings) -> Pipeline:
     table = {"key_type": bytes, "value_type": bytes, "extra_topic_configs": TOPIC_CONFIG}
     n = settings.partitions
     history = History(settings.database_url) if settings.database_url else None
+    retention = Retention(settings.history_days, settings.wall_snapshot_days)
     pipeline = Pipeline(
         settings=settings,
         topology=topology,
@@ -248,7 +249,11 @@ def create_pipeline(settings: Settings) -> Pipeline:
         history=history,
         event_codes=event_codes(settings.event_map),
         collector_codes=collector_codes(settings.event_map),
-        sink=PostgresSink(settings.broker_url, topology, history) if history is not None else None,
+        sink=(
+            PostgresSink(settings.broker_url, topology, history, retention, 10 * settings.snapshot_seconds)
+            if history is not None
+            else None
+        ),
         intake=Intake(lambda: app.consumer_generation_id),
     )
     app.pipeline = pipeline

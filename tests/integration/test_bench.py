@@ -155,3 +155,16 @@ def test_the_export_benchmark_streams_the_largest_segment_whole_in_every_format(
         assert row["members"] == row["expected"] == report["segment"]["users"] > 0
         assert row["mib"] > 0 and row["worker_rss_mib_peak"] >= row["worker_rss_mib_before"] > 0
     assert list(scratch.iterdir()) == []
+
+
+def test_the_retention_bench_prints_a_year_at_a_tiny_size(tmp_path: Path):
+    out = tmp_path / "retention.json"
+    command = [sys.executable, str(ROOT / "scripts" / "bench_retention.py"), "--visitors", "600"]
+    args = ["--transitions", "20", "--snapshot-minutes", "720", "--json", str(out)]
+    result = subprocess.run([*command, *args], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "| month | retention 60 / 30 days | everything kept |" in result.stdout
+    kept, everything = json.loads(out.read_text())["runs"].values()
+    assert [m["month"] for m in kept] == list(range(1, 13))
+    transitions = [m["tables"]["segment_transitions"]["rows"] for m in (kept[-1], everything[-1])]
+    assert transitions == [60 * 20 + 1, 360 * 20]  # 20 a day: the last 60 days (to the newest), the year

@@ -26,7 +26,7 @@ from ampelios.core.generate import WINDOW_END_MS, WINDOW_START_MS, generate_even
 from ampelios.core.labels import BUYERS, kind_of
 from ampelios.services.broker import end_offsets, read_range
 from ampelios.services.stack import http_json, wait_for_job, wait_until_reflected
-from ampelios.sinks.history import ALERT_TIMES, History
+from ampelios.sinks.history import ALERT_TIMES, History, Retention
 from tests.integration.conftest import (
     Workers,
     _admin,
@@ -177,9 +177,10 @@ def test_a_purchase_drop_raises_alerts_that_recover_once_and_never_again(setting
 def test_active_days_make_segments_reflect_recent_behaviour(settings: Settings, workers: Workers):
     """The months arrive one file at a time; after each, the settled segments (a function
     of the active population alone, whatever the order the runs were applied in) show
-    the buyers' share of the visitors active in the last 14 days."""
+    the buyers' share of the visitors active in the last 14 days. Postgres keeps 30 days
+    of event time of the visitors no longer active, and of transitions."""
     events = generate_events(60_000, seed=3, purchase_drop=(JULY, AUGUST))
-    worker = workers.start(settings.with_(active_days=14.0))
+    worker = workers.start(settings.with_(active_days=14.0, history_days=30.0))
     base = worker.base_url
     shares, names = [], []
     for name, months in (
@@ -211,9 +212,11 @@ def test_active_days_make_segments_reflect_recent_behaviour(settings: Settings, 
     assert stats["visitors"] == len(np.unique(events.visitorid))
     in_segments = sum(s["users"] for s in segments)
     assert len(recent) <= in_segments < stats["visitors"] // 2
-    stale = int(
-        np.setdiff1d(events.visitorid, np.unique(events.visitorid[events.timestamp > last_day - 5 * DAY_MS]))[0]
-    )
+    newest, (ids, visitor) = int(events.timestamp.max()), np.unique(events.visitorid, return_inverse=True)
+    last = np.zeros(len(ids), dtype=np.int64)
+    np.maximum.at(last, visitor, events.timestamp)  # each visitor's last event
+    stale = int(ids[(last > newest - 25 * DAY_MS) & (last < last_day - 5 * DAY_MS)][0])
+    long_gone = int(ids[last < newest - 31 * DAY_MS][0])
     answer = http_json("GET", f"{base}/visitors/{stale}?source_id=1")[1]
     assert (answer["active"], answer["segment"]) == (False, None)
     with psycopg2.connect(settings.database_url) as conn, conn.cursor() as cur:
@@ -221,6 +224,18 @@ def test_active_days_make_segments_reflect_recent_behaviour(settings: Settings, 
         assert cur.fetchone()[0] == in_segments
         cur.execute("SELECT active FROM visitors WHERE source_id = 1 AND visitorid = %s", (stale,))
         assert cur.fetchone() == (False,)
+    # the sink's retention (every ten AMPELIOS_SNAPSHOT_SECONDS) deletes what is older
+    deadline = time.monotonic() + 60
+    while True:
+        with psycopg2.connect(settings.database_url) as conn, conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM visitors WHERE source_id = 1 AND visitorid = %s", (long_gone,))
+            (left,) = cur.fetchone()
+            cur.execute("SELECT max(at) - min(at) FROM segment_transitions WHERE source_id = 1")
+            (span,) = cur.fetchone()
+        if left == 0 and span <= timedelta(days=30):
+            break
+        assert time.monotonic() < deadline, f"not deleted: visitor {long_gone} ({left}), transitions over {span}"
+        time.sleep(0.5)
 
 
 async def topic_ends(url: str, topic: str, partitions: int) -> dict[TopicPartition, int]:
@@ -396,6 +411,59 @@ def test_visitor_updates_written_together_leave_the_rows_of_writing_them_one_by_
         (s, v): (views, sessions, last, active) for s, v, views, sessions, last, active in asyncio.run(write_and_read())
     }
     assert written == expected
+
+
+def test_retention_deletes_what_is_older_than_its_days_and_keeps_the_rest(database_url: str):
+    """Sixty days of one source's history (event time in 2015), two of another's, and
+    wall-clock snapshots of the last hours: a retention of 7 days of event time and 1
+    day of wall time keeps each source's last 7 days, the active visitors whatever their
+    age, and the wall snapshots of the last day."""
+    start, now = 1_433_116_800_000, round(time.time() * 1000)
+
+    def snapshot(source: int, clock: str, at: int) -> dict:
+        segment = {"id": 0, "label": "browsers", "size": 3, "centroid": [1.0] * 6}
+        return {"source_id": source, "clock": clock, "at": at, "model_version": 1, "segments": [segment]}
+
+    def transition(source: int, visitor: int, at: int) -> dict:
+        names = {"from_label": "browsers", "to_label": "buyers", "model_version": 1, "lineage": ""}
+        return {"source_id": source, "visitorid": visitor, "at": at, "from": 0, "to": 1, **names}
+
+    days = [(1, day) for day in range(60)] + [(2, day) for day in range(2)]
+    snapshots = [snapshot(s, "event", start + d * DAY_MS) for s, d in days]
+    snapshots += [snapshot(1, "wall", now - hours * 3_600_000) for hours in (1, 23, 25, 49)]
+    transitions = [transition(s, d, start + d * DAY_MS) for s, d in days]
+    visitors = [visitor_record(s, [(s, d, 1, start + d * DAY_MS, d % 2 == 0)]) for s, d in days]
+
+    async def write_and_prune() -> tuple[dict, dict]:
+        history = History(database_url)
+        try:
+            await history.write(snapshots, visitors, transitions)
+            return await history.prune(Retention(event_days=7, wall_days=1)), await history.prune(Retention(7, 1))
+        finally:
+            await history.close()
+
+    deleted, again = asyncio.run(write_and_prune())
+    kept = [d for d in range(60) if d >= 52]  # within 7 days of day 59
+    with psycopg2.connect(database_url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT source_id, visitorid FROM segment_transitions ORDER BY 1, 2")
+        assert cur.fetchall() == [(1, d) for d in kept] + [(2, 0), (2, 1)]
+        cur.execute(
+            "SELECT source_id, (taken_at - %s) FROM segment_snapshots WHERE clock = 'event' ORDER BY 1, 2",
+            (datetime.fromtimestamp(start / 1000, UTC),),
+        )
+        assert [(s, delta.days) for s, delta in cur.fetchall()] == [(1, d) for d in kept] + [(2, 0), (2, 1)]
+        cur.execute("SELECT count(*) FROM segment_snapshots WHERE clock = 'wall'")
+        assert cur.fetchone() == (2,)  # 1 and 23 hours old
+        cur.execute("SELECT source_id, visitorid FROM visitors ORDER BY 1, 2")
+        active_or_recent = [d for d in range(60) if d % 2 == 0 or d >= 52]
+        assert cur.fetchall() == [(1, d) for d in active_or_recent] + [(2, 0), (2, 1)]
+    assert deleted == {
+        "segment_transitions": 52,
+        "segment_snapshots": 52,
+        "segment_snapshots (wall)": 2,
+        "visitors": 26,
+    }
+    assert not any(again.values())
 
 
 def test_reads_at_once_on_a_new_database_wait_for_its_schema(database_url: str):
