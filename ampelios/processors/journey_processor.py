@@ -182,7 +182,14 @@ class JourneyProcessor:
             cutoff = watermark - window_ms
         batch = merge_journeys(old, events, owner, self.gap_ms, window_ms, cutoff, leaving)
         changed = np.flatnonzero(batch.changed)
-        store(writes, keys, old, batch, changed if leaving is None else changed[~leaving[changed]])
+        # What is active stays; under a window the others leave the state (linked ones
+        # leave their link instead).
+        store(writes, keys, old, batch, changed[batch.active[changed]])
+        for i in changed[~batch.active[changed]].tolist():
+            if leaving is None or not leaving[i]:
+                writes[keys[i]] = None
+                if old[i] is not None:
+                    drop_chunks(writes, keys[i], old[i])
         left = [batch.old_shapes[changed[batch.was_active[changed]]]]
         last_event = batch.last_event if leaving is None else np.where(leaving, batch.old_last_event, batch.last_event)
         updated = [visitors[changed], batch.new_shapes[changed], last_event[changed], batch.active[changed]]
@@ -192,21 +199,15 @@ class JourneyProcessor:
                     writes[activity_key(source_id, int(batch.old_last_event[i]), ids[i])] = None
                 if batch.active[i]:
                     writes[activity_key(source_id, int(batch.last_event[i]), ids[i])] = b""
-            expiry = self.expire(source_id, partition, cutoff, set(ids), writes)
-            if expiry is not None:
-                expired_ids, expired = expiry
-                left.append(expired.old_shapes)
-                extra = [np.array(expired_ids, dtype=np.int64), expired.old_shapes, expired.last_event, expired.active]
-                updated = [np.concatenate([a, b]) for a, b in zip(updated, extra)]
-        (stored,) = p.journeys.get_many(partition, [counts_key(source_id)])
-        events_seen, visitors_seen = (int(x) for x in stored.split(b",")) if stored is not None else (0, 0)
-        added = int(batch.added.sum())
-        events_seen += added
+        expired_ids, expired = (
+            self.expire(source_id, partition, cutoff, set(ids), writes) if cutoff is not None else ([], None)
+        )
+        if expired is not None:
+            left.append(expired.old_shapes)
+            extra = [np.array(expired_ids, dtype=np.int64), expired.old_shapes, expired.last_event, expired.active]
+            updated = [np.concatenate([a, b]) for a, b in zip(updated, extra)]
         p.metrics.events.labels(str(source_id)).inc(int(batch.added[batch.added > 0].sum()))  # not those moved
-        visitors_seen += int((~batch.existed & batch.changed).sum())
-        if leaving is not None:
-            visitors_seen -= int((batch.existed & leaving).sum())
-        writes[counts_key(source_id)] = b"%d,%d" % (events_seen, visitors_seen)
+        writes[counts_key(source_id)] = self.held(source_id, partition, batch, changed, expired)
 
         topology = p.topology
         delta = PopulationDelta.of(np.concatenate(left), batch.new_shapes[changed[batch.active[changed]]])
@@ -218,8 +219,10 @@ class JourneyProcessor:
                 value.update(periods.to_json())
             outbox.add(topology.segment_updates, b"%d" % source_id, orjson.dumps(value), 0)
         moved = changed[batch.was_active[changed] & batch.active[changed]]
-        exits = changed[batch.was_active[changed] & leaving[changed]] if leaving is not None else changed[:0]
+        exits = changed[batch.was_active[changed] & ~batch.active[changed]]  # linked, or out of the window
         self.segment_moves(source_id, ids, batch, moved, exits, outbox)
+        if expired is not None:  # nothing since the window: they leave their segments
+            self.segment_moves(source_id, expired_ids, expired, np.empty(0, np.int64), np.arange(len(expired)), outbox)
         visitor_ids, shapes, last_event, active = updated
         if len(visitor_ids):
             views, carts, buys, sessions = np.ascontiguousarray(shapes.T)
@@ -249,12 +252,30 @@ class JourneyProcessor:
             outbox.add(self.p.topology.dead_letters, b"%d" % source_id, rejection)
         self.p.metrics.rejected.labels(str(source_id)).inc(len(refused))
 
+    def held(
+        self, source_id: int, partition: int, batch: JourneyBatch, changed: np.ndarray, expired: JourneyBatch | None
+    ) -> bytes:
+        """The partition's counts of the events and visitors it holds, after ``batch`` and
+        the ``expired`` journeys: a journey is held while active (with a window) or until
+        it is linked to another visitor."""
+        (stored,) = self.p.journeys.get_many(partition, [counts_key(source_id)])
+        events, visitors = (int(x) for x in stored.split(b",")) if stored is not None else (0, 0)
+        counts = np.diff(batch.starts)
+        old_counts = counts - batch.added
+        active, existed = batch.active[changed], batch.existed[changed]
+        events += int((counts[changed] * active).sum() - old_counts[changed].sum())
+        visitors += int((~existed & active).sum() - (existed & ~active).sum())
+        if expired is not None:
+            events -= len(expired.rows)
+            visitors -= len(expired)
+        return b"%d,%d" % (events, visitors)
+
     def expire(
         self, source_id: int, partition: int, cutoff: int, in_batch: set[int], writes: Writes
-    ) -> tuple[list[int], JourneyBatch] | None:
+    ) -> tuple[list[int], JourneyBatch | None]:
         """Journeys of the partition whose latest event is at or before ``cutoff`` leave
-        the population: their stored flag and the index are updated in ``writes``; return
-        their visitors and their (inactive) journeys."""
+        the population and the state: their deletion and the index's are added to
+        ``writes``; return their visitors and their (inactive) journeys."""
         journeys = self.p.journeys
         prefix = b"~active:%d:" % source_id
         visitors: list[int] = []
@@ -267,10 +288,12 @@ class JourneyProcessor:
         old = read_journeys(journeys, partition, keys)
         known = [i for i, value in enumerate(old) if value is not None]
         if not known:
-            return None
+            return [], None
         none = np.empty(0, dtype=np.int64)
         batch = merge_journeys([old[i] for i in known], EventBatch.empty(), none, self.gap_ms, self.window_ms, cutoff)
-        store(writes, [keys[i] for i in known], [old[i] for i in known], batch, np.arange(len(known)))
+        for i in known:
+            writes[keys[i]] = None
+            drop_chunks(writes, keys[i], old[i])
         return [visitors[i] for i in known], batch
 
     def segment_moves(
