@@ -468,6 +468,10 @@ class Counts(Shape):
     forwarded: Annotated[
         Count, Meta(description="events that arrived on a partition not owning their visitor, forwarded to the owner")
     ]
+    late: Annotated[
+        Count,
+        Meta(description="events AMPELIOS_ACTIVE_DAYS or more older than their partition's newest: not applied"),
+    ]
 
 
 class Stats(Counts):

@@ -37,6 +37,7 @@ from ampelios.core.events import EventBatch, Rejection, decode_run
 from ampelios.core.identities import MOVED_KEY, follow_links, has_links, link_targets
 from ampelios.core.journeys import (
     JourneyBatch,
+    JourneyState,
     features_from_shapes,
     merge_journeys,
     merged_value,
@@ -48,7 +49,7 @@ from ampelios.engine.exactly_once import Step
 from ampelios.engine.outbox import Outbox
 from ampelios.ingest.replay import rejection_record
 from ampelios.processors.journey_store import drop_chunks, read_journeys, store
-from ampelios.runtime.pipeline import Pipeline, counts_key, ignored_key
+from ampelios.runtime.pipeline import Pipeline, counts_key, ignored_key, late_key
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,11 @@ Writes = dict[bytes, bytes | None]
 def activity_key(source_id: int, last_event: int, visitor: int) -> bytes:
     """journeys key indexing active journeys by latest event, to find those that expire."""
     return b"~active:%d:%013d:%d" % (source_id, last_event, visitor)
+
+
+def inactivity_key(source_id: int, last_event: int, visitor: int) -> bytes:
+    """journeys key indexing inactive journeys by latest event, to find those to forget."""
+    return b"~inactive:%d:%013d:%d" % (source_id, last_event, visitor)
 
 
 class JourneyProcessor:
@@ -175,39 +181,32 @@ class JourneyProcessor:
         watermark = int(events.timestamp.max()) if len(events) else 0  # none left: all moved by links
         cutoff = None
         if window_ms is not None:
-            clock = b"~watermark:%d" % source_id
-            (stored,) = p.journeys.get_many(partition, [clock])
-            watermark = max(watermark, int(stored or 0))
-            writes[clock] = b"%d" % watermark
+            events, owner, watermark = self.on_time(source_id, partition, events, owner, writes)
             cutoff = watermark - window_ms
         batch = merge_journeys(old, events, owner, self.gap_ms, window_ms, cutoff, leaving)
         changed = np.flatnonzero(batch.changed)
-        # What is active stays; under a window the others leave the state (linked ones
-        # leave their link instead).
-        store(writes, keys, old, batch, changed[batch.active[changed]])
-        for i in changed[~batch.active[changed]].tolist():
-            if leaving is None or not leaving[i]:
-                writes[keys[i]] = None
-                if old[i] is not None:
-                    drop_chunks(writes, keys[i], old[i])
+        store(writes, keys, old, batch, changed if leaving is None else changed[~leaving[changed]])
         left = [batch.old_shapes[changed[batch.was_active[changed]]]]
         last_event = batch.last_event if leaving is None else np.where(leaving, batch.old_last_event, batch.last_event)
         updated = [visitors[changed], batch.new_shapes[changed], last_event[changed], batch.active[changed]]
-        if cutoff is not None:
-            for i in changed.tolist():  # the activity index follows each changed journey
-                if batch.was_active[i]:
-                    writes[activity_key(source_id, int(batch.old_last_event[i]), ids[i])] = None
-                if batch.active[i]:
-                    writes[activity_key(source_id, int(batch.last_event[i]), ids[i])] = b""
-        expired_ids, expired = (
-            self.expire(source_id, partition, cutoff, set(ids), writes) if cutoff is not None else ([], None)
-        )
-        if expired is not None:
-            left.append(expired.old_shapes)
-            extra = [np.array(expired_ids, dtype=np.int64), expired.old_shapes, expired.last_event, expired.active]
-            updated = [np.concatenate([a, b]) for a, b in zip(updated, extra)]
+        expiry, forgotten = None, (0, 0)
+        if cutoff is not None and window_ms is not None:
+            self.index(source_id, ids, batch, changed, leaving, writes)
+            expiry = self.expire(source_id, partition, cutoff, set(ids), writes)
+            if expiry is not None:
+                expired_ids, expired = expiry
+                left.append(expired.old_shapes)
+                extra = [np.array(expired_ids, dtype=np.int64), expired.old_shapes, expired.last_event, expired.active]
+                updated = [np.concatenate([a, b]) for a, b in zip(updated, extra)]
+            forgotten = self.forget(source_id, partition, watermark - 2 * window_ms, set(ids), writes)
+        (stored,) = p.journeys.get_many(partition, [counts_key(source_id)])
+        events_seen, visitors_seen = (int(x) for x in stored.split(b",")) if stored is not None else (0, 0)
+        events_seen += int(batch.added.sum()) - forgotten[1]
         p.metrics.events.labels(str(source_id)).inc(int(batch.added[batch.added > 0].sum()))  # not those moved
-        writes[counts_key(source_id)] = self.held(source_id, partition, batch, changed, expired)
+        visitors_seen += int((~batch.existed & batch.changed).sum()) - forgotten[0]
+        if leaving is not None:
+            visitors_seen -= int((batch.existed & leaving).sum())
+        writes[counts_key(source_id)] = b"%d,%d" % (events_seen, visitors_seen)
 
         topology = p.topology
         delta = PopulationDelta.of(np.concatenate(left), batch.new_shapes[changed[batch.active[changed]]])
@@ -221,8 +220,8 @@ class JourneyProcessor:
         moved = changed[batch.was_active[changed] & batch.active[changed]]
         exits = changed[batch.was_active[changed] & ~batch.active[changed]]  # linked, or out of the window
         self.segment_moves(source_id, ids, batch, moved, exits, outbox)
-        if expired is not None:  # nothing since the window: they leave their segments
-            self.segment_moves(source_id, expired_ids, expired, np.empty(0, np.int64), np.arange(len(expired)), outbox)
+        if expiry is not None:  # nothing in the window: they leave their segments
+            self.segment_moves(source_id, expiry[0], expiry[1], changed[:0], np.arange(len(expiry[0])), outbox)
         visitor_ids, shapes, last_event, active = updated
         if len(visitor_ids):
             views, carts, buys, sessions = np.ascontiguousarray(shapes.T)
@@ -252,30 +251,73 @@ class JourneyProcessor:
             outbox.add(self.p.topology.dead_letters, b"%d" % source_id, rejection)
         self.p.metrics.rejected.labels(str(source_id)).inc(len(refused))
 
-    def held(
-        self, source_id: int, partition: int, batch: JourneyBatch, changed: np.ndarray, expired: JourneyBatch | None
-    ) -> bytes:
-        """The partition's counts of the events and visitors it holds, after ``batch`` and
-        the ``expired`` journeys: a journey is held while active (with a window) or until
-        it is linked to another visitor."""
-        (stored,) = self.p.journeys.get_many(partition, [counts_key(source_id)])
-        events, visitors = (int(x) for x in stored.split(b",")) if stored is not None else (0, 0)
-        counts = np.diff(batch.starts)
-        old_counts = counts - batch.added
-        active, existed = batch.active[changed], batch.existed[changed]
-        events += int((counts[changed] * active).sum() - old_counts[changed].sum())
-        visitors += int((~existed & active).sum() - (existed & ~active).sum())
-        if expired is not None:
-            events -= len(expired.rows)
-            visitors -= len(expired)
-        return b"%d,%d" % (events, visitors)
+    def on_time(
+        self, source_id: int, partition: int, events: EventBatch, owner: np.ndarray, writes: Writes
+    ) -> tuple[EventBatch, np.ndarray, int]:
+        """Under a window: the events (and their ``owner`` indices) that are not too late,
+        and the partition's event time after them (stored in ``writes``). An event
+        ``window_ms`` or more older than the partition's event time before the step is too
+        late: counted (:func:`late_key`), not applied, since what it would change is no
+        longer all held."""
+        assert self.window_ms is not None
+        clock, late_count = b"~watermark:%d" % source_id, late_key(source_id)
+        stored, counted = self.p.journeys.get_many(partition, [clock, late_count])
+        before = int(stored or 0)
+        late = events.timestamp <= before - self.window_ms
+        if late.any():
+            writes[late_count] = b"%d" % (int(counted or 0) + int(late.sum()))
+            events, owner = events.take(~late), owner[~late]
+        watermark = max(before, int(events.timestamp.max()) if len(events) else 0)
+        writes[clock] = b"%d" % watermark
+        return events, owner, watermark
+
+    def index(
+        self,
+        source_id: int,
+        ids: list[int],
+        batch: JourneyBatch,
+        changed: np.ndarray,
+        leaving: np.ndarray | None,
+        writes: Writes,
+    ) -> None:
+        """Keep the indexes of the changed journeys by latest event: ``~active:`` (those
+        that expire) and ``~inactive:`` (those kept until :meth:`forget`)."""
+        for i in changed.tolist():
+            if batch.existed[i]:
+                was = activity_key if batch.was_active[i] else inactivity_key
+                writes[was(source_id, int(batch.old_last_event[i]), ids[i])] = None
+            if batch.active[i]:
+                writes[activity_key(source_id, int(batch.last_event[i]), ids[i])] = b""
+            elif leaving is None or not leaving[i]:
+                writes[inactivity_key(source_id, int(batch.last_event[i]), ids[i])] = b""
+
+    def forget(
+        self, source_id: int, partition: int, horizon: int, in_batch: set[int], writes: Writes
+    ) -> tuple[int, int]:
+        """Delete (in ``writes``) the inactive journeys whose latest event is at or before
+        ``horizon`` (twice the window behind the partition's event time: no event that is
+        not too late can reach their window any more); return how many, and their events."""
+        prefix = b"~inactive:%d:" % source_id
+        keys: list[bytes] = []
+        for key, _ in self.p.journeys.items_between(partition, prefix, prefix + b"%013d:" % (horizon + 1)):
+            visitor = int(key.rsplit(b":", 1)[1])
+            if visitor not in in_batch:  # those follow their new events
+                writes[key] = None
+                keys.append(visitor_key(source_id, visitor))
+        events = 0
+        for key, value in zip(keys, read_journeys(self.p.journeys, partition, keys)):
+            if value is not None:
+                writes[key] = None
+                drop_chunks(writes, key, value)
+                events += len(JourneyState.from_bytes(value).events)
+        return len(keys), events
 
     def expire(
         self, source_id: int, partition: int, cutoff: int, in_batch: set[int], writes: Writes
-    ) -> tuple[list[int], JourneyBatch | None]:
+    ) -> tuple[list[int], JourneyBatch] | None:
         """Journeys of the partition whose latest event is at or before ``cutoff`` leave
-        the population and the state: their deletion and the index's are added to
-        ``writes``; return their visitors and their (inactive) journeys."""
+        the population: their stored flag and the indexes are updated in ``writes``;
+        return their visitors and their (inactive) journeys."""
         journeys = self.p.journeys
         prefix = b"~active:%d:" % source_id
         visitors: list[int] = []
@@ -288,12 +330,12 @@ class JourneyProcessor:
         old = read_journeys(journeys, partition, keys)
         known = [i for i, value in enumerate(old) if value is not None]
         if not known:
-            return [], None
+            return None
         none = np.empty(0, dtype=np.int64)
         batch = merge_journeys([old[i] for i in known], EventBatch.empty(), none, self.gap_ms, self.window_ms, cutoff)
-        for i in known:
-            writes[keys[i]] = None
-            drop_chunks(writes, keys[i], old[i])
+        store(writes, [keys[i] for i in known], [old[i] for i in known], batch, np.arange(len(known)))
+        for i, last in zip(known, batch.last_event.tolist()):
+            writes[inactivity_key(source_id, last, visitors[i])] = b""
         return [visitors[i] for i in known], batch
 
     def segment_moves(

@@ -90,13 +90,13 @@ class Pipeline:
         return sorted(tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == topic)
 
     def source_stats(self, source_id: int) -> dict[str, int]:
-        """Events and visitors reflected, rejections, events ignored (AMPELIOS_EVENT_MAP),
-        and events forwarded to the partition that owns their visitor, summed over local
-        partitions."""
-        totals = {"events": 0, "visitors": 0, "rejected": 0, "ignored": 0, "forwarded": 0}
+        """Events and visitors held, rejections, events ignored (AMPELIOS_EVENT_MAP), events
+        forwarded to the partition that owns their visitor, and events too late to apply,
+        summed over local partitions."""
+        totals = {"events": 0, "visitors": 0, "rejected": 0, "ignored": 0, "forwarded": 0, "late": 0}
         for partition in self.local_partitions():
             keys = [counts_key(source_id), rejected_key(source_id), ignored_key(source_id), forwarded_key(source_id)]
-            counts, rejected, ignored, forwarded = self.journeys.get_many(partition, keys)
+            counts, rejected, ignored, forwarded, late = self.journeys.get_many(partition, [*keys, late_key(source_id)])
             if counts is not None:
                 events, visitors = counts.split(b",")
                 totals["events"] += int(events)
@@ -107,6 +107,8 @@ class Pipeline:
                 totals["ignored"] += int(ignored)
             if forwarded is not None:
                 totals["forwarded"] += int(forwarded)
+            if late is not None:
+                totals["late"] += int(late)
         return totals
 
     def rejection_summary(self, source_id: int) -> RejectionSummary:
@@ -152,6 +154,12 @@ def rejected_key(source_id: int) -> bytes:
 def rejections_key(source_id: int) -> bytes:
     """journeys key (per partition) of a source's :class:`RejectionSummary` (reasons)."""
     return b"~rejections:%d" % source_id
+
+
+def late_key(source_id: int) -> bytes:
+    """journeys key (per partition) of a source's events that came too late
+    (``AMPELIOS_ACTIVE_DAYS`` behind the partition's event time), not applied."""
+    return b"~late:%d" % source_id
 
 
 def ignored_key(source_id: int) -> bytes:

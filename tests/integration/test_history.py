@@ -212,17 +212,30 @@ def test_active_days_make_segments_reflect_recent_behaviour(settings: Settings, 
     segments = http_json("GET", f"{base}/view?source_id=1")[1]
     in_segments = sum(s["users"] for s in segments)
     assert len(recent) <= in_segments < len(np.unique(events.visitorid)) // 2
-    assert stats["visitors"] == in_segments  # the others left the state
+    # the state holds the active visitors and those inactive for less than 14 days more
+    assert in_segments < stats["visitors"] < len(np.unique(events.visitorid))
     newest, (ids, visitor) = int(events.timestamp.max()), np.unique(events.visitorid, return_inverse=True)
     last = np.zeros(len(ids), dtype=np.int64)
     np.maximum.at(last, visitor, events.timestamp)  # each visitor's last event
     stale = int(ids[(last > newest - 25 * DAY_MS) & (last < last_day - 5 * DAY_MS)][0])
     long_gone = int(ids[last < newest - 31 * DAY_MS][0])
-    assert http_json("GET", f"{base}/visitors/{stale}?source_id=1")[0] == 404
+    answer = http_json("GET", f"{base}/visitors/{stale}?source_id=1")[1]
+    assert (answer["active"], answer["segment"]) == (False, None)
+    assert http_json("GET", f"{base}/visitors/{long_gone}?source_id=1")[0] == 404  # forgotten
     start = {TopicPartition("segment-changes", p): 0 for p in range(settings.partitions)}
     changes = asyncio.run(read_topic(settings.broker_url, "segment-changes", settings.partitions, start))
     exits = {c["visitorid"] for c in changes if c["to"] is None}  # leaving is a segment change too
     assert stale in exits and len(exits) > len(recent)
+
+    # events 14 days or more behind their partition's newest come too late: counted, not applied
+    late = EventBatch.from_columns(
+        np.ones(3), np.full(3, newest - 20 * DAY_MS), [10**9 + i for i in range(3)], [0] * 3, [1] * 3, [-1] * 3
+    )
+    write_events(settings.data_dir / "late.csv", late)
+    replay(base, "late.csv")
+    after = http_json("GET", f"{base}/stats?source_id=1")[1]
+    assert (after["late"], after["visitors"], after["events"]) == (3, stats["visitors"], stats["events"])
+    assert http_json("GET", f"{base}/visitors/{10**9}?source_id=1")[0] == 404
     with psycopg2.connect(settings.database_url) as conn, conn.cursor() as cur:
         cur.execute("SELECT count(*) FROM visitor_segments WHERE source_id = 1")
         assert cur.fetchone()[0] == in_segments

@@ -38,6 +38,7 @@ def test_a_replayed_file_is_reflected_in_segments_visitors_stats_and_history(set
         "rejected": 0,
         "ignored": 0,
         "forwarded": 0,  # a replay sends every event to the partition owning its visitor
+        "late": 0,
         "lag": 0,
         "sink_lag": 0,
         "sink_error": None,
