@@ -270,9 +270,19 @@ class JourneyBatch:
         """Journeys whose events or activity changed (the others only saw duplicates)."""
         return (self.added > 0) | (self.was_active != self.active)
 
-    def encode(self, indices: np.ndarray) -> list[bytes]:
-        """The stored value of journeys ``indices`` after the batch."""
-        starts, ends = self.starts[indices].tolist(), self.starts[indices + 1].tolist()
+    def first_kept(self, keep_ms: int | None) -> np.ndarray:
+        """The first row of each journey that is kept when only the events of the
+        ``keep_ms`` up to its latest are (all of them when ``None``)."""
+        if keep_ms is None or not len(self.rows):
+            return self.starts[:-1]
+        owner = self.owner
+        dropped = self.rows["timestamp"] <= (self.last_event - keep_ms)[owner]  # a prefix of each journey
+        return self.starts[:-1] + np.bincount(owner[dropped], minlength=len(self))
+
+    def encode(self, indices: np.ndarray, keep_ms: int | None = None) -> list[bytes]:
+        """The stored value of journeys ``indices`` after the batch (only the events of
+        the ``keep_ms`` up to each one's latest, if given)."""
+        starts, ends = self.first_kept(keep_ms)[indices].tolist(), self.starts[indices + 1].tolist()
         rows = self.rows
         headers = [_HEADER.pack(_FORMAT, _ACTIVE if a else 0) for a in self.active[indices].tolist()]
         return [h + rows[a:b].tobytes() for h, a, b in zip(headers, starts, ends)]
@@ -378,10 +388,11 @@ def join_journey(head: bytes, chunks: Sequence[bytes]) -> bytes:
     return _HEADER.pack(head[0], head[1] & ~CHUNKED) + b"".join(chunks)
 
 
-def store_journey(old: bytes | None, new: bytes, chunk_events: int = CHUNK_EVENTS) -> list[tuple[int, bytes]]:
+def store_journey(old: bytes | None, new: bytes, chunk_events: int = CHUNK_EVENTS) -> list[tuple[int, bytes | None]]:
     """What to store when a journey's whole value goes from ``old`` to ``new``:
-    ``(-1, value)`` for the visitor's key and ``(i, chunk)`` for each chunk that is not
-    already stored as it is (journeys only grow, so there are never fewer chunks).
+    ``(-1, value)`` for the visitor's key, ``(i, chunk)`` for each chunk that is not
+    already stored as it is and ``(i, None)`` for each chunk of ``old`` that ``new``,
+    shorter (its oldest events dropped), no longer has.
 
     >>> whole = bytes([2, 1]) + bytes(3 * JOURNEY_EVENT.itemsize)  # three events
     >>> [i for i, _ in store_journey(None, whole, chunk_events=2)]
@@ -391,14 +402,15 @@ def store_journey(old: bytes | None, new: bytes, chunk_events: int = CHUNK_EVENT
     """
     size = JOURNEY_EVENT.itemsize * chunk_events
     body = memoryview(new)[_HEADER.size :]
-    if len(body) <= size:
-        return [(-1, new)]
-    n = -(-len(body) // size)
     chunked_before = old is not None and len(old) - _HEADER.size > size
     before = memoryview(old)[_HEADER.size :] if chunked_before else memoryview(b"")
-    stored = [(-1, _CHUNK_HEAD.pack(new[0], new[1] | CHUNKED, n))]
+    n_before = -(-len(before) // size)
+    if len(body) <= size:
+        return [(-1, new), *((i, None) for i in range(n_before))]
+    n = -(-len(body) // size)
+    stored: list[tuple[int, bytes | None]] = [(-1, _CHUNK_HEAD.pack(new[0], new[1] | CHUNKED, n))]
     for i in range(n):
         piece = body[i * size : (i + 1) * size]
         if before[i * size : (i + 1) * size] != piece:
             stored.append((i, bytes(piece)))
-    return stored
+    return stored + [(i, None) for i in range(n, n_before)]

@@ -62,12 +62,16 @@ def store(
     old: Sequence[bytes | None],
     batch: JourneyBatch,
     indices: np.ndarray,
+    keep_ms: int | None = None,
 ) -> None:
     """Add to ``writes`` what to store for journeys ``indices`` of ``batch`` (whole
-    values ``old`` before it), under ``keys``."""
-    values = batch.encode(indices)
+    values ``old`` before it), under ``keys``: the events of the ``keep_ms`` up to each
+    one's latest (all when ``None``)."""
+    values = batch.encode(indices, keep_ms)
     positions = indices.tolist()
-    long = np.diff(batch.starts)[indices] > CHUNK_EVENTS
+    counts = np.diff(batch.starts)
+    kept = batch.starts[1:] - batch.first_kept(keep_ms)
+    long = (kept[indices] > CHUNK_EVENTS) | (counts[indices] - batch.added[indices] > CHUNK_EVENTS)  # now or before
     if not long.any():  # the usual case: every value whole, no per-journey work
         writes.update(zip((keys[i] for i in positions), values))
         return

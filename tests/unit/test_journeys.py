@@ -222,6 +222,22 @@ def test_long_journeys_are_stored_in_chunks_and_only_changed_chunks_are_rewritte
         assert rewritten == list(range(first_changed, -(-(n + more) // chunk)))
 
 
+@given(st.integers(0, 40), st.integers(0, 40), st.integers(1, 9))
+def test_a_journey_that_drops_its_oldest_events_leaves_no_chunk_behind(n, dropped, chunk):
+    """A window keeps a journey's recent events only: stored shorter, it holds no chunk of before."""
+    before = _journey(n + dropped)
+    after = JourneyState(JourneyState.from_bytes(before).events[dropped:]).to_bytes()
+    first = store_journey(None, before, chunk)
+    kept = {i: v for i, v in first}
+    for i, value in store_journey(before, after, chunk):
+        if value is None:
+            del kept[i]
+        else:
+            kept[i] = value
+    assert _joined(list(kept.items()), {}) == after
+    assert sorted(i for i in kept if i >= 0) == list(range(chunk_count(kept[-1])))
+
+
 @given(visitor_events, st.one_of(st.none(), st.integers(1, 200)), st.lists(st.booleans(), min_size=6, max_size=6))
 def test_stored_features_of_many_journeys_equal_each_journeys_own(by_visitor, window_minutes, inactive):
     rows = sorted((v, m, e, i) for v, evs in by_visitor.items() for (m, e, i) in evs)

@@ -69,8 +69,9 @@ def activity_definition(rows, period: int) -> list[int]:
     return [len({d[0] for d in mine}), len(buys), *by_event]
 
 
-def streamed(rows, chunk_sizes, window_ms: int | None) -> PeriodPopulations:
-    """Rows through merge_journeys in chunks, as the journeys processor does."""
+def streamed(rows, chunk_sizes, window_ms: int | None, keep_ms: int | None = None) -> PeriodPopulations:
+    """Rows through merge_journeys in chunks, as the journeys processor does (storing
+    each journey's events of the ``keep_ms`` up to its latest, if given)."""
     stored: dict[int, bytes] = {}
     periods = PeriodPopulations()
     events = as_batch(rows)
@@ -84,7 +85,7 @@ def streamed(rows, chunk_sizes, window_ms: int | None) -> PeriodPopulations:
         old = [stored.get(v) for v in visitors.tolist()]
         batch = merge_journeys(old, chunk, owner, GAP, window_ms)
         for i, v in enumerate(visitors.tolist()):
-            stored[v] = batch.encode(np.array([i]))[0]
+            stored[v] = batch.encode(np.array([i]), keep_ms)[0]
         delta = PeriodDelta.from_json(batch_delta(batch, GAP, window_ms, PERIOD).to_json())
         periods.apply(delta)
     return periods
@@ -114,6 +115,29 @@ def test_period_populations_of_any_order_and_packing_equal_the_definition(
         expected = activity_definition(rows, p)
         got = table[p - span.start].tolist() if p in span else [0] * len(ACTIVITY_NAMES)
         assert got == expected, p
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    by_visitor=visitor_events,
+    chunks=st.lists(st.integers(1, 12), max_size=8),
+    window_days=st.sampled_from([1, 2, 3]),
+)
+def test_journeys_that_keep_twice_the_window_give_the_same_periods_as_whole_ones(by_visitor, chunks, window_days):
+    """Under a window a journey stores only its events of twice the window up to its
+    latest: events in time order (none of them too late) still give every period's
+    population, visitors and activity as the definition does."""
+    rows = sorted(((v, *r) for v, events in by_visitor.items() for r in events), key=lambda r: (r[1], r[2]))
+    window_ms = window_days * PERIOD
+    periods = streamed(rows, chunks, window_ms, keep_ms=2 * window_ms)
+    last = max(r[1] for r in rows) // 24 + window_days + 1
+    for p in range(last + 1):
+        assert dict(periods.population(p).counts) == definition(rows, p, window_ms), p
+        assert periods.visitors.get(p, {}) == definition(rows, p, window_ms, visitors=True), p
+    span, table = periods.activity_table()
+    for p in range(last + 1):
+        got = table[p - span.start].tolist() if p in span else [0] * len(ACTIVITY_NAMES)
+        assert got == activity_definition(rows, p), p
 
 
 def test_sizes_per_period_place_each_period_population_by_its_shapes():
