@@ -308,13 +308,13 @@ class JourneyProcessor:
             if visitor not in in_batch:  # those follow their new events
                 writes[key] = None
                 keys.append(visitor_key(source_id, visitor))
-        events = 0
+        journeys = events = 0
         for key, value in zip(keys, read_journeys(self.p.journeys, partition, keys)):
             if value is not None:
                 writes[key] = None
                 drop_chunks(writes, key, value)
-                events += len(JourneyState.from_bytes(value).events)
-        return len(keys), events
+                journeys, events = journeys + 1, events + len(JourneyState.from_bytes(value).events)
+        return journeys, events
 
     def expire(
         self, source_id: int, partition: int, cutoff: int, in_batch: set[int], writes: Writes
