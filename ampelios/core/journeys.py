@@ -279,10 +279,11 @@ class JourneyBatch:
         dropped = self.rows["timestamp"] <= (self.last_event - keep_ms)[owner]  # a prefix of each journey
         return self.starts[:-1] + np.bincount(owner[dropped], minlength=len(self))
 
-    def encode(self, indices: np.ndarray, keep_ms: int | None = None) -> list[bytes]:
-        """The stored value of journeys ``indices`` after the batch (only the events of
-        the ``keep_ms`` up to each one's latest, if given)."""
-        starts, ends = self.first_kept(keep_ms)[indices].tolist(), self.starts[indices + 1].tolist()
+    def encode(self, indices: np.ndarray, first: np.ndarray | None = None) -> list[bytes]:
+        """The stored value of journeys ``indices`` after the batch (from row ``first[i]``
+        of each, as :meth:`first_kept` gives them; all rows when ``None``)."""
+        starts = (self.starts[:-1] if first is None else first)[indices].tolist()
+        ends = self.starts[indices + 1].tolist()
         rows = self.rows
         headers = [_HEADER.pack(_FORMAT, _ACTIVE if a else 0) for a in self.active[indices].tolist()]
         return [h + rows[a:b].tobytes() for h, a, b in zip(headers, starts, ends)]

@@ -187,8 +187,8 @@ class JourneyProcessor:
         changed = np.flatnonzero(batch.changed)
         # Under a window a journey keeps the events of 2D up to its latest: all that an
         # event not too late (on_time) can still count with.
-        keep_ms = 2 * window_ms if window_ms is not None else None
-        store(writes, keys, old, batch, changed if leaving is None else changed[~leaving[changed]], keep_ms)
+        first = batch.first_kept(2 * window_ms if window_ms is not None else None)
+        store(writes, keys, old, batch, changed if leaving is None else changed[~leaving[changed]], first)
         left = [batch.old_shapes[changed[batch.was_active[changed]]]]
         last_event = batch.last_event if leaving is None else np.where(leaving, batch.old_last_event, batch.last_event)
         updated = [visitors[changed], batch.new_shapes[changed], last_event[changed], batch.active[changed]]
@@ -204,7 +204,7 @@ class JourneyProcessor:
             forgotten = self.forget(source_id, partition, watermark - 2 * window_ms, set(ids), writes)
         (stored,) = p.journeys.get_many(partition, [counts_key(source_id)])
         events_seen, visitors_seen = (int(x) for x in stored.split(b",")) if stored is not None else (0, 0)
-        kept = batch.starts[1:] - batch.first_kept(keep_ms)  # events stored of each journey
+        kept = batch.starts[1:] - first  # events stored of each journey
         events_seen += int((kept - (np.diff(batch.starts) - batch.added))[changed].sum()) - forgotten[1]
         p.metrics.events.labels(str(source_id)).inc(int(batch.added[batch.added > 0].sum()))  # not those moved
         visitors_seen += int((~batch.existed & batch.changed).sum()) - forgotten[0]

@@ -62,15 +62,15 @@ def store(
     old: Sequence[bytes | None],
     batch: JourneyBatch,
     indices: np.ndarray,
-    keep_ms: int | None = None,
+    first: np.ndarray | None = None,
 ) -> None:
     """Add to ``writes`` what to store for journeys ``indices`` of ``batch`` (whole
-    values ``old`` before it), under ``keys``: the events of the ``keep_ms`` up to each
-    one's latest (all when ``None``)."""
-    values = batch.encode(indices, keep_ms)
+    values ``old`` before it), under ``keys``: each from its row ``first[i]``
+    (:meth:`JourneyBatch.first_kept`; all rows when ``None``)."""
+    values = batch.encode(indices, first)
     positions = indices.tolist()
     counts = np.diff(batch.starts)
-    kept = batch.starts[1:] - batch.first_kept(keep_ms)
+    kept = batch.starts[1:] - (batch.starts[:-1] if first is None else first)
     long = (kept[indices] > CHUNK_EVENTS) | (counts[indices] - batch.added[indices] > CHUNK_EVENTS)  # now or before
     if not long.any():  # the usual case: every value whole, no per-journey work
         writes.update(zip((keys[i] for i in positions), values))

@@ -85,7 +85,7 @@ def streamed(rows, chunk_sizes, window_ms: int | None, keep_ms: int | None = Non
         old = [stored.get(v) for v in visitors.tolist()]
         batch = merge_journeys(old, chunk, owner, GAP, window_ms)
         for i, v in enumerate(visitors.tolist()):
-            stored[v] = batch.encode(np.array([i]), keep_ms)[0]
+            stored[v] = batch.encode(np.array([i]), batch.first_kept(keep_ms))[0]
         delta = PeriodDelta.from_json(batch_delta(batch, GAP, window_ms, PERIOD).to_json())
         periods.apply(delta)
     return periods
