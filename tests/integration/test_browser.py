@@ -7,8 +7,10 @@ in at checkout and buys: one person with the anonymous past."""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -93,23 +95,30 @@ def run_calls(browser: webdriver.Chrome, script: str = CALLS) -> Any:
     return answer
 
 
-def bundle(node_modules: Path, entry: str, site: Path) -> None:
-    """Bundle ``examples/browser/<entry>`` into ``site/shop.bundle.js`` as a site's build does."""
+def bundle(node_modules: Path, entry: str, site: Path) -> Path:
+    """Bundle ``examples/browser/<entry>`` into ``site/shop.bundle.js`` as a site's build
+    does, with a page that loads it; return ``site``."""
+    site.mkdir()
     esbuild = node_modules / ".bin" / "esbuild"
     out = f"--outfile={site / 'shop.bundle.js'}"
     subprocess.run([esbuild, TRACKERS / entry, "--bundle", "--format=iife", out], check=True, capture_output=True)
     (site / "shop.html").write_text(SHOP.format(head='<script src="shop.bundle.js"></script>'))
+    return site
+
+
+@contextlib.contextmanager
+def shop_and_worker(settings: Settings, workers: Workers, site: Path) -> Iterator[tuple[str, str]]:
+    """The shop of ``site`` served on its own origin, and a worker that collects its
+    calls (the shop's origin allowed): their URLs."""
+    with static_site(site) as shop:
+        worker = workers.start(settings.with_(write_keys={WRITE_KEY: SOURCE_ID}, cors_origins=(shop,)))
+        yield shop, worker.base_url
 
 
 def test_analytics_next_bundled_by_the_shop_sends_through_the_worker(
     settings: Settings, workers: Workers, browser: webdriver.Chrome, node_modules: Path, tmp_path: Path
 ):
-    site = tmp_path / "site"
-    site.mkdir()
-    bundle(node_modules, "shop.js", site)
-    with static_site(site) as shop:
-        worker = workers.start(settings.with_(write_keys={WRITE_KEY: SOURCE_ID}, cors_origins=(shop,)))
-        base = worker.base_url
+    with shop_and_worker(settings, workers, bundle(node_modules, "shop.js", tmp_path / "site")) as (shop, base):
         browser.get(f"{shop}/shop.html?writeKey={WRITE_KEY}&collector={quote(base)}")
         anonymous_id = run_calls(browser)
         assert state_when_reflected(base, anonymous_id, [3, 1, 0]) == [3, 1, 0]
@@ -133,15 +142,9 @@ def test_analytics_next_bundled_by_the_shop_sends_through_the_worker(
 def test_rudderstack_s_sdk_bundled_by_the_shop_sends_through_the_worker(
     settings: Settings, workers: Workers, browser: webdriver.Chrome, node_modules: Path, tmp_path: Path
 ):
-    site = tmp_path / "site"
-    site.mkdir()
-    bundle(node_modules, "rudderstack.js", site)
-    with static_site(site) as shop:
-        worker = workers.start(settings.with_(write_keys={WRITE_KEY: SOURCE_ID}, cors_origins=(shop,)))
-        base = worker.base_url
+    with shop_and_worker(settings, workers, bundle(node_modules, "rudderstack.js", tmp_path / "site")) as (shop, base):
         browser.get(f"{shop}/shop.html?writeKey={WRITE_KEY}&collector={quote(base)}")
-        browser.set_script_timeout(REFLECTED_SECONDS)
-        anonymous_id = browser.execute_async_script(RUDDERSTACK_CALLS)
+        anonymous_id = run_calls(browser, RUDDERSTACK_CALLS)
         assert state_when_reflected(base, anonymous_id, [3, 1, 0]) == [3, 1, 0]
 
 
@@ -155,9 +158,7 @@ def test_analytics_js_loaded_with_segment_s_snippet_from_the_worker(
     site = tmp_path / "site"
     site.mkdir()
     (site / "shop.html").write_text(SHOP.format(head=f"<script>{snippet}</script>"))
-    with static_site(site) as shop:
-        worker = workers.start(settings.with_(write_keys={WRITE_KEY: SOURCE_ID}, cors_origins=(shop,)))
-        base = worker.base_url
+    with shop_and_worker(settings, workers, site) as (shop, base):
         assert base.rstrip("/") == f"http://{host}"
         browser.get(f"{shop}/shop.html")
         browser.set_script_timeout(REFLECTED_SECONDS)
