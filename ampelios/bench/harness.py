@@ -38,10 +38,10 @@ from ampelios.topology import Topology
 DEFAULT_EVENTS = 2_756_101  # the Retailrocket data set's size (about 1.4M visitors)
 
 
-PHASES = ("limit", "ceiling", "replay", "takeover", "single", "steady", "collector", "webhooks", "soak")
+PHASES = ("limit", "ceiling", "replay", "takeover", "single", "steady", "collector", "webhooks", "soak", "year")
 
 
-DEFAULT_PHASES = PHASES[:-1]  # the soak runs for an hour by default: only when asked for
+DEFAULT_PHASES = PHASES[:-2]  # the soak runs for an hour, the year on Apache Kafka for long: only when asked for
 
 
 SOURCE_ID = 1
@@ -65,6 +65,8 @@ class BenchOptions:
     rate: float = 5000.0
     steady_seconds: float = 30.0
     soak_seconds: float = 3600.0
+    months: int = 12
+    month_events: int = 37_000
     seed: int = 0
     phases: tuple[str, ...] = DEFAULT_PHASES
     timeout: float = 900.0  # a measurement waits this long for its messages to be consumed or reflected

@@ -22,6 +22,7 @@ from ampelios.bench.soak import phase_soak
 from ampelios.bench.steady import phase_steady
 from ampelios.bench.takeover import phase_takeover
 from ampelios.bench.webhooks import phase_webhooks
+from ampelios.bench.year import phase_year
 from ampelios.config import Settings, load_settings
 from ampelios.services.stack import (
     StopRequested,
@@ -38,6 +39,7 @@ PHASE_RUNNERS: dict[str, Callable[[Bench], list[Row]]] = {
     "collector": phase_collector,
     "webhooks": phase_webhooks,
     "soak": phase_soak,
+    "year": phase_year,
 }
 
 
@@ -125,13 +127,21 @@ def _phases(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str
     type=click.FloatRange(min=0, min_open=True),
     help="Soak phase: seconds of producing.",
 )
+@click.option("--months", default=12, show_default=True, type=click.IntRange(1), help="Year phase: months of traffic.")
+@click.option(
+    "--month-events",
+    default=37_000,
+    show_default=True,
+    type=click.IntRange(100),
+    help="Year phase: events per month (one per message).",
+)
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the generated events.")
 @click.option(
     "--phases",
     default=",".join(DEFAULT_PHASES),
     show_default=True,
     callback=_phases,
-    help=f"Comma-separated phases to run (always in this order; {PHASES[-1]} only when named).",
+    help=f"Comma-separated phases to run (always in this order; {' and '.join(PHASES[-2:])} only when named).",
 )
 @click.option(
     "--timeout",
@@ -169,6 +179,8 @@ def main(
     rate: float,
     steady_seconds: float,
     soak_seconds: float,
+    months: int,
+    month_events: int,
     seed: int,
     phases: tuple[str, ...],
     timeout: float,
@@ -186,6 +198,8 @@ def main(
         rate=rate,
         steady_seconds=steady_seconds,
         soak_seconds=soak_seconds,
+        months=months,
+        month_events=month_events,
         seed=seed,
         phases=phases,
         timeout=timeout,

@@ -12,59 +12,26 @@ pair had been set one by one; and as the local files never hold what the changel
 nor lag behind their own persisted offset, a worker killed at any moment keeps them and
 its successor reads only the changelog records after that offset.
 
-The changelog record's key names the batch (its source partition and offset); under
-Kafka's compaction a record is replaced only by a later write of the same batch.
-Values are bytes; the store must be RocksDB (``store="rocksdb://"``).
+Each record also rewrites a range of the partition's keys and is keyed by a slot that a
+later record takes over once every key has been rewritten since
+(:mod:`ampelios.engine.changelog`), so that Kafka's compaction keeps the changelog near the
+live state, however long its history. Values are bytes; keys start with a byte above
+``\x00`` (the ring's own keys) and below ``\xff``; the store must be RocksDB
+(``store="rocksdb://"``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import faust
-import numpy as np
 import rocksdict
 
+from ampelios.engine.changelog import add_pairs, apply_record, next_record
 from ampelios.internals import persisted_offset_key, store_db
-
-_COUNT = np.dtype("<u4")
-_DELETED = 0xFFFFFFFF  # value length that marks a deletion
-
-
-def pack_pairs(keys: Sequence[bytes], values: Sequence[bytes | None]) -> bytes:
-    """``count, key lengths, value lengths, keys, values`` (little-endian u32 lengths; a
-    value of ``None``, a deletion, has length 0xFFFFFFFF and no bytes)."""
-    header = np.empty(1 + 2 * len(keys), dtype=_COUNT)
-    header[0] = len(keys)
-    header[1 : 1 + len(keys)] = [len(k) for k in keys]
-    header[1 + len(keys) :] = [_DELETED if v is None else len(v) for v in values]
-    return header.tobytes() + b"".join(keys) + b"".join(v for v in values if v is not None)
-
-
-def unpack_pairs(blob: bytes) -> list[tuple[bytes, bytes | None]]:
-    """The (key, value) pairs :func:`pack_pairs` packed, in order."""
-    (n,) = np.frombuffer(blob, dtype=_COUNT, count=1)
-    n = int(n)
-    lengths = np.frombuffer(blob, dtype=_COUNT, count=2 * n, offset=_COUNT.itemsize).astype(np.int64)
-    deleted = lengths == _DELETED
-    lengths[deleted] = 0
-    ends = (np.cumsum(lengths) + _COUNT.itemsize * (1 + 2 * n)).tolist()
-    starts = [_COUNT.itemsize * (1 + 2 * n), *ends[:-1]]
-    pieces: list[bytes | None] = [None if gone else blob[a:b] for a, b, gone in zip(starts, ends, deleted.tolist())]
-    return list(zip(pieces[:n], pieces[n:]))  # type: ignore[arg-type]
-
-
-def add_pairs(write: rocksdict.WriteBatch, pairs: Iterable[tuple[bytes, bytes | None]]) -> None:
-    """Put each (key, value) into ``write``; a value of ``None`` deletes its key."""
-    for key, value in pairs:
-        if value is None:
-            write.delete(key)
-        else:
-            write.put(key, value)
 
 
 class BatchTable(faust.Table):  # type: ignore[misc]
@@ -101,12 +68,11 @@ class BatchTable(faust.Table):  # type: ignore[misc]
         """Every (key, value) of ``partition`` whose key starts with ``prefix``, in key order."""
         return self.items_between(partition, prefix, prefix + b"\xff")
 
-    async def write(self, partition: int, batch: bytes, keys: Sequence[bytes], values: Sequence[bytes | None]) -> None:
+    async def write(self, partition: int, keys: Sequence[bytes], values: Sequence[bytes | None]) -> None:
         """Set every key to its value (``None``: delete it) in ``partition``: one changelog
-        record keyed ``batch`` (unique per batch, e.g. the source message's offset),
-        acknowledged by the broker, then one RocksDB write batch holding the values and
-        that record's offset. Writes of one partition are serialized, so its persisted
-        offset only grows.
+        record (:func:`~ampelios.engine.changelog.next_record`), acknowledged by the
+        broker, then one RocksDB write batch holding the values and that record's offset.
+        Writes of one partition are serialized, so its persisted offset only grows.
 
         The local store therefore never holds what its changelog lacks, and its persisted
         offset (where recovery resumes reading the changelog) always names the last record
@@ -119,41 +85,34 @@ class BatchTable(faust.Table):  # type: ignore[misc]
         if not keys:
             return
         async with self._writing[partition]:
-            sent = await self.changelog_topic.send(
-                key=batch,
-                value=pack_pairs(keys, values),
-                partition=partition,
-                key_serializer="raw",
-                value_serializer="raw",
-            )
-            offset = (await sent).offset  # if the broker refuses it, the local state stays as it was
+            db = self._db(partition)
+            offset_key = persisted_offset_key(self.data)
+            record = next_record(db, list(zip(keys, values)), skip=offset_key)
+            sent = [await self._send(partition, key, None) for key in record.tombstones]
+            sent.append(await self._send(partition, record.key, record.value))
+            offset = max([(await future).offset for future in sent])  # refused: the local state stays
             write = rocksdict.WriteBatch(raw_mode=True)
-            add_pairs(write, zip(keys, values))
-            write.put(persisted_offset_key(self.data), b"%d" % offset)
-            self._db(partition).write(write)
+            add_pairs(write, record.writes)
+            write.put(offset_key, b"%d" % offset)
+            db.write(write)
+
+    async def _send(self, partition: int, key: bytes, value: bytes | None) -> Any:
+        return await self.changelog_topic.send(
+            key=key, value=value, partition=partition, key_serializer="raw", value_serializer="raw"
+        )
 
     def apply_changelog_batch(self, batch: Iterable[Any]) -> None:
-        """Recovery: apply batch records in order (:func:`apply_packed`)."""
-        self.recovered += apply_packed(self.data, batch)
-
-
-def apply_packed(store: Any, batch: Iterable[Any]) -> int:
-    """Apply changelog records of packed pairs in order to a RocksDB ``store``: each
-    partition's values and its newest offset in one write batch. Returns the records."""
-    writes: defaultdict[int, rocksdict.WriteBatch] = defaultdict(lambda: rocksdict.WriteBatch(raw_mode=True))
-    offsets: dict[int, int] = {}
-    applied = 0
-    for event in batch:
-        message = event.message
-        applied += 1
-        offsets[message.partition] = max(message.offset, offsets.get(message.partition, -1))
-        write = writes[message.partition]
-        if message.value is not None:
-            add_pairs(write, unpack_pairs(message.value))
-    for partition, offset in offsets.items():
-        writes[partition].put(persisted_offset_key(store), b"%d" % offset)
-        store_db(store, partition).write(writes[partition])
-    return applied
+        """Recovery: apply the records in order, each partition's with its newest offset
+        in one RocksDB write batch (:func:`~ampelios.engine.changelog.apply_record`)."""
+        writes: defaultdict[int, rocksdict.WriteBatch] = defaultdict(lambda: rocksdict.WriteBatch(raw_mode=True))
+        offsets: dict[int, int] = {}
+        for event in batch:
+            message = event.message
+            offsets[message.partition] = max(message.offset, offsets.get(message.partition, -1))
+            self.recovered += apply_record(writes[message.partition], message.key, message.value)
+        for partition, offset in offsets.items():
+            writes[partition].put(persisted_offset_key(self.data), b"%d" % offset)
+            store_db(self.data, partition).write(writes[partition])
 
 
 class PublishedTable(faust.GlobalTable):  # type: ignore[misc]
@@ -200,25 +159,3 @@ class PublishedTable(faust.GlobalTable):  # type: ignore[misc]
         add_pairs(write, pairs)
         write.put(persisted_offset_key(self.data), b"%d" % offset)
         store_db(self.data, 0).write(write)
-
-
-class PublishedBatches(PublishedTable):
-    """A :class:`PublishedTable` whose :meth:`publish_many` is one changelog record of
-    packed pairs, keyed by a new random id (so compaction never drops one): for many
-    small values at once, such as the visitor names of a collector request, which one
-    record per key would cost every worker a Faust event each."""
-
-    async def publish_many(self, pairs: Sequence[tuple[bytes, bytes | None]]) -> None:
-        """Set each key (``None``: delete it) for every worker: one changelog record of
-        them all, acknowledged, then the changes and its offset in one local write."""
-        if not pairs:
-            return
-        packed = pack_pairs([k for k, _ in pairs], [v for _, v in pairs])
-        sent = await self.changelog_topic.send(
-            key=uuid.uuid4().bytes, value=packed, partition=0, key_serializer="raw", value_serializer="raw"
-        )
-        self._write_local(pairs, (await sent).offset)
-
-    def apply_changelog_batch(self, batch: Iterable[Any]) -> None:
-        """Every worker, as records arrive: the packed pairs (:func:`apply_packed`)."""
-        apply_packed(self.data, batch)

@@ -148,8 +148,7 @@ class ExactlyOnce:
         elif step.outbox.records:
             raise ValueError(f"{self.topic} keeps no outbox: a step of it cannot send records")
         self._sent.pop(partition, None)
-        batch = b"%s:%d:%d" % (self.topic.encode(), partition, step.last)
-        await self.table.write(partition, batch, list(writes), list(writes.values()))
+        await self.table.write(partition, list(writes), list(writes.values()))
         await step.outbox.send(self._producer())
         self._sent[partition] = writes[self.positions.key]
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import orjson
 
-from ampelios.engine.batch_table import pack_pairs, unpack_pairs
+from ampelios.engine.changelog import pack_pairs, unpack_pairs
 
 OUTBOX_KEY = b"~outbox"
 

@@ -48,6 +48,15 @@ log = logging.getLogger(__name__)
 EPOCH_FILE = "broker-epoch"
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # records Ampelios writes and reads, on every topic it creates
 TOPIC_CONFIG = {"max.message.bytes": str(MAX_MESSAGE_BYTES)}  # Apache Kafka's default is 1 MB
+# Changelogs compact (ampelios.engine.changelog), but Kafka never cleans a log's active
+# segment and by default closes one only at 1 GiB or after 7 days, and cleans a log once
+# half of it is dirty: here at 64 MiB or after an hour, and once a fifth of it is.
+CHANGELOG_CONFIG = {
+    **TOPIC_CONFIG,
+    "segment.bytes": str(64 * 1024 * 1024),
+    "segment.ms": str(3_600_000),
+    "min.cleanable.dirty.ratio": "0.2",
+}
 
 
 def bootstrap_servers(url: str) -> str:

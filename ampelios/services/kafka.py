@@ -28,6 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+from ampelios.services.broker import CHANGELOG_CONFIG, bootstrap_servers
 from ampelios.services.processes import die_with_parent, free_port, wait_until_gone
 
 # 4.3.1 and 4.4.0 skipped the COMMIT/ABORT markers of a partition whose leader was still
@@ -419,3 +423,44 @@ _LIVE: set[ApacheKafka] = set()
 def _kill_leftovers() -> None:
     for broker in list(_LIVE):
         broker.kill()
+
+
+def changelog_bytes(logs: Path) -> int:
+    """Bytes of the record files an Apache Kafka log directory keeps for changelog topics."""
+    return sum(f.stat().st_size for d in logs.glob("*-changelog-*") for f in d.glob("*.log"))
+
+
+def cleaned_up_to_active_segments(logs: Path) -> bool:
+    """Whether the log cleaner has cleaned every changelog partition of an Apache Kafka log
+    directory up to its active segment (the one segment compaction never touches)."""
+    checkpoint = logs / "cleaner-offset-checkpoint"
+    cleaned = {}
+    if checkpoint.exists():
+        for line in checkpoint.read_text().splitlines()[2:]:
+            topic, partition, offset = line.split()
+            cleaned[f"{topic}-{partition}"] = int(offset)
+    active = {d.name: max(int(f.stem) for f in d.glob("*.log")) for d in logs.glob("*-changelog-*")}
+    return bool(active) and all(cleaned.get(name, -1) >= base for name, base in active.items() if base > 0)
+
+
+async def compact_changelogs_at_once(url: str, app_id: str) -> None:
+    """Make Kafka close a segment of every changelog of ``app_id`` each second, and its log
+    cleaner look every 0.2 s and clean a log as soon as any of it is dirty: for tests and
+    benchmarks that compress months into minutes."""
+    configs = {
+        "cleanup.policy": "compact",
+        **CHANGELOG_CONFIG,
+        "segment.ms": "1000",
+        "min.cleanable.dirty.ratio": "0.01",
+    }
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers(url))
+    await admin.start()
+    try:
+        topics = [t for t in await admin.list_topics() if t.startswith(f"{app_id}-") and t.endswith("-changelog")]
+        changed = [ConfigResource(ConfigResourceType.TOPIC, t, configs=configs) for t in topics]
+        cleaner = {"log.cleaner.backoff.ms": "200"}
+        for broker in (await admin.describe_cluster())["brokers"]:
+            changed.append(ConfigResource(ConfigResourceType.BROKER, str(broker["node_id"]), configs=cleaner))
+        await admin.alter_configs(changed)
+    finally:
+        await admin.close()

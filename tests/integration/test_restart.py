@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import signal
+import time
 
+import confluent_kafka
 import numpy as np
 import pytest
 
+from ampelios.bench.year import live_table_bytes
 from ampelios.config import Settings
 from ampelios.core.events import EventBatch
 from ampelios.core.generate import generate_events
+from ampelios.core.partitioning import partition_for
 from ampelios.services.broker import TansuBroker
+from ampelios.services.kafka import (
+    ApacheKafka,
+    changelog_bytes,
+    cleaned_up_to_active_segments,
+    compact_changelogs_at_once,
+)
 from ampelios.services.stack import changelog_records_recovered, http_json, wait_until_reflected
 from tests.integration.conftest import Workers, batch_definition, replay, write_events
 
@@ -142,3 +153,70 @@ def test_a_worker_asked_to_stop_stops_even_when_its_broker_is_gone(settings: Set
     finally:
         workers.stop_all()
         broker.stop()
+
+
+@pytest.mark.apache
+def test_a_new_machine_recovers_from_changelogs_that_compaction_has_cleaned(
+    apache_only, settings: Settings, workers: Workers, broker: ApacheKafka
+):
+    """Journeys rewritten by five replays of the same visitors, on a broker whose cleaner
+    compacts at once: the changelogs keep under twice the live state, and a worker with an
+    empty state directory recovers from them to the same answers."""
+    events = generate_events(6_000, seed=11)
+    worker = workers.start(settings)
+    asyncio.run(compact_changelogs_at_once(broker.url, settings.app_id))  # segments of a second
+    for day in range(5):
+        shifted = EventBatch.from_columns(
+            events.source_id,
+            events.timestamp + day * 86_400_000,
+            events.visitorid,
+            events.event,
+            events.itemid,
+            events.transactionid,
+        )
+        write_events(settings.data_dir / f"day{day}.csv", shifted)
+        replay(worker.base_url, f"day{day}.csv")
+    time.sleep(1.5)  # past segment.ms: the next write to each partition closes its segment
+    last = [int(v) for v in np.unique(events.visitorid)]
+    owners = {partition_for(1, v, settings.partitions): v for v in last}
+    assert len(owners) == settings.partitions
+    tail = generate_events(10, seed=12)
+    tail = EventBatch.from_columns(
+        tail.source_id[:1].repeat(len(owners)),
+        np.full(len(owners), int(events.timestamp.max()) + 6 * 86_400_000),
+        np.array(sorted(owners.values())),
+        tail.event[:1].repeat(len(owners)),
+        tail.itemid[:1].repeat(len(owners)),
+        tail.transactionid[:1].repeat(len(owners)),
+    )
+    write_events(settings.data_dir / "tail.csv", tail)
+    replay(worker.base_url, "tail.csv")
+    sample = np.random.default_rng(2).choice(last, 100, replace=False).tolist()
+    before = snapshot(worker.base_url, sample)
+    assert worker.stop() == 0
+
+    logs = broker.data_dir / "logs"
+    deadline = time.monotonic() + 120
+    while not cleaned_up_to_active_segments(logs):
+        assert time.monotonic() < deadline, "the log cleaner did not run"
+        time.sleep(0.5)
+    kept, live = changelog_bytes(logs), live_table_bytes(settings.worker_dir)
+    assert kept < 2 * live, (kept, live)
+
+    shutil.rmtree(settings.worker_dir)  # a new machine
+    worker = workers.start(settings)
+    wait_until_reflected(worker.base_url, 1, timeout=300, stored=True)
+    assert snapshot(worker.base_url, sample) == before
+    written = end_offsets(broker.bootstrap, "journeys-changelog")
+    assert changelog_records_recovered(worker.base_url)["journeys"] < written / 2
+
+
+def end_offsets(bootstrap: str, topic_part: str) -> int:
+    """The sum of the end offsets of the partitions of the topic whose name ends ``topic_part``."""
+    consumer = confluent_kafka.Consumer({"bootstrap.servers": bootstrap, "group.id": "ends"})
+    try:
+        (topic,) = [t for t in consumer.list_topics(timeout=30).topics if t.endswith(topic_part)]
+        partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
+        return sum(consumer.get_watermark_offsets(confluent_kafka.TopicPartition(topic, p))[1] for p in partitions)
+    finally:
+        consumer.close()

@@ -33,7 +33,7 @@ class Table:
     def get_many(self, partition: int, keys: list[bytes]) -> list[bytes | None]:
         return [self.partitions.get(partition, {}).get(k) for k in keys]
 
-    async def write(self, partition: int, batch: bytes, keys: list[bytes], values: list[bytes | None]) -> None:
+    async def write(self, partition: int, keys: list[bytes], values: list[bytes | None]) -> None:
         data = self.partitions.setdefault(partition, {})
         for key, value in zip(keys, values):
             if value is None:

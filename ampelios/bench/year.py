@@ -1,0 +1,189 @@
+"""The ``year`` phase: twelve months of one site on the local Apache Kafka, what is kept after each.
+
+A population of visitors returns month after month and new ones join; each month's events
+(one per message, in time order) fall on its 30 days, weekends half as busy as weekdays.
+After each month the phase waits until everything is reflected, then measures what the
+stack keeps -- the worker's RocksDB (its live keys and values, and its files), the bytes the
+broker keeps for the changelogs, the Postgres database, the worker's resident memory --
+and how long a new worker with an empty state directory takes to serve again (``/health``
+ok and lag 0). It runs twice: with ``AMPELIOS_ACTIVE_DAYS=30`` and without a window.
+
+A year is compressed into minutes, so the time-based part of Kafka's log settings is
+compressed too: the changelogs close a segment after a second instead of an hour
+(``CHANGELOG_CONFIG``), and the phase waits for the log cleaner after each month instead of
+for a fifth of the log to be dirty, so that what it reports is the changelog once
+compaction has run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+import psycopg2
+import rocksdict
+
+from ampelios.bench.harness import SOURCE_ID, Bench, Row, fresh_stack, one_event_messages, produce, stack_settings
+from ampelios.core.events import EventBatch
+from ampelios.core.generate import generate_events
+from ampelios.services.kafka import changelog_bytes, cleaned_up_to_active_segments, compact_changelogs_at_once
+from ampelios.services.stack import Stack, WorkerProcess, wait_until_reflected
+
+DAY_MS = 86_400_000
+MONTH_DAYS = 30
+YEAR_START_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z, a Monday
+RETURNING_SHARE = 0.9  # of a month's visitors, those who came before (the rest are new)
+CLEANER_WAIT_SECONDS = 120.0
+
+
+def month_events(month: int, events: int, seed: int, population: np.ndarray) -> tuple[EventBatch, np.ndarray]:
+    """About ``events`` events of month ``month`` (0-based), in time order, and the
+    population after it. Generated journeys, each moved to start on a day of the month
+    drawn with weekends at half weight, its own rhythm kept (a journey that would run past
+    the month ends with it); their visitors are drawn from ``population`` (the visitors of
+    earlier months, :data:`RETURNING_SHARE` of them at most) and new ones."""
+    rng = np.random.default_rng((seed, month))
+    made = generate_events(events, seed=seed * 1_000 + month)
+    generated, journey = np.unique(made.visitorid, return_inverse=True)
+    returning = rng.choice(population, min(len(population), round(len(generated) * RETURNING_SHARE)), replace=False)
+    first_new = int(population.max()) + 1 if len(population) else 1
+    ids = np.concatenate([returning, np.arange(first_new, first_new + len(generated) - len(returning))])
+
+    days = np.arange(MONTH_DAYS)
+    weekday = (month * MONTH_DAYS + days) % 7  # 0 = Monday: the year starts on one
+    weight = np.where(weekday >= 5, 0.5, 1.0)
+    start = rng.choice(days, len(generated), p=weight / weight.sum()) * DAY_MS + rng.integers(0, DAY_MS, len(generated))
+    first = np.full(len(generated), np.iinfo(np.int64).max)
+    np.minimum.at(first, journey, made.timestamp)
+    month_start = YEAR_START_MS + month * MONTH_DAYS * DAY_MS
+    at = np.minimum(
+        month_start + start[journey] + made.timestamp - first[journey], month_start + MONTH_DAYS * DAY_MS - 1
+    )
+    batch = EventBatch.from_columns(made.source_id, at, ids[journey], made.event, made.itemid, made.transactionid)
+    return batch.take(batch.time_order()), np.union1d(population, ids)
+
+
+@dataclass
+class Month:
+    """What the stack keeps after a month."""
+
+    month: int
+    events_sent: int
+    events_held: int
+    visitors_held: int
+    rocksdb_live_bytes: int
+    rocksdb_file_bytes: int
+    changelog_bytes: int
+    postgres_bytes: int
+    worker_rss_mib: float
+    recovery_seconds: float
+
+    def line(self) -> str:
+        mib = 1 << 20
+        return (
+            f"month {self.month:2d}: held {self.events_held:,} events of {self.visitors_held:,} visitors; "
+            f"RocksDB live {self.rocksdb_live_bytes / mib:.1f} MiB (files {self.rocksdb_file_bytes / mib:.1f}), "
+            f"changelogs {self.changelog_bytes / mib:.1f} MiB, Postgres {self.postgres_bytes / mib:.1f} MiB, "
+            f"worker RSS {self.worker_rss_mib:.0f} MiB, new worker serving in {self.recovery_seconds:.1f} s"
+        )
+
+
+def live_table_bytes(worker_dir: Path) -> int:
+    """Bytes of every key and value in the worker's RocksDB tables (opened read-only, so
+    the worker may be running)."""
+    total = 0
+    for current in worker_dir.rglob("CURRENT"):
+        db = rocksdict.Rdict(str(current.parent), access_type=rocksdict.AccessType.read_only())
+        try:
+            total += sum(len(k) + len(v) for k, v in db.items())
+        finally:
+            db.close()
+    return total
+
+
+def database_bytes(url: str) -> int:
+    with psycopg2.connect(url) as connection, connection.cursor() as cursor:
+        cursor.execute("SELECT pg_database_size(current_database())")
+        (size,) = cursor.fetchone()
+    connection.close()
+    return int(size)
+
+
+def resident_mib(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")) / 1024
+
+
+def measure(stack: Stack, month: int, sent: int, timeout: float) -> Month:
+    """After ``month``: wait for everything to be reflected and compacted, take the
+    figures, then replace the worker by one with an empty state directory."""
+    assert stack.worker is not None and stack.worker.process is not None and stack.settings.database_url
+    base = stack.worker.base_url
+    stats = wait_until_reflected(base, SOURCE_ID, timeout=timeout, stored=True)
+    logs = stack.settings.state_dir / "kafka" / "logs"
+    deadline = time.monotonic() + CLEANER_WAIT_SECONDS
+    while not cleaned_up_to_active_segments(logs) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    figures = dict(
+        rocksdb_live_bytes=live_table_bytes(stack.settings.worker_dir),
+        rocksdb_file_bytes=sum(f.stat().st_size for f in stack.settings.worker_dir.rglob("*") if f.is_file()),
+        changelog_bytes=changelog_bytes(logs),
+        postgres_bytes=database_bytes(stack.settings.database_url),
+        worker_rss_mib=resident_mib(stack.worker.process.pid),
+    )
+    stack.worker.stop()
+    shutil.rmtree(stack.settings.worker_dir)
+    started = time.monotonic()
+    stack.worker = WorkerProcess(stack.settings, stack.worker_output).start(timeout)
+    wait_until_reflected(stack.worker.base_url, SOURCE_ID, timeout=timeout)
+    recovery = time.monotonic() - started
+    return Month(month, sent, stats["events"], stats["visitors"], **figures, recovery_seconds=recovery)
+
+
+def run_year(bench: Bench, active_days: float | None) -> list[Month]:
+    options = bench.options
+    workdir = bench.workdir(f"year-{active_days or 'all'}")
+    settings = stack_settings(bench, workdir).with_(local_broker="kafka", active_days=active_days)
+    months: list[Month] = []
+    with fresh_stack(settings, workdir) as stack:
+        asyncio.run(compact_changelogs_at_once(stack.settings.broker_url, stack.settings.app_id))
+        sent, population = 0, np.array([], dtype=np.int64)
+        for month in range(options.months):
+            events, population = month_events(month, options.month_events, options.seed, population)
+            messages = one_event_messages(events, settings.partitions)
+            asyncio.run(produce(stack.settings.broker_url, bench.topic, settings.partitions, messages))
+            sent += len(events)
+            months.append(measure(stack, month + 1, sent, options.timeout))
+            click.echo(f"  {'window 30 d' if active_days else 'no window'}, {months[-1].line()}", err=True)
+    return months
+
+
+def growth(months: list[Month], field: str) -> float | None:
+    """The last month's figure over the second's."""
+    if len(months) < 2 or not getattr(months[1], field):
+        return None
+    return getattr(months[-1], field) / getattr(months[1], field)
+
+
+def phase_year(bench: Bench) -> list[Row]:
+    """Twelve months (``--months``) of ``--month-events`` events each, with a 30-day window
+    and without; a row each, its monthly figures in the JSON report."""
+    rows = []
+    for active_days in (30.0, None):
+        label = f"Ampelios: year, {'30-day window' if active_days else 'no window'}"
+        months = run_year(bench, active_days)
+        last = months[-1]
+        fields = ("rocksdb_live_bytes", "changelog_bytes", "postgres_bytes", "worker_rss_mib", "recovery_seconds")
+        ratios = {f: growth(months, f) for f in fields}
+        named = ", ".join(f"{f} {r:.2f}x" for f, r in ratios.items() if r is not None)
+        figures: dict[str, Any] = {"months": [vars(m) for m in months], "last_over_second": ratios}
+        notes = f"month {last.month} over month 2: {named}" if len(months) > 1 else last.line()
+        row_id = "year-window" if active_days else "year-no-window"
+        rows.append(Row(row_id, label, last.events_sent, last.events_sent, None, notes, figures=figures))
+    return rows
