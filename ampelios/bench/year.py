@@ -1,6 +1,6 @@
 """The ``year`` phase: twelve months of one site on the local Apache Kafka, what is kept after each.
 
-A population of visitors returns month after month and new ones join; each month's events
+A site's regulars come back month after month, some leave and new ones join; each month's events
 (one per message, in time order) fall on its 30 days, weekends half as busy as weekdays.
 After each month the phase waits until everything is reflected, then measures what the
 stack keeps -- the worker's RocksDB (its live keys and values, and its files), the bytes the
@@ -10,9 +10,10 @@ ok and lag 0). It runs twice: with ``AMPELIOS_ACTIVE_DAYS=30`` and without a win
 
 A year is compressed into minutes, so the time-based part of Kafka's log settings is
 compressed too: the changelogs close a segment after a second instead of an hour
-(``CHANGELOG_CONFIG``), and the phase waits for the log cleaner after each month instead of
-for a fifth of the log to be dirty, so that what it reports is the changelog once
-compaction has run.
+(``CHANGELOG_CONFIG``), the phase waits for the log cleaner after each month instead of
+for a fifth of the log to be dirty (what it reports is the changelog once compaction has
+run), and it runs Postgres's ``VACUUM`` before taking the database's size, as autovacuum
+would have in a month.
 """
 
 from __future__ import annotations
@@ -38,21 +39,23 @@ from ampelios.services.stack import Stack, WorkerProcess, wait_until_reflected
 DAY_MS = 86_400_000
 MONTH_DAYS = 30
 YEAR_START_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z, a Monday
-RETURNING_SHARE = 0.9  # of a month's visitors, those who came before (the rest are new)
+RETURNING_SHARE = 0.9  # of a month's visitors, those who came the month before (the rest are new)
+NEW_IDS_PER_MONTH = 10_000_000  # month m's new visitors have ids from (m + 1) times this
 CLEANER_WAIT_SECONDS = 120.0
 
 
-def month_events(month: int, events: int, seed: int, population: np.ndarray) -> tuple[EventBatch, np.ndarray]:
-    """About ``events`` events of month ``month`` (0-based), in time order, and the
-    population after it. Generated journeys, each moved to start on a day of the month
-    drawn with weekends at half weight, its own rhythm kept (a journey that would run past
-    the month ends with it); their visitors are drawn from ``population`` (the visitors of
-    earlier months, :data:`RETURNING_SHARE` of them at most) and new ones."""
+def month_events(month: int, events: int, seed: int, previous: np.ndarray) -> EventBatch:
+    """About ``events`` events of month ``month`` (0-based), in time order. Generated
+    journeys, each moved to start on a day of the month drawn with weekends at half weight,
+    its own rhythm kept (a journey that would run past the month ends with it). Their
+    visitors: :data:`RETURNING_SHARE` of them come back from ``previous`` (last month's
+    visitors), the others are new (ids above every earlier one), so that the visitors of
+    any two months in a row are about as many as the site's regulars."""
     rng = np.random.default_rng((seed, month))
     made = generate_events(events, seed=seed * 1_000 + month)
     generated, journey = np.unique(made.visitorid, return_inverse=True)
-    returning = rng.choice(population, min(len(population), round(len(generated) * RETURNING_SHARE)), replace=False)
-    first_new = int(population.max()) + 1 if len(population) else 1
+    returning = rng.choice(previous, min(len(previous), round(len(generated) * RETURNING_SHARE)), replace=False)
+    first_new = (month + 1) * NEW_IDS_PER_MONTH
     ids = np.concatenate([returning, np.arange(first_new, first_new + len(generated) - len(returning))])
 
     days = np.arange(MONTH_DAYS)
@@ -66,7 +69,7 @@ def month_events(month: int, events: int, seed: int, population: np.ndarray) -> 
         month_start + start[journey] + made.timestamp - first[journey], month_start + MONTH_DAYS * DAY_MS - 1
     )
     batch = EventBatch.from_columns(made.source_id, at, ids[journey], made.event, made.itemid, made.transactionid)
-    return batch.take(batch.time_order()), np.union1d(population, ids)
+    return batch.take(batch.time_order())
 
 
 @dataclass
@@ -78,6 +81,7 @@ class Month:
     events_held: int
     visitors_held: int
     rocksdb_live_bytes: int
+    rocksdb_live_bytes_by_table: dict[str, int]
     rocksdb_file_bytes: int
     changelog_bytes: int
     postgres_bytes: int
@@ -94,24 +98,32 @@ class Month:
         )
 
 
-def live_table_bytes(worker_dir: Path) -> int:
-    """Bytes of every key and value in the worker's RocksDB tables (opened read-only, so
-    the worker may be running)."""
-    total = 0
+def live_table_bytes(worker_dir: Path) -> dict[str, int]:
+    """Bytes of every key and value in the worker's RocksDB tables, per table (its
+    partitions summed; opened read-only, so the worker may be running)."""
+    tables: dict[str, int] = {}
     for current in worker_dir.rglob("CURRENT"):
+        table = current.parent.name.rsplit("-", 1)[0]  # journeys-3.db -> journeys
         db = rocksdict.Rdict(str(current.parent), access_type=rocksdict.AccessType.read_only())
         try:
-            total += sum(len(k) + len(v) for k, v in db.items())
+            tables[table] = tables.get(table, 0) + sum(len(k) + len(v) for k, v in db.items())
         finally:
             db.close()
-    return total
+    return tables
 
 
 def database_bytes(url: str) -> int:
-    with psycopg2.connect(url) as connection, connection.cursor() as cursor:
-        cursor.execute("SELECT pg_database_size(current_database())")
-        (size,) = cursor.fetchone()
-    connection.close()
+    """The database's size after a ``VACUUM`` (which autovacuum runs over a month of wall
+    time: the space of deleted rows made reusable)."""
+    connection = psycopg2.connect(url)
+    try:
+        connection.autocommit = True
+        with connection.cursor() as cursor:
+            cursor.execute("VACUUM")
+            cursor.execute("SELECT pg_database_size(current_database())")
+            (size,) = cursor.fetchone()
+    finally:
+        connection.close()
     return int(size)
 
 
@@ -130,8 +142,10 @@ def measure(stack: Stack, month: int, sent: int, timeout: float) -> Month:
     deadline = time.monotonic() + CLEANER_WAIT_SECONDS
     while not cleaned_up_to_active_segments(logs) and time.monotonic() < deadline:
         time.sleep(0.5)
+    tables = live_table_bytes(stack.settings.worker_dir)
     figures = dict(
-        rocksdb_live_bytes=live_table_bytes(stack.settings.worker_dir),
+        rocksdb_live_bytes=sum(tables.values()),
+        rocksdb_live_bytes_by_table=tables,
         rocksdb_file_bytes=sum(f.stat().st_size for f in stack.settings.worker_dir.rglob("*") if f.is_file()),
         changelog_bytes=changelog_bytes(logs),
         postgres_bytes=database_bytes(stack.settings.database_url),
@@ -153,9 +167,10 @@ def run_year(bench: Bench, active_days: float | None) -> list[Month]:
     months: list[Month] = []
     with fresh_stack(settings, workdir) as stack:
         asyncio.run(compact_changelogs_at_once(stack.settings.broker_url, stack.settings.app_id))
-        sent, population = 0, np.array([], dtype=np.int64)
+        sent, visitors = 0, np.array([], dtype=np.int64)
         for month in range(options.months):
-            events, population = month_events(month, options.month_events, options.seed, population)
+            events = month_events(month, options.month_events, options.seed, visitors)
+            visitors = np.unique(events.visitorid)
             messages = one_event_messages(events, settings.partitions)
             asyncio.run(produce(stack.settings.broker_url, bench.topic, settings.partitions, messages))
             sent += len(events)

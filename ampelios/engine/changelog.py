@@ -3,9 +3,10 @@
 A :class:`~ampelios.engine.batch_table.BatchTable` sends one changelog record per batch.
 Keyed by its batch, no record would ever be superseded and the changelog would keep every
 batch for ever. Here each record is keyed by a **slot** (``ring:<n>``), and besides the
-batch's own pairs it rewrites, whole, the next range ``[low, high)`` of the partition's
-keys in key order -- a *cursor* that sweeps the keys again and again (each sweep a *lap*),
-about :data:`REFRESH_RATIO` times the batch's bytes per record. A slot is used again only
+batch's own pairs it rewrites, whole, the next range of the partition's keys in key order
+(two ranges when it goes past the last key and on from the first) -- a *cursor* that sweeps
+the keys again and again (each sweep a *lap*), about :data:`REFRESH_RATIO` times the
+batch's bytes per record, never more than a lap. A slot is used again only
 once the cursor has gone a whole lap since that slot's last record: by then every key that
 record set or deleted has been rewritten by a later record, so the record may go.
 

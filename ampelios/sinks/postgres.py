@@ -79,18 +79,19 @@ class PostgresSink(Service):
 
     @Service.task
     async def _prune(self) -> None:
-        """Delete what the retention no longer keeps, every ``prune_seconds`` (each worker's
-        sink does; deleting twice deletes nothing more). Postgres away: the next time."""
+        """Delete what the retention no longer keeps, once the sink starts and then every
+        ``prune_seconds`` (each worker's sink does; deleting twice deletes nothing more; a
+        worker restarted more often than that still prunes). Postgres away: the next time."""
         while not self.should_stop:
-            await self.sleep(self.prune_seconds)
             try:
                 deleted = await self.history.prune(self.retention)
             except HistoryUnavailable:
-                continue
+                deleted = {}
             for table, n in deleted.items():
                 self.pruned[table] = self.pruned.get(table, 0) + n
             if any(deleted.values()):
                 log.info("history retention deleted %s", ", ".join(f"{n} {t}" for t, n in deleted.items() if n))
+            await self.sleep(self.prune_seconds)
 
     async def _commit(self) -> None:
         """Commit what was written. When the group rebalanced meanwhile, the partitions'
