@@ -16,7 +16,7 @@ from aiokafka.structs import TopicPartition
 from ampelios.config import Settings
 from ampelios.core.model import SegmentModel
 from ampelios.core.rejections import RejectionSummary
-from ampelios.engine.batch_table import BatchTable, PublishedTable
+from ampelios.engine.batch_table import BatchTable, PublishedBatches, PublishedTable
 from ampelios.engine.exactly_once import ExactlyOnce, forwarded_key
 from ampelios.engine.intake import Intake
 from ampelios.runtime.metrics import Metrics
@@ -44,7 +44,7 @@ class Pipeline:
     published: PublishedTable
     identities: PublishedTable  # link_key -> the user id an anonymous id is linked to
     webhooks: PublishedTable  # subscription id -> the subscription made over HTTP (JSON, with its secret)
-    names: PublishedTable  # name_key -> a collected visitor's original id
+    names: PublishedBatches  # name_key -> a collected visitor's original id
     history: History | None
     sink: PostgresSink | None
     intake: Intake  # the messages of events, taken from Faust's consumer as fetched
