@@ -334,3 +334,11 @@ def wait_for_split(workers: list[WorkerProcess], partitions: int, timeout: float
             return [h or [] for h in held]
         time.sleep(0.5)
     raise AssertionError(f"the partitions were not split between the workers: {held}")
+
+
+@pytest.fixture
+def scratch() -> Iterator[Path]:
+    """The bench's TMPDIR. Not under pytest's temporary directory, which another pytest
+    session may make untraversable for the embedded Postgres's own user."""
+    with tempfile.TemporaryDirectory(prefix="ampelios-test-bench-") as root:
+        yield Path(root)

@@ -1,0 +1,33 @@
+"""``ampelios bench --phases year`` at a tiny size: what the stack keeps after every month
+(its own file, so that the suite runs it beside the other bench tests)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_bench import bench
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_tiny_year_measures_what_the_stack_keeps_after_every_month(tmp_path: Path, scratch: Path):
+    """The year phase runs only when named, on the local Apache Kafka, with a 30-day window
+    and without; after each month every figure is there, and the window holds less."""
+    out = tmp_path / "year.json"
+    args = ("--events", "200", "--single-events", "10", "--months", "3", "--month-events", "300", "--phases", "year")
+    result = bench(*args, "--json", str(out), tmpdir=scratch)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = json.loads(out.read_text())["rows"]
+    window, everything = rows["year-window"]["months"], rows["year-no-window"]["months"]
+    assert [m["month"] for m in window] == [m["month"] for m in everything] == [1, 2, 3]
+    for month in window + everything:
+        assert month["events_held"] <= month["events_sent"]
+        for figure in ("rocksdb_live_bytes", "rocksdb_file_bytes", "changelog_bytes", "postgres_bytes"):
+            assert month[figure] > 0, (figure, month)
+        assert month["worker_rss_mib"] > 0 and month["recovery_seconds"] > 0
+    assert window[0]["events_held"] == everything[0]["events_held"]
+    assert window[-1]["events_held"] < everything[-1]["events_held"]
+    assert list(scratch.iterdir()) == []
