@@ -128,6 +128,7 @@ def database_bytes(url: str) -> int:
 
 
 def resident_mib(pid: int) -> float:
+    """The resident memory of process ``pid`` now (Linux ``VmRSS``), in MiB."""
     status = Path(f"/proc/{pid}/status").read_text()
     return next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")) / 1024
 
