@@ -30,7 +30,16 @@ import numpy as np
 import psycopg2
 import rocksdict
 
-from ampelios.bench.harness import SOURCE_ID, Bench, Row, fresh_stack, one_event_messages, produce, stack_settings
+from ampelios.bench.harness import (
+    SOURCE_ID,
+    Bench,
+    Row,
+    fresh_stack,
+    one_event_messages,
+    produce,
+    stack_settings,
+    tree_bytes,
+)
 from ampelios.core.events import EventBatch
 from ampelios.core.generate import generate_events
 from ampelios.services.kafka import changelog_bytes, cleaned_up_to_active_segments, compact_changelogs_at_once
@@ -147,7 +156,7 @@ def measure(stack: Stack, month: int, sent: int, timeout: float) -> Month:
     figures = dict(
         rocksdb_live_bytes=sum(tables.values()),
         rocksdb_live_bytes_by_table=tables,
-        rocksdb_file_bytes=sum(f.stat().st_size for f in stack.settings.worker_dir.rglob("*") if f.is_file()),
+        rocksdb_file_bytes=tree_bytes(stack.settings.worker_dir),
         changelog_bytes=changelog_bytes(logs),
         postgres_bytes=database_bytes(stack.settings.database_url),
         worker_rss_mib=resident_mib(stack.worker.process.pid),
