@@ -65,6 +65,7 @@ SCAN_BASELINE = 56  # the periods whose rate a rare signal's windows are compare
 SCAN_THRESHOLD = 12.0  # log-likelihood ratio (over the baseline's dispersion) that flags a window
 SCAN_MIN_EXPECTED = 1.0  # a window is judged only when it expects one outcome at least
 SCAN_NEW_LEVEL = 14  # periods of a new level before a rare signal is judged again
+HISTORY_PERIODS = SCAN_PERIODS + GAP_PERIODS + SCAN_BASELINE  # the periods the newest judgement reads
 
 
 @dataclass(frozen=True)
@@ -202,43 +203,47 @@ class Alert:
     segment: int | None
     shift: Shift
     recovered: Shift | None = None
+    first: int = 0  # the index of period 0 in the source's whole history
 
     @property
     def key(self) -> str:
-        """Stable for the same shift: signal, segment, direction and start."""
-        return (
-            f"{self.signal}:{'' if self.segment is None else self.segment}:{self.shift.direction}:{self.shift.started}"
-        )
+        """Stable for the same shift: signal, segment, direction and start (counted in
+        the source's whole history, so the same however many old periods were folded)."""
+        segment = "" if self.segment is None else self.segment
+        return f"{self.signal}:{segment}:{self.shift.direction}:{self.shift.started + self.first}"
 
 
-def alerts_of(signal: str, segment: int | None, found: list[Shift]) -> list[Alert]:
+def alerts_of(signal: str, segment: int | None, found: list[Shift], first: int = 0) -> list[Alert]:
     """Shifts as alerts: a shift opposite to the open alert's direction recovers it (and
     opens none); any other shift opens a new alert. Shifts smaller than MIN_EFFECT of
-    the level before are left out: significant, but too small to act on."""
+    the level before are left out: significant, but too small to act on. ``first``: see
+    :func:`source_alerts`."""
     alerts: list[Alert] = []
     open_at: int | None = None
     for shift in found:
         if abs(shift.after - shift.before) < MIN_EFFECT * abs(shift.before):
             continue
         if open_at is not None and shift.direction != alerts[open_at].shift.direction:
-            alerts[open_at] = Alert(signal, segment, alerts[open_at].shift, shift)
+            alerts[open_at] = Alert(signal, segment, alerts[open_at].shift, shift, first)
             open_at = None
         else:
-            alerts.append(Alert(signal, segment, shift))
+            alerts.append(Alert(signal, segment, shift, first=first))
             open_at = len(alerts) - 1
     return alerts
 
 
-def source_alerts(activity: np.ndarray, visitors: np.ndarray, closed: int) -> list[Alert]:
+def source_alerts(activity: np.ndarray, visitors: np.ndarray, closed: int, first: int = 0) -> list[Alert]:
     """Every alert of a source from its period tables: ``activity`` (periods, 5) in the
     order of ``ACTIVITY_NAMES`` and ``visitors`` (periods, k) per segment, of which the
-    first ``closed`` periods are complete (the last period with events is still open).
+    first ``closed`` periods are complete (the last period with events is still open);
+    ``first`` is the index of period 0 in the source's whole history (older periods
+    folded away, see :meth:`ampelios.core.periods.PeriodPopulations.fold`).
 
-    The segments' shares leave out the first SHARE_BURN_IN periods: a segment is a kind of
-    journey, and in the first weeks of a history few journeys have a past (returning
-    visitors whose earlier visits came before the first event are new to it), so the
-    shares of segments that need one -- repeat buyers, returning browsers -- rise for
-    weeks without anyone behaving differently."""
+    The segments' shares leave out the first SHARE_BURN_IN periods of the history: a
+    segment is a kind of journey, and in the first weeks of a history few journeys have a
+    past (returning visitors whose earlier visits came before the first event are new to
+    it), so the shares of segments that need one -- repeat buyers, returning browsers --
+    rise for weeks without anyone behaving differently."""
     act, seg = activity[:closed].astype(np.int64), visitors[:closed].astype(np.int64)
     people, buyers, views, carts, buys = act.T
     signals: list[tuple[str, int | None, np.ndarray, np.ndarray, bool]] = [
@@ -249,8 +254,8 @@ def source_alerts(activity: np.ndarray, visitors: np.ndarray, closed: int) -> li
     signals += [("share", j, seg[:, j], seg.sum(axis=1), True) for j in range(seg.shape[1])]
     alerts: list[Alert] = []
     for name, segment, num, den, binomial in signals:
-        skip = SHARE_BURN_IN if name == "share" else 0
+        skip = max(0, SHARE_BURN_IN - first) if name == "share" else 0
         found = shifts(num[skip:], den[skip:], binomial)
         found = [replace(s, started=s.started + skip, detected=s.detected + skip) for s in found]
-        alerts += alerts_of(name, segment, found)
+        alerts += alerts_of(name, segment, found, first)
     return sorted(alerts, key=lambda a: (a.shift.detected, a.key))

@@ -76,6 +76,11 @@ class Rows:
         keep = sums != 0 if sums.ndim == 1 else (sums != 0).any(axis=1)
         return Rows(keys[first][keep], sums[keep])
 
+    def since(self, period: int) -> Rows:
+        """The rows whose first key column (the period) is ``period`` or later."""
+        kept = self.keys[:, 0] >= period
+        return Rows(self.keys[kept], self.values[kept])
+
     def to_json(self) -> list:  # type: ignore[type-arg]
         return np.column_stack([self.keys, self.values]).tolist()
 
@@ -219,36 +224,99 @@ def periods_of(events: EventBatch, gap_ms: int, window_ms: int | None, period_ms
 class PeriodPopulations:
     """A source's period tables: the net changes of each period's population
     (``changes[p][shape]``), the visitors with events in each period by shape
-    (``visitors[p][shape]``) and each period's activity (``activity[p]``, 5 counts)."""
+    (``visitors[p][shape]``) and each period's activity (``activity[p]``, 5 counts).
+
+    Once :meth:`fold` ed, the tables start at ``base``: the changes of every earlier
+    period are summed into ``base``'s (so every population from ``base`` on is what it
+    was) and their visitors and activity are dropped. A delta's rows of periods before
+    ``base`` are treated the same way when applied, so folding and applying commute.
+    ``origin`` is the first period the tables had before their first fold: alerts count
+    their periods from it.
+
+    >>> periods = PeriodPopulations()
+    >>> rows = Rows(np.array([[0, 1, 0, 0, 1], [3, 2, 0, 0, 1]]), np.array([1, 1]))
+    >>> _ = periods.apply(PeriodDelta(rows, rows, Rows.empty(1, len(ACTIVITY_NAMES))))
+    >>> _ = periods.fold(keep=2)  # keep periods 2 and 3
+    >>> sorted(periods.changes), sorted(periods.visitors), periods.base, periods.origin
+    ([2, 3], [3], 2, 0)
+    >>> dict(periods.population(3).counts)
+    {(1, 0, 0, 1): 1, (2, 0, 0, 1): 1}
+    """
 
     def __init__(
         self,
         changes: dict[int, dict[Shape, int]] | None = None,
         visitors: dict[int, dict[Shape, int]] | None = None,
         activity: dict[int, np.ndarray] | None = None,
+        base: int | None = None,
+        origin: int | None = None,
     ) -> None:
         self.changes: dict[int, dict[Shape, int]] = changes or {}
         self.visitors: dict[int, dict[Shape, int]] = visitors or {}
         self.activity: dict[int, np.ndarray] = activity or {}
+        self.base = base  # the first period kept apart (None: never folded)
+        self.origin = origin  # the first period before the first fold
 
     def apply(self, delta: PeriodDelta) -> PeriodChanges:
-        """Add a delta; return what it set, to store."""
-        return PeriodChanges(
-            _add(self.changes, delta.population),
-            _add(self.visitors, delta.visitors),
-            self._add_activity(delta.activity),
-        )
+        """Add a delta (its rows before ``base`` folded into it); return what it set, to
+        store."""
+        population, visitors, activity = delta.population, delta.visitors, delta.activity
+        if self.base is not None:
+            keys = population.keys.copy()
+            keys[:, 0] = np.maximum(keys[:, 0], self.base)
+            population = Rows(keys, population.values).net()
+            visitors, activity = visitors.since(self.base), activity.since(self.base)
+        changes = _add(self.changes, population), _add(self.visitors, visitors)
+        return PeriodChanges(*changes, self._add_activity(activity))
 
     def _add_activity(self, rows: Rows) -> list[int]:
         for (p,), row in zip(rows.keys.tolist(), rows.values):
             self.activity[p] = self.activity.get(p, np.zeros(len(ACTIVITY_NAMES), dtype=np.int64)) + row
         return rows.keys[:, 0].tolist()
 
+    def fold(self, keep: int) -> PeriodChanges | None:
+        """Keep the newest ``keep`` periods of :meth:`span` apart and fold the older ones
+        into the first of them; what changed, to store (value 0 and periods no longer in
+        ``activity``: deleted), or ``None`` when nothing was old enough."""
+        span = self.span()
+        base = span.stop - keep
+        if not span or base <= span.start:
+            return None
+        if self.origin is None:
+            self.origin = span.start
+        self.base = base
+        population: list[tuple[int, Shape, int]] = []
+        folded: dict[Shape, int] = dict(self.changes.get(base, {}))
+        for p in sorted(q for q in self.changes if q < base):
+            for shape, change in self.changes.pop(p).items():
+                folded[shape] = folded.get(shape, 0) + change
+                population.append((p, shape, 0))
+        self.changes[base] = {shape: n for shape, n in folded.items() if n}
+        population += [(base, shape, n) for shape, n in folded.items()]
+        if not self.changes[base]:
+            del self.changes[base]
+        old = sorted(q for q in self.visitors if q < base)
+        visitors = [(p, shape, 0) for p in old for shape in self.visitors.pop(p)]
+        activity = sorted(q for q in self.activity if q < base)
+        for p in activity:
+            del self.activity[p]
+        return PeriodChanges(population, visitors, activity)
+
     def span(self) -> range:
-        """The periods from the first with events to the last with events (the population
-        of a later period only loses visitors going inactive, until events come)."""
+        """The periods from the first with events (or ``base``) to the last with events
+        (the population of a later period only loses visitors going inactive, until
+        events come)."""
         known = list(self.activity) or list(self.changes)
-        return range(min(known), max(known) + 1) if known else range(0)
+        if not known:
+            return range(0)
+        first = min(known) if self.base is None else min(self.base, *known)
+        return range(first, max(known) + 1)
+
+    @property
+    def first(self) -> int:
+        """The index, in the source's whole history, of the first period of :meth:`span`."""
+        span = self.span()
+        return 0 if self.origin is None or not span else span.start - self.origin
 
     def population(self, period: int) -> Population:
         """The population at the end of ``period``."""
@@ -315,18 +383,21 @@ def _add(table: dict[int, dict[Shape, int]], rows: Rows) -> list[tuple[int, Shap
 @dataclass(frozen=True)
 class PeriodTables:
     """A source's periods under one model: their starts (ms), population per segment at
-    each end (``sizes``), visitors with events per segment (``visitors``) and activity."""
+    each end (``sizes``), visitors with events per segment (``visitors``) and activity;
+    ``first`` is the index of the first of them in the source's whole history (more than
+    0 once older periods were folded, see :meth:`PeriodPopulations.fold`)."""
 
     starts: list[int]
     sizes: np.ndarray
     visitors: np.ndarray
     activity: np.ndarray
+    first: int = 0
 
     @classmethod
     def of(cls, periods: PeriodPopulations, model: SegmentModel, period_ms: int) -> PeriodTables:
         span, sizes, visitors = periods.sizes(lambda shapes: model.assign(features_from_shapes(shapes)), model.k)
         _, activity = periods.activity_table()
-        return cls([p * period_ms for p in span], sizes, visitors, activity)
+        return cls([p * period_ms for p in span], sizes, visitors, activity, periods.first)
 
     @property
     def closed(self) -> int:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -32,11 +33,11 @@ import orjson
 from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 
-from ampelios.core.drift import source_alerts
+from ampelios.core.drift import HISTORY_PERIODS, WARMUP_PERIODS, source_alerts
 from ampelios.core.journeys import features_from_shapes
 from ampelios.core.k_choice import choose_k, evaluate
 from ampelios.core.model import SegmentModel, update
-from ampelios.core.periods import PeriodDelta, PeriodPopulations, PeriodTables
+from ampelios.core.periods import PeriodChanges, PeriodDelta, PeriodPopulations, PeriodTables
 from ampelios.core.population import Population, PopulationDelta, Shape
 from ampelios.engine.batch_table import BatchTable
 from ampelios.engine.exactly_once import ExactlyOnce, Step
@@ -77,6 +78,12 @@ def period_activity_key(source_id: int, period: int) -> bytes:
     return b"activity:%d:%d" % (source_id, period)
 
 
+def fold_key(source_id: int) -> bytes:
+    """segment-state key of where a source's period tables were folded (``origin,base``,
+    see :meth:`~ampelios.core.periods.PeriodPopulations.fold`)."""
+    return b"fold:%d" % source_id
+
+
 def alerts_key(source_id: int) -> bytes:
     """segment-state key of the alerts of a source last sent (JSON: id -> record); the
     same key in the published table gives them to every worker (for /metrics)."""
@@ -114,8 +121,8 @@ def stored_population(table: BatchTable, source_id: int) -> Population:
 
 
 def stored_periods(table: BatchTable, source_id: int) -> PeriodPopulations:
-    """A source's period tables as the ``period:``, ``visits:`` and ``activity:`` keys of
-    segment-state hold them."""
+    """A source's period tables as the ``period:``, ``visits:``, ``activity:`` and
+    ``fold:`` keys of segment-state hold them."""
 
     def by_shape(kind: bytes) -> dict[int, dict[Shape, int]]:
         found: dict[int, dict[Shape, int]] = {}
@@ -130,7 +137,9 @@ def stored_periods(table: BatchTable, source_id: int) -> PeriodPopulations:
     prefix = b"activity:%d:" % source_id
     for key, value in table.items_with_prefix(0, prefix):
         activity[int(key[len(prefix) :])] = np.array([int(x) for x in value.split(b",")], dtype=np.int64)
-    return PeriodPopulations(by_shape(b"period"), by_shape(b"visits"), activity)
+    (fold,) = table.get_many(0, [fold_key(source_id)])
+    origin, base = (int(x) for x in fold.split(b",")) if fold is not None else (None, None)
+    return PeriodPopulations(by_shape(b"period"), by_shape(b"visits"), activity, base, origin)
 
 
 def periods_record(
@@ -164,7 +173,7 @@ def alert_records(source_id: int, model: SegmentModel, tables: PeriodTables) -> 
     it."""
     starts, period_ms = tables.starts, (tables.starts[1] - tables.starts[0]) if len(tables.starts) > 1 else 0
     records: dict[str, dict[str, Any]] = {}
-    for alert in source_alerts(tables.activity, tables.visitors, tables.closed):
+    for alert in source_alerts(tables.activity, tables.visitors, tables.closed, tables.first):
         shift, recovered = alert.shift, alert.recovered
         key = f"{source_id}:{model.lineage}:{alert.key}"
         records[hashlib.sha256(key.encode()).hexdigest()[:16]] = {
@@ -217,6 +226,9 @@ class SegmentOwner:
         self.p = p
         self.processing = processing
         self.period_ms = round(p.settings.snapshot_event_hours * 3_600_000)
+        # The periods kept apart: the history's retention, and at least what alerts read.
+        history_periods = math.ceil(p.settings.history_days * 24 / p.settings.snapshot_event_hours)
+        self.keep_periods = max(history_periods, HISTORY_PERIODS)
         self._populations: dict[int, Population] = {}
         self._periods: dict[int, PeriodPopulations] = {}
         self._position: bytes | None = None  # segment-state's position when the copies were last right
@@ -318,11 +330,11 @@ class SegmentOwner:
         run.writes.update((shape_key(source_id, shape), b"%d" % count) for shape, count in changed)
         if "periods" in message:
             periods = self.periods_of(source_id)
-            changes = periods.apply(PeriodDelta.from_json(message))
-            for key, rows in ((period_key, changes.population), (period_visitors_key, changes.visitors)):
-                run.writes.update((key(source_id, p, shape), b"%d" % n if n else None) for p, shape, n in rows)
-            for p in changes.activity:
-                run.writes[period_activity_key(source_id, p)] = b",".join(b"%d" % x for x in periods.activity[p])
+            stage_periods(run, source_id, periods, periods.apply(PeriodDelta.from_json(message)))
+            folded = periods.fold(self.keep_periods)
+            if folded is not None:
+                stage_periods(run, source_id, periods, folded)
+                run.writes[fold_key(source_id)] = b"%d,%d" % (periods.origin, periods.base)
         run.writes[applied_key(source_id, partition)] = b"%d" % message["offset"]
         run.stale.add(source_id)
         self._changed.add(source_id)
@@ -363,7 +375,8 @@ class SegmentOwner:
             changes = self.model_changes(run, source_id, model, tables)
             record = periods_record(source_id, model, tables, changes)
             sent.append(await self.p.snapshots.send(key=b"%d" % source_id, value=record))
-            self.alerts(run, source_id, alert_records(source_id, model, tables))
+            kept = tables.starts[0] if tables.first else 0
+            self.alerts(run, source_id, alert_records(source_id, model, tables), kept)
         for acknowledged in sent:
             await acknowledged
         run.set_model(source_id, model)
@@ -387,24 +400,52 @@ class SegmentOwner:
             run.writes[changes_key(source_id)] = orjson.dumps(known)
         return known["changes"]
 
-    def alerts(self, run: SegmentRun, source_id: int, alerts: dict[str, dict[str, Any]]) -> None:
+    def alerts(self, run: SegmentRun, source_id: int, alerts: dict[str, dict[str, Any]], kept: int) -> None:
         """Stage the alerts that are new or changed (recovered, or judged again under a
         new model) since the last sent, to send once the step is stored; an alert
-        previously sent that the history no longer shows is sent again as withdrawn."""
+        previously sent that the history no longer shows is sent again as withdrawn.
+
+        Once old periods are folded, the history starts at ``kept`` (ms; 0: never
+        folded), and its first WARMUP_PERIODS are no longer judged as they were when they
+        were new: an alert detected before their end is **settled**. It stays as last
+        sent (only a recovery it did not have yet is added), is forgotten (no longer
+        stored nor counted in /metrics) once detected before ``kept``, and a shift that
+        started in them and was not sent then is not sent now."""
+        settled = kept + WARMUP_PERIODS * self.period_ms if kept else 0
         stored = run.get(alerts_key(source_id))
         sent: dict[str, dict[str, Any]] = orjson.loads(stored) if stored is not None else {}
         topic = self.p.topology.segment_alerts
-        for alert_id, alert in alerts.items():
-            if sent.get(alert_id, {}) != alert:
+        for alert_id, alert in list(alerts.items()):
+            before = sent.get(alert_id)
+            if before is not None and before["detected_at"] < settled:
+                recovery = {k: alert[k] for k in ("recovered_at", "recovery_detected_at")}
+                alert = alerts[alert_id] = before if before["recovered_at"] is not None else {**before, **recovery}
+            elif alert["started_at"] < settled and (before is None or before.get("withdrawn")):
+                del alerts[alert_id]
+                continue
+            if before != alert:
                 run.outbox.add(topic, b"%d" % source_id, orjson.dumps({"id": alert_id, **alert}), 0)
         for alert_id in sent.keys() - alerts.keys():
-            if not sent[alert_id].get("withdrawn"):
+            if sent[alert_id]["detected_at"] < kept:
+                continue
+            if sent[alert_id]["detected_at"] < settled:
+                alerts[alert_id] = sent[alert_id]
+            elif not sent[alert_id].get("withdrawn"):
                 alerts[alert_id] = {**sent[alert_id], "withdrawn": True}
                 run.outbox.add(topic, b"%d" % source_id, orjson.dumps({"id": alert_id, **alerts[alert_id]}), 0)
             else:
                 alerts[alert_id] = sent[alert_id]
         run.writes[alerts_key(source_id)] = orjson.dumps(alerts)
         run.alerted.add(source_id)
+
+
+def stage_periods(run: SegmentRun, source_id: int, periods: PeriodPopulations, changes: PeriodChanges) -> None:
+    """Stage in ``run`` the segment-state writes of what ``changes`` set in ``periods``."""
+    for key, rows in ((period_key, changes.population), (period_visitors_key, changes.visitors)):
+        run.writes.update((key(source_id, p, shape), b"%d" % n if n else None) for p, shape, n in rows)
+    for p in changes.activity:
+        row = periods.activity.get(p)
+        run.writes[period_activity_key(source_id, p)] = b",".join(b"%d" % x for x in row) if row is not None else None
 
 
 class SegmentRun:

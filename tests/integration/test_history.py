@@ -21,6 +21,7 @@ from hypothesis import settings as settings_
 from hypothesis import strategies as st
 
 from ampelios.config import Settings
+from ampelios.core.drift import HISTORY_PERIODS
 from ampelios.core.events import ADDTOCART, TRANSACTION, VIEW, EventBatch
 from ampelios.core.generate import WINDOW_END_MS, WINDOW_START_MS, generate_events
 from ampelios.core.labels import BUYERS, kind_of
@@ -80,11 +81,12 @@ def daily_activity(events: EventBatch) -> dict[date, dict[str, int]]:
 def test_every_day_has_its_population_whatever_the_packing_and_a_drop_shows(settings: Settings, workers: Workers):
     """The same events replayed from a file (5,000 per message, time-ordered) into source 1
     and sent one per message in shuffled order by confluent-kafka into source 2 give the
-    same history: one snapshot per day from the first to the last, every day's
+    same history: one snapshot per day of the last HISTORY_PERIODS (AMPELIOS_HISTORY_DAYS
+    is shorter; the older days are folded into the first of them), every day's
     population under the current model, and every day's activity as counted directly."""
     events = generate_events(30_000, seed=3, purchase_drop=(JULY, AUGUST))
     write_events(settings.data_dir / "months.csv", events)
-    worker = workers.start(settings.with_(snapshot_seconds=1.0))
+    worker = workers.start(settings.with_(snapshot_seconds=1.0, history_days=30.0))
     base = worker.base_url
     replay(base, "months.csv")
     produce_anyhow(settings, EventBatch(**{**vars(events), "source_id": np.full(len(events), 2)}), seed=5)
@@ -93,11 +95,13 @@ def test_every_day_has_its_population_whatever_the_packing_and_a_drop_shows(sett
     assert one["basis"] == "current" and one["clock"] == "event"
     days = [at(s) for s in one["snapshots"]]
     first, last = (datetime.fromtimestamp(int(f(events.timestamp)) / 1000, tz=UTC).date() for f in (np.min, np.max))
-    assert days == [first + timedelta(days=i) for i in range((last - first).days + 1)]
+    assert (last - first).days + 1 > HISTORY_PERIODS  # some days were folded
+    assert days == [last - timedelta(days=i) for i in reversed(range(HISTORY_PERIODS))]
     assert [(at(a), a["segments"], a["activity"]) for a in one["snapshots"]] == [
         (at(b), b["segments"], b["activity"]) for b in two["snapshots"]
     ]
-    assert {at(s): s["activity"] for s in one["snapshots"]} == daily_activity(events)
+    counted = daily_activity(events)
+    assert {at(s): s["activity"] for s in one["snapshots"]} == {day: counted[day] for day in days}
     assert all(sum(seg["visitors"] for seg in s["segments"]) == s["activity"]["visitors"] for s in one["snapshots"])
     sizes = [[seg["size"] for seg in s["segments"]] for s in one["snapshots"]]
     assert all(a != b for a, b in pairwise(sizes))  # new visitors every day
@@ -133,7 +137,7 @@ def test_a_purchase_drop_raises_alerts_that_recover_once_and_never_again(setting
     to Postgres and to /alerts once, and replaying the same file sends none again."""
     drop = (JULY, JULY + 21 * DAY_MS)
     write_events(settings.data_dir / "drop.csv", generate_events(300_000, seed=3, purchase_drop=drop))
-    worker = workers.start(settings)
+    worker = workers.start(settings.with_(history_days=30.0))  # the days before 20 June are folded
     base = worker.base_url
     replay(base, "drop.csv")
     settled_periods(base, 1)

@@ -95,3 +95,17 @@ def test_segment_shares_are_not_judged_on_the_first_weeks_of_a_history():
     visitors = np.column_stack([den - num, num])  # segment 1: the buyers
     found = {(a.signal, a.segment, a.shift.direction, a.shift.started) for a in source_alerts(activity, visitors, 128)}
     assert found == {("purchase_rate", None, "up", SHARE_BURN_IN), ("conversion", None, "up", SHARE_BURN_IN)}
+
+
+def test_a_history_whose_old_periods_were_folded_names_its_alerts_as_the_whole_one_did():
+    # The owner keeps HISTORY_PERIODS apart and folds the older ones: the alerts of what is
+    # left keep their ids (counted from the history's first period), and the shares are
+    # judged at once (the burn-in was the history's start, long gone).
+    num, den = stepped([(90, 0.02), (30, 0.002)], 5_000, 4)
+    activity = np.column_stack([den, num, den, den // 10, num])
+    visitors = np.column_stack([den - num, num])
+    whole = {a.key for a in source_alerts(activity, visitors, closed=120)}
+    folded = source_alerts(activity[40:], visitors[40:], closed=80, first=40)
+    assert {"purchase_rate::down:90", "share:1:down:90"} <= whole
+    assert whole == {a.key for a in folded}
+    assert {a.shift.started for a in folded} == {50}  # periods of what is left

@@ -69,9 +69,12 @@ def activity_definition(rows, period: int) -> list[int]:
     return [len({d[0] for d in mine}), len(buys), *by_event]
 
 
-def streamed(rows, chunk_sizes, window_ms: int | None, keep_ms: int | None = None) -> PeriodPopulations:
+def streamed(
+    rows, chunk_sizes, window_ms: int | None, keep_ms: int | None = None, keep_periods: int | None = None
+) -> PeriodPopulations:
     """Rows through merge_journeys in chunks, as the journeys processor does (storing
-    each journey's events of the ``keep_ms`` up to its latest, if given)."""
+    each journey's events of the ``keep_ms`` up to its latest, if given), folding the
+    periods older than the newest ``keep_periods`` after each chunk, as the owner does."""
     stored: dict[int, bytes] = {}
     periods = PeriodPopulations()
     events = as_batch(rows)
@@ -88,6 +91,8 @@ def streamed(rows, chunk_sizes, window_ms: int | None, keep_ms: int | None = Non
             stored[v] = batch.encode(np.array([i]), batch.first_kept(keep_ms))[0]
         delta = PeriodDelta.from_json(batch_delta(batch, GAP, window_ms, PERIOD).to_json())
         periods.apply(delta)
+        if keep_periods is not None:
+            periods.fold(keep_periods)
     return periods
 
 
@@ -138,6 +143,32 @@ def test_journeys_that_keep_twice_the_window_give_the_same_periods_as_whole_ones
     for p in range(last + 1):
         got = table[p - span.start].tolist() if p in span else [0] * len(ACTIVITY_NAMES)
         assert got == activity_definition(rows, p), p
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    by_visitor=visitor_events,
+    seed=st.integers(0, 2**16),
+    chunks=st.lists(st.integers(1, 12), max_size=8),
+    window_days=st.sampled_from([None, 1, 3]),
+    keep=st.integers(1, 6),
+)
+def test_folded_periods_keep_every_later_population_whatever_comes_late(by_visitor, seed, chunks, window_days, keep):
+    """Folded after every batch, events in any order (some before the fold), the periods
+    from the base on are what the definition gives; none before it is kept."""
+    rows = [(v, *r) for v, events in by_visitor.items() for r in events]
+    random.Random(seed).shuffle(rows)
+    window_ms = window_days * PERIOD if window_days else None
+    periods = streamed(rows, chunks, window_ms, keep_periods=keep)
+    base = periods.base if periods.base is not None else 0
+    assert min([*periods.changes, *periods.visitors, *periods.activity]) >= base
+    if periods.base is not None:
+        assert periods.span().stop - base == keep and periods.first == base - periods.origin
+    last = max(r[1] for r in rows) // 24 + (window_days or 0) + 1
+    for p in range(base, last + 1):
+        assert dict(periods.population(p).counts) == definition(rows, p, window_ms), p
+        assert periods.visitors.get(p, {}) == definition(rows, p, window_ms, visitors=True), p
+        assert periods.activity.get(p, np.zeros(5)).tolist() == activity_definition(rows, p), p
 
 
 def test_sizes_per_period_place_each_period_population_by_its_shapes():
