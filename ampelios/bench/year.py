@@ -40,10 +40,16 @@ from ampelios.bench.harness import (
     stack_settings,
     tree_bytes,
 )
+from ampelios.config import Settings
 from ampelios.core.events import EventBatch
 from ampelios.core.generate import generate_events
-from ampelios.services.kafka import changelog_bytes, cleaned_up_to_active_segments, compact_changelogs_at_once
+from ampelios.services.kafka import (
+    changelog_bytes_by_topic,
+    cleaned_up_to_active_segments,
+    compact_changelogs_at_once,
+)
 from ampelios.services.stack import Stack, WorkerProcess, wait_until_reflected
+from ampelios.sinks.history import History, Retention
 
 DAY_MS = 86_400_000
 MONTH_DAYS = 30
@@ -93,7 +99,10 @@ class Month:
     rocksdb_live_bytes_by_table: dict[str, int]
     rocksdb_file_bytes: int
     changelog_bytes: int
+    changelog_compacted_bytes: int  # changelog_bytes but the active segments (never compacted)
+    changelog_bytes_by_topic: dict[str, tuple[int, int]]  # topic -> (all, active segments)
     postgres_bytes: int
+    postgres_bytes_by_table: dict[str, int]
     worker_rss_mib: float
     recovery_seconds: float
 
@@ -102,7 +111,8 @@ class Month:
         return (
             f"month {self.month:2d}: held {self.events_held:,} events of {self.visitors_held:,} visitors; "
             f"RocksDB live {self.rocksdb_live_bytes / mib:.1f} MiB (files {self.rocksdb_file_bytes / mib:.1f}), "
-            f"changelogs {self.changelog_bytes / mib:.1f} MiB, Postgres {self.postgres_bytes / mib:.1f} MiB, "
+            f"changelogs {self.changelog_bytes / mib:.1f} MiB "
+            f"({self.changelog_compacted_bytes / mib:.1f} compacted), Postgres {self.postgres_bytes / mib:.1f} MiB, "
             f"worker RSS {self.worker_rss_mib:.0f} MiB, new worker serving in {self.recovery_seconds:.1f} s"
         )
 
@@ -121,9 +131,20 @@ def live_table_bytes(worker_dir: Path) -> dict[str, int]:
     return tables
 
 
-def database_bytes(url: str) -> int:
+async def prune_history(settings: Settings) -> None:
+    """Delete what the history's retention no longer keeps, as every worker's sink does
+    every ten ``AMPELIOS_SNAPSHOT_SECONDS`` of wall time (a compressed month lasts less)."""
+    assert settings.database_url is not None
+    history = History(settings.database_url)
+    try:
+        await history.prune(Retention(settings.history_days, settings.wall_snapshot_days))
+    finally:
+        await history.close()
+
+
+def database_bytes(url: str) -> tuple[int, dict[str, int]]:
     """The database's size after a ``VACUUM`` (which autovacuum runs over a month of wall
-    time: the space of deleted rows made reusable)."""
+    time: the space of deleted rows made reusable), and each table's with its indexes."""
     connection = psycopg2.connect(url)
     try:
         connection.autocommit = True
@@ -131,9 +152,14 @@ def database_bytes(url: str) -> int:
             cursor.execute("VACUUM")
             cursor.execute("SELECT pg_database_size(current_database())")
             (size,) = cursor.fetchone()
+            cursor.execute(
+                "SELECT relname, pg_total_relation_size(oid) FROM pg_class "
+                "WHERE relkind = 'r' AND relnamespace = 'public'::regnamespace"
+            )
+            tables = {name: int(n) for name, n in cursor.fetchall()}
     finally:
         connection.close()
-    return int(size)
+    return int(size), tables
 
 
 def resident_mib(pid: int) -> float:
@@ -153,12 +179,18 @@ def measure(stack: Stack, month: int, sent: int, timeout: float) -> Month:
     while not cleaned_up_to_active_segments(logs) and time.monotonic() < deadline:
         time.sleep(0.5)
     tables = live_table_bytes(stack.settings.worker_dir)
+    asyncio.run(prune_history(stack.settings))
+    postgres, postgres_tables = database_bytes(stack.settings.database_url)
+    by_topic = changelog_bytes_by_topic(logs)
     figures = dict(
         rocksdb_live_bytes=sum(tables.values()),
         rocksdb_live_bytes_by_table=tables,
         rocksdb_file_bytes=tree_bytes(stack.settings.worker_dir),
-        changelog_bytes=changelog_bytes(logs),
-        postgres_bytes=database_bytes(stack.settings.database_url),
+        changelog_bytes=sum(total for total, _ in by_topic.values()),
+        changelog_compacted_bytes=sum(total - active for total, active in by_topic.values()),
+        changelog_bytes_by_topic=by_topic,
+        postgres_bytes=postgres,
+        postgres_bytes_by_table=postgres_tables,
         worker_rss_mib=resident_mib(stack.worker.process.pid),
     )
     stack.worker.stop()
@@ -204,7 +236,14 @@ def phase_year(bench: Bench) -> list[Row]:
         label = f"Ampelios: year, {'30-day window' if active_days else 'no window'}"
         months = run_year(bench, active_days)
         last = months[-1]
-        fields = ("rocksdb_live_bytes", "changelog_bytes", "postgres_bytes", "worker_rss_mib", "recovery_seconds")
+        fields = (
+            "rocksdb_live_bytes",
+            "changelog_bytes",
+            "changelog_compacted_bytes",
+            "postgres_bytes",
+            "worker_rss_mib",
+            "recovery_seconds",
+        )
         ratios = {f: growth(months, f) for f in fields}
         named = ", ".join(f"{f} {r:.2f}x" for f, r in ratios.items() if r is not None)
         figures: dict[str, Any] = {"months": [vars(m) for m in months], "last_over_second": ratios}

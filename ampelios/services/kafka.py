@@ -427,7 +427,21 @@ def _kill_leftovers() -> None:
 
 def changelog_bytes(logs: Path) -> int:
     """Bytes of the record files an Apache Kafka log directory keeps for changelog topics."""
-    return sum(f.stat().st_size for d in logs.glob("*-changelog-*") for f in d.glob("*.log"))
+    return sum(total for total, _ in changelog_bytes_by_topic(logs).values())
+
+
+def changelog_bytes_by_topic(logs: Path) -> dict[str, tuple[int, int]]:
+    """Per changelog topic of an Apache Kafka log directory: the bytes of its record
+    files, and of those the bytes of its partitions' active segments (which compaction
+    never touches)."""
+    found: dict[str, tuple[int, int]] = {}
+    for d in logs.glob("*-changelog-*"):
+        files = sorted(d.glob("*.log"), key=lambda f: int(f.stem))
+        topic = d.name.rsplit("-", 1)[0]
+        sizes = [f.stat().st_size for f in files]
+        total, active = found.get(topic, (0, 0))
+        found[topic] = (total + sum(sizes), active + (sizes[-1] if sizes else 0))
+    return found
 
 
 def cleaned_up_to_active_segments(logs: Path) -> bool:

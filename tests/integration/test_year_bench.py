@@ -28,6 +28,8 @@ def test_a_tiny_year_measures_what_the_stack_keeps_after_every_month(tmp_path: P
         for figure in ("rocksdb_live_bytes", "rocksdb_file_bytes", "changelog_bytes", "postgres_bytes"):
             assert month[figure] > 0, (figure, month)
         assert month["worker_rss_mib"] > 0 and month["recovery_seconds"] > 0
+        assert 0 < month["changelog_compacted_bytes"] < month["changelog_bytes"]
+        assert sum(month["postgres_bytes_by_table"].values()) < month["postgres_bytes"]
     assert window[0]["events_held"] == everything[0]["events_held"]
     assert window[-1]["events_held"] < everything[-1]["events_held"]
     assert list(scratch.iterdir()) == []
