@@ -180,6 +180,7 @@ class Settings:
     snapshot_seconds: float = 60.0
     snapshot_event_hours: float = 24.0
     active_days: float | None = None
+    lateness_days: float | None = None
     history_days: float = 60.0
     wall_snapshot_days: float = 30.0
     recovery_timeout_seconds: float = 600.0
@@ -200,6 +201,15 @@ class Settings:
     def active_window_ms(self) -> int | None:
         """``AMPELIOS_ACTIVE_DAYS`` in milliseconds (``None``: every visitor stays active)."""
         return None if self.active_days is None else round(self.active_days * 86_400_000)
+
+    @property
+    def lateness_ms(self) -> int | None:
+        """How far behind its partition's newest event an event may come and still be
+        applied (ms): the window under ``AMPELIOS_ACTIVE_DAYS``, else
+        ``AMPELIOS_LATENESS_DAYS`` (``None``: any event is applied)."""
+        if self.active_window_ms is not None:
+            return self.active_window_ms
+        return None if self.lateness_days is None else round(self.lateness_days * 86_400_000)
 
     def k_for(self, source_id: int) -> int | None:
         """Number of segments of a source (``None``: chosen by :mod:`ampelios.core.k_choice`)."""
@@ -246,6 +256,7 @@ class Settings:
             "AMPELIOS_SNAPSHOT_SECONDS": ("snapshot_seconds", _positive_float),
             "AMPELIOS_SNAPSHOT_EVENT_HOURS": ("snapshot_event_hours", _non_negative_float),
             "AMPELIOS_ACTIVE_DAYS": ("active_days", _positive_float),
+            "AMPELIOS_LATENESS_DAYS": ("lateness_days", _positive_float),
             "AMPELIOS_HISTORY_DAYS": ("history_days", _positive_float),
             "AMPELIOS_WALL_SNAPSHOT_DAYS": ("wall_snapshot_days", _positive_float),
             "AMPELIOS_RECOVERY_TIMEOUT_SECONDS": ("recovery_timeout_seconds", _positive_float),

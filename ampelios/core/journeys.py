@@ -23,6 +23,15 @@ A journey is stored as bytes: a 1-byte format version, a 1-byte set of flags (1:
 and its events as packed little-endian records sorted by (timestamp, event, itemid,
 transactionid).
 
+**Summaries.** Without a window, a journey may keep its older sessions as **summaries**
+(:data:`SESSION`: first and last event time, views, addtocarts, transactions) instead of
+their events (:meth:`JourneyBatch.summarize`, ``AMPELIOS_LATENESS_DAYS``): its shape is
+the summaries' counts plus those of its events. A summary is cut at an event-time
+boundary that no later event can precede (events older than the allowed lateness are not
+applied) and more than ``gap_ms`` after the last summarized event, so its sessions are
+whole, a later event starts a session of its own and can never be one already counted.
+Then the value has flag 8, a little-endian u32 count and the summaries after its header.
+
 >>> import numpy as np
 >>> sessions = sessionize(np.array([0, 60_000, 3_600_000]), np.array([0, 1, 0]), 20 * 60_000)
 >>> [(s.views, s.addtocarts) for s in sessions]
@@ -37,7 +46,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import pairwise
 
 import numpy as np
@@ -61,6 +70,10 @@ _HEADER = struct.Struct("<BB")  # format version, flags
 _ACTIVE = 1  # flag: the journey counts in the population
 CHUNKED = 2  # flag (second byte of a value): the head of a journey stored in chunks
 MERGED = 4  # flag: no journey, but a link: the visitor's events belong to the visitor it names
+SUMMARIZED = 8  # flag: summaries of older sessions come before the events
+SESSION = np.dtype([("start", "<i8"), ("end", "<i8"), ("views", "<i4"), ("addtocarts", "<i4"), ("transactions", "<i4")])
+NO_SESSIONS = np.empty(0, dtype=SESSION)
+_COUNT = struct.Struct("<I")
 _TARGET = struct.Struct("<q")
 _CHUNK_HEAD = struct.Struct("<BBI")  # format version, flags, number of chunks
 CHUNK_EVENTS = 65_536  # events per stored chunk of a long journey (1.6 MB)
@@ -161,33 +174,73 @@ def window_shapes(
     return batch_shapes(owner[keep], timestamp[keep], event[keep], n, gap_ms)
 
 
+def summarized(summaries: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Per journey, the shape (n, 4) its ``summaries`` count and the time (n,) of its
+    last summarized event (-1: none)."""
+    shapes, last = np.zeros((len(summaries), 4), dtype=np.int64), np.full(len(summaries), -1, dtype=np.int64)
+    for i in [i for i, s in enumerate(summaries) if len(s)]:  # rare: journeys without a window, long kept
+        shapes[i], last[i] = summary_shape(summaries[i]), int(summaries[i]["end"][-1])
+    return shapes, last
+
+
+def summary_shape(summary: np.ndarray) -> np.ndarray:
+    """The shape (views, addtocarts, transactions, sessions) that summaries count."""
+    return np.array(
+        [summary["views"].sum(), summary["addtocarts"].sum(), summary["transactions"].sum(), len(summary)],
+        dtype=np.int64,
+    )
+
+
+def _encode(active: bool, summary: np.ndarray, events: bytes) -> bytes:
+    """A journey's value: header, summaries if any, events."""
+    if not len(summary):
+        return _HEADER.pack(_FORMAT, _ACTIVE if active else 0) + events
+    flags = (_ACTIVE if active else 0) | SUMMARIZED
+    return _HEADER.pack(_FORMAT, flags) + _COUNT.pack(len(summary)) + summary.tobytes() + events
+
+
 @dataclass(frozen=True)
 class JourneyState:
-    """One visitor's stored journey: its distinct events, and whether it is active (in
-    the population the segments are fitted on; see ``AMPELIOS_ACTIVE_DAYS``)."""
+    """One visitor's stored journey: its distinct events, whether it is active (in the
+    population the segments are fitted on; see ``AMPELIOS_ACTIVE_DAYS``) and the
+    summaries of its older sessions, all before its events (see the module docstring)."""
 
     events: np.ndarray  # JOURNEY_EVENT records, sorted
     active: bool = True
+    summary: np.ndarray = field(default_factory=lambda: NO_SESSIONS)  # SESSION records, in time order
 
     @classmethod
     def from_bytes(cls, value: bytes) -> JourneyState:
-        """A whole journey's value (a chunked one joined by :func:`join_journey`)."""
+        """A whole journey's value (a chunked one joined by :func:`join_journey`).
+
+        >>> summary = np.array([(0, 60_000, 2, 1, 0)], dtype=SESSION)
+        >>> journey = JourneyState.from_bytes(JourneyState(np.zeros(1, JOURNEY_EVENT), True, summary).to_bytes())
+        >>> len(journey.events), journey.summary.tolist(), journey.features(20 * 60_000)[:4].tolist()
+        (1, [(0, 60000, 2, 1, 0)], [3.0, 1.0, 0.0, 2.0])
+        """
         version, flags = _HEADER.unpack_from(value)
         if version != _FORMAT or flags & CHUNKED:
             raise ValueError(f"not a whole journey (format {version}, flags {flags})")
-        return cls(np.frombuffer(value, dtype=JOURNEY_EVENT, offset=_HEADER.size), bool(flags & _ACTIVE))
+        offset, summary = _HEADER.size, NO_SESSIONS
+        if flags & SUMMARIZED:
+            (n,) = _COUNT.unpack_from(value, offset)
+            summary = np.frombuffer(value, dtype=SESSION, count=n, offset=offset + _COUNT.size)
+            offset += _COUNT.size + n * SESSION.itemsize
+        return cls(np.frombuffer(value, dtype=JOURNEY_EVENT, offset=offset), bool(flags & _ACTIVE), summary)
 
     def to_bytes(self) -> bytes:
-        return _HEADER.pack(_FORMAT, _ACTIVE if self.active else 0) + self.events.tobytes()
+        return _encode(self.active, self.summary, self.events.tobytes())
 
     def sessions(self, gap_ms: int) -> list[Session]:
-        return sessionize(self.events["timestamp"], self.events["event"], gap_ms)
+        """Every session, the summarized ones first."""
+        summarized = [Session(*(int(x) for x in row)) for row in self.summary.tolist()]
+        return summarized + sessionize(self.events["timestamp"], self.events["event"], gap_ms)
 
     def features(self, gap_ms: int, window_ms: int | None = None) -> np.ndarray:
         """The six features (of the events within ``window_ms`` of the latest, if given)."""
         ts, ev = self.events["timestamp"], self.events["event"]
         shape = window_shapes(np.zeros(len(ts), dtype=np.int64), ts, ev, 1, gap_ms, window_ms)
-        return features_from_shapes(shape)[0]
+        return features_from_shapes(shape + summary_shape(self.summary))[0]
 
 
 def merged_value(target: int) -> bytes:
@@ -223,6 +276,10 @@ def stored_features(
     version, flags = joined[starts], joined[starts + 1]
     if n and ((version != _FORMAT).any() or (flags & CHUNKED).any()):
         raise ValueError("not whole journeys of this format")
+    if (flags & SUMMARIZED).any():  # rare: one by one
+        journeys = [JourneyState.from_bytes(v) for v in values]
+        features = np.array([j.features(gap_ms, window_ms) for j in journeys]).reshape(n, N_FEATURES)
+        return features, np.array([j.active for j in journeys], dtype=bool)
     body = np.ones(len(joined), dtype=bool)
     body[starts], body[starts + 1] = False, False
     events = joined[body].view(JOURNEY_EVENT)
@@ -236,8 +293,9 @@ class JourneyBatch:
     """The journeys touched by one batch of events, before and after the batch.
 
     Journey ``i`` is the i-th visitor passed to :func:`merge_journeys`; its merged events
-    are ``rows[starts[i]:starts[i + 1]]``. A journey counts in the population while it is
-    active; ``old_shapes`` are what it counted as before (zeros for new visitors).
+    are ``rows[starts[i]:starts[i + 1]]`` and its summaries ``summaries[i]``. A journey
+    counts in the population while it is active; ``old_shapes`` are what it counted as
+    before (zeros for new visitors).
     """
 
     rows: np.ndarray  # JOURNEY_EVENT, grouped by journey, sorted within
@@ -251,6 +309,9 @@ class JourneyBatch:
     old_last_event: np.ndarray  # (n,) time (ms) of the latest event before the batch, -1 if none
     old_rows: np.ndarray  # JOURNEY_EVENT before the batch, grouped by journey, sorted within
     old_owner: np.ndarray  # (len(old_rows),) the journey of each of them
+    summaries: list[np.ndarray]  # (n,) each journey's SESSION summaries after the batch
+    old_summarized: tuple[np.ndarray, np.ndarray]  # (:func:`summarized`) before the batch
+    summarized: tuple[np.ndarray, np.ndarray]  # ... and after it (none for a journey that left)
 
     @property
     def owner(self) -> np.ndarray:
@@ -263,7 +324,7 @@ class JourneyBatch:
     @property
     def last_event(self) -> np.ndarray:
         """Time (ms) of each journey's latest event after the batch (-1: none left)."""
-        return _last_events(self.rows, self.starts)
+        return _last_events(self.rows, self.starts, self.summaries)
 
     @property
     def changed(self) -> np.ndarray:
@@ -279,22 +340,71 @@ class JourneyBatch:
         dropped = self.rows["timestamp"] <= (self.last_event - keep_ms)[owner]  # a prefix of each journey
         return self.starts[:-1] + np.bincount(owner[dropped], minlength=len(self))
 
-    def encode(self, indices: np.ndarray, first: np.ndarray | None = None) -> list[bytes]:
+    def summarize(self, cut_ms: int, gap_ms: int) -> tuple[np.ndarray, list[np.ndarray]]:
+        """The first row each journey keeps and its summaries when its events before
+        ``cut_ms`` become summaries of their sessions (see the module docstring): only
+        when none of its events falls in the ``gap_ms`` before the cut (its sessions end
+        before it).
+
+        >>> rows = np.zeros(3, dtype=JOURNEY_EVENT)
+        >>> rows["timestamp"] = [0, 60_000, 7_200_000]
+        >>> batch = merge_journeys([None], EventBatch.from_columns([1] * 3, rows["timestamp"], [5] * 3, [0] * 3,
+        ...                                                         [1, 2, 3], [-1] * 3), np.zeros(3, int), 1_200_000)
+        >>> first, summaries = batch.summarize(3_600_000, 1_200_000)
+        >>> first.tolist(), summaries[0].tolist()
+        ([2], [(0, 60000, 2, 0, 0)])
+        """
+        n, rows, owner = len(self), self.rows, self.owner
+        ts = rows["timestamp"]
+        before = ts < cut_ms  # a prefix of each journey
+        taken = np.bincount(owner[before], minlength=n)
+        blocked = np.bincount(owner[before & (ts >= cut_ms - gap_ms)], minlength=n) > 0
+        taken[blocked] = 0
+        first = self.starts[:-1] + taken
+        if not taken.any():
+            return first, self.summaries
+        at = np.flatnonzero(before & (taken > 0)[owner])
+        o, t, e = owner[at], ts[at], rows["event"][at]
+        new = np.ones(len(at), dtype=bool)
+        new[1:] = (o[1:] != o[:-1]) | (np.diff(t) > gap_ms)
+        heads = np.flatnonzero(new)
+        sessions = np.empty(len(heads), dtype=SESSION)
+        sessions["start"], sessions["end"] = t[heads], t[np.append(heads[1:], len(at)) - 1]
+        for name, code in (("views", VIEW), ("addtocarts", ADDTOCART), ("transactions", TRANSACTION)):
+            sessions[name] = np.add.reduceat((e == code).astype(np.int32), heads)
+        bounds = np.searchsorted(o[heads], np.arange(n + 1))
+        summaries = [
+            np.concatenate([s, sessions[a:b]]) if b > a else s
+            for s, a, b in zip(self.summaries, bounds[:-1].tolist(), bounds[1:].tolist())
+        ]
+        return first, summaries
+
+    def encode(
+        self, indices: np.ndarray, first: np.ndarray | None = None, summaries: list[np.ndarray] | None = None
+    ) -> list[bytes]:
         """The stored value of journeys ``indices`` after the batch (from row ``first[i]``
-        of each, as :meth:`first_kept` gives them; all rows when ``None``)."""
+        of each, as :meth:`first_kept` or :meth:`summarize` gives them, with ``summaries``;
+        all rows and the batch's summaries when ``None``)."""
         starts = (self.starts[:-1] if first is None else first)[indices].tolist()
         ends = self.starts[indices + 1].tolist()
         rows = self.rows
-        headers = [_HEADER.pack(_FORMAT, _ACTIVE if a else 0) for a in self.active[indices].tolist()]
-        return [h + rows[a:b].tobytes() for h, a, b in zip(headers, starts, ends)]
+        summaries = self.summaries if summaries is None else summaries
+        return [
+            _encode(a, summaries[i], rows[b:c].tobytes())
+            for i, a, b, c in zip(indices.tolist(), self.active[indices].tolist(), starts, ends)
+        ]
 
 
-def _last_events(rows: np.ndarray, starts: np.ndarray) -> np.ndarray:
-    """The time of the last of each journey's ``rows[starts[i]:starts[i + 1]]`` (-1: none)."""
+def _last_events(rows: np.ndarray, starts: np.ndarray, summaries: Sequence[np.ndarray]) -> np.ndarray:
+    """The time of the last event of each journey: of ``rows[starts[i]:starts[i + 1]]``,
+    else of its ``summaries[i]`` (-1: none)."""
     ends = starts[1:] - 1
-    if not len(rows):
-        return np.full(len(ends), -1, dtype=np.int64)
-    return np.where(ends >= starts[:-1], rows["timestamp"][np.maximum(ends, 0)], -1)
+    last = np.full(len(ends), -1, dtype=np.int64)
+    if len(rows):
+        last = np.where(ends >= starts[:-1], rows["timestamp"][np.maximum(ends, 0)], -1)
+    for i in [i for i, s in enumerate(summaries) if len(s)]:  # rare, and only when no row is kept
+        last[i] = max(last[i], int(summaries[i]["end"][-1]))
+    return last
 
 
 def merge_journeys(
@@ -311,10 +421,10 @@ def merge_journeys(
     ``old[i]`` is the stored journey of visitor ``i`` (``None`` if new) and ``owner[j]``
     the visitor index of event ``j``. Events already in a journey, or repeated within
     the batch, are dropped. Shapes count the events of ``window_ms`` up to each journey's
-    latest event (all when ``None``); a journey is active when its latest event is after
-    ``active_after`` (always when ``None``). A journey of ``leaving`` (a mask) gives up its
-    events (they move to another visitor's): it ends empty and inactive. Vectorized: one
-    sort, no per-event Python.
+    latest event (all when ``None``), and its summaries; a journey is active when its
+    latest event is after ``active_after`` (always when ``None``). A journey of
+    ``leaving`` (a mask) gives up its events (they move to another visitor's) and its
+    summaries: it ends empty and inactive. Vectorized: one sort, no per-event Python.
     """
     n = len(old)
     old_states = [JourneyState.from_bytes(v) if v is not None else None for v in old]
@@ -326,11 +436,16 @@ def merge_journeys(
         if existed.any()
         else np.empty(0, dtype=JOURNEY_EVENT)
     )
+    stored = [s.summary if s is not None else NO_SESSIONS for s in old_states]
+    summaries = stored
+    if leaving is not None:
+        summaries = [NO_SESSIONS if gone else s for s, gone in zip(stored, leaving.tolist())]
+    old_summarized, new_summarized = summarized(stored), summarized(summaries)
+    old_base, base = old_summarized[0], new_summarized[0]
     old_owner = np.repeat(np.arange(n), old_counts)
-    old_ends = np.cumsum(old_counts) - 1
-    old_last_event = np.full(n, -1, dtype=np.int64)
-    old_last_event[old_counts > 0] = old_rows["timestamp"][old_ends[old_counts > 0]]
-    old_shapes = window_shapes(old_owner, old_rows["timestamp"], old_rows["event"], n, gap_ms, window_ms)
+    old_starts = np.concatenate([[0], np.cumsum(old_counts)])
+    old_last_event = _last_events(old_rows, old_starts, stored)
+    old_shapes = window_shapes(old_owner, old_rows["timestamp"], old_rows["event"], n, gap_ms, window_ms) + old_base
 
     new_rows = np.empty(len(events), dtype=JOURNEY_EVENT)
     new_rows["timestamp"] = events.timestamp
@@ -349,20 +464,22 @@ def merge_journeys(
 
     counts = np.bincount(row_owner, minlength=n)
     starts = np.concatenate([[0], np.cumsum(counts)])
-    last_event = _last_events(rows, starts)
-    active = (counts > 0) if active_after is None else last_event > active_after
+    last_event = _last_events(rows, starts, summaries)
     return JourneyBatch(
         rows=rows,
         starts=starts,
         existed=existed,
         was_active=was_active,
-        active=active,
+        active=((counts > 0) | base.any(axis=1)) if active_after is None else last_event > active_after,
         old_shapes=old_shapes,
-        new_shapes=window_shapes(row_owner, rows["timestamp"], rows["event"], n, gap_ms, window_ms),
+        new_shapes=window_shapes(row_owner, rows["timestamp"], rows["event"], n, gap_ms, window_ms) + base,
         added=counts - old_counts,
         old_last_event=old_last_event,
         old_rows=old_rows,
         old_owner=old_owner,
+        summaries=summaries,
+        old_summarized=old_summarized,
+        summarized=new_summarized,
     )
 
 

@@ -59,6 +59,10 @@ class Rows:
     def __len__(self) -> int:
         return len(self.keys)
 
+    def __add__(self, other: Rows) -> Rows:
+        """Both rows, one after the other (not netted)."""
+        return Rows(np.concatenate([self.keys, other.keys]), np.concatenate([self.values, other.values]))
+
     def __sub__(self, other: Rows) -> Rows:
         """``self`` minus ``other``, netted."""
         return Rows(np.concatenate([other.keys, self.keys]), np.concatenate([-other.values, self.values])).net()
@@ -116,11 +120,53 @@ def timeline(
     gap_ms: int,
     window_ms: int | None,
     period_ms: int,
+    summarized: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Timeline:
     """The timelines of journeys whose events are rows sorted by (``owner``, ``timestamp``).
 
+    ``summarized`` is, per journey, the shape (n, 4) its summaries count and the time
+    (n,) of its last summarized event (-1: none; see :mod:`ampelios.core.journeys`, no
+    window). The summaries add their shape to each of the journey's groups, and stand as
+    one group of their own in the period of their last event, with no activity: the
+    groups of older periods, once summarized, never change again, and this one leaves
+    where the journey's first group of events comes, whenever that is.
+
     Vectorized: cumulative counts over the rows, one row per (journey, period) group.
     """
+    events = _event_groups(owner, timestamp, event, gap_ms, window_ms, period_ms, summarized)
+    if summarized is None or not (summarized[1] >= 0).any():
+        return events
+    base, last = summarized
+    journeys = np.flatnonzero(last >= 0)
+    first = np.full(len(last), np.iinfo(np.int64).max)  # the period of each journey's first event
+    if len(owner):
+        heads = np.ones(len(owner), dtype=bool)
+        heads[1:] = owner[1:] != owner[:-1]
+        first[owner[heads]] = timestamp[heads] // period_ms
+    p, until, shapes = last[journeys] // period_ms, first[journeys], base[journeys]
+    leaves = until != np.iinfo(np.int64).max
+    ones = np.ones(len(journeys), dtype=np.int64)
+    return Timeline(
+        events.population
+        + Rows(
+            np.column_stack([np.concatenate([p, until[leaves]]), np.concatenate([shapes, shapes[leaves]])]),
+            np.concatenate([ones, -ones[leaves]]),
+        ),
+        events.visitors + Rows(np.column_stack([p, shapes]), ones),
+        events.activity,
+    )
+
+
+def _event_groups(
+    owner: np.ndarray,
+    timestamp: np.ndarray,
+    event: np.ndarray,
+    gap_ms: int,
+    window_ms: int | None,
+    period_ms: int,
+    summarized: tuple[np.ndarray, np.ndarray] | None,
+) -> Timeline:
+    """The timelines' (journey, period) groups of events (see :func:`timeline`)."""
     n = len(owner)
     if n == 0:
         return Timeline.empty()
@@ -147,6 +193,8 @@ def timeline(
         first = np.searchsorted(ordered, ordered[ends] - window_ms, side="right")
         shapes = cum[ends + 1] - cum[first]
         shapes[:, 3] = cum[ends + 1, 3] - cum[first + 1, 3] + 1
+    if summarized is not None:
+        shapes = shapes + summarized[0][owner[ends]]
 
     last_group = np.ones(len(ends), dtype=bool)
     last_group[:-1] = owner[ends[1:]] != owner[ends[:-1]]
@@ -206,8 +254,8 @@ def batch_delta(batch: JourneyBatch, gap_ms: int, window_ms: int | None, period_
     """What merging a batch of events into its journeys changed in the period populations."""
     old, new = batch.old_rows, batch.rows
     return PeriodDelta.between(
-        timeline(batch.old_owner, old["timestamp"], old["event"], gap_ms, window_ms, period_ms),
-        timeline(batch.owner, new["timestamp"], new["event"], gap_ms, window_ms, period_ms),
+        timeline(batch.old_owner, old["timestamp"], old["event"], gap_ms, window_ms, period_ms, batch.old_summarized),
+        timeline(batch.owner, new["timestamp"], new["event"], gap_ms, window_ms, period_ms, batch.summarized),
     )
 
 

@@ -41,6 +41,7 @@ from ampelios.core.journeys import (
     features_from_shapes,
     merge_journeys,
     merged_value,
+    summarized,
 )
 from ampelios.core.partitioning import route, visitor_key
 from ampelios.core.periods import batch_delta
@@ -76,6 +77,7 @@ class JourneyProcessor:
         self.p = p
         self.gap_ms = p.settings.session_gap_ms
         self.window_ms = p.settings.active_window_ms
+        self.lateness_ms = p.settings.lateness_ms
         self.period_ms = round(p.settings.snapshot_event_hours * 3_600_000)
 
     async def steps(self, partition: int, messages: list[Any]) -> AsyncIterator[Step]:
@@ -180,15 +182,23 @@ class JourneyProcessor:
             writes.update({visitor_key(source_id, a): merged_value(u) for a, u in followed.links.items()})
         watermark = int(events.timestamp.max()) if len(events) else 0  # none left: all moved by links
         cutoff = None
-        if window_ms is not None:
+        if self.lateness_ms is not None:
             events, owner, watermark = self.on_time(source_id, partition, events, owner, writes)
+        if window_ms is not None:
             cutoff = watermark - window_ms
         batch = merge_journeys(old, events, owner, self.gap_ms, window_ms, cutoff, leaving)
         changed = np.flatnonzero(batch.changed)
         # Under a window a journey keeps the events of 2D up to its latest: all that an
-        # event not too late (on_time) can still count with.
-        first = batch.first_kept(2 * window_ms if window_ms is not None else None)
-        store(writes, keys, old, batch, changed if leaving is None else changed[~leaving[changed]], first)
+        # event not too late (on_time) can still count with. Without one, with a
+        # lateness, it keeps its sessions from the last period boundary that far back as
+        # events and the older ones as summaries (no event before it is applied any more).
+        first, summaries = batch.first_kept(2 * window_ms if window_ms is not None else None), None
+        if window_ms is None and self.lateness_ms is not None:
+            cut = watermark - self.lateness_ms
+            if self.period_ms:  # on a period boundary: no period is split between summaries and events
+                cut -= cut % self.period_ms
+            first, summaries = batch.summarize(cut, self.gap_ms)
+        store(writes, keys, old, batch, changed if leaving is None else changed[~leaving[changed]], first, summaries)
         left = [batch.old_shapes[changed[batch.was_active[changed]]]]
         last_event = batch.last_event if leaving is None else np.where(leaving, batch.old_last_event, batch.last_event)
         updated = [visitors[changed], batch.new_shapes[changed], last_event[changed], batch.active[changed]]
@@ -204,8 +214,12 @@ class JourneyProcessor:
             forgotten = self.forget(source_id, partition, watermark - 2 * window_ms, set(ids), writes)
         (stored,) = p.journeys.get_many(partition, [counts_key(source_id)])
         events_seen, visitors_seen = (int(x) for x in stored.split(b",")) if stored is not None else (0, 0)
-        kept = batch.starts[1:] - first  # events stored of each journey
-        events_seen += int((kept - (np.diff(batch.starts) - batch.added))[changed].sum()) - forgotten[1]
+        after = batch.summarized[0] if summaries is None else summarized(summaries)[0]
+        kept = batch.starts[1:] - first + after[:, :3].sum(axis=1)  # events held by each journey
+        before = np.diff(batch.starts) - batch.added + batch.old_summarized[0][:, :3].sum(axis=1)
+        events_seen += int((kept - before)[changed].sum()) - forgotten[1]
+        if leaving is not None and (lost := int(batch.old_summarized[0][leaving, :3].sum())):
+            self.add_late(source_id, partition, lost, writes)  # summaries are too old to move with a link
         p.metrics.events.labels(str(source_id)).inc(int(batch.added[batch.added > 0].sum()))  # not those moved
         visitors_seen += int((~batch.existed & batch.changed).sum()) - forgotten[0]
         if leaving is not None:
@@ -258,22 +272,28 @@ class JourneyProcessor:
     def on_time(
         self, source_id: int, partition: int, events: EventBatch, owner: np.ndarray, writes: Writes
     ) -> tuple[EventBatch, np.ndarray, int]:
-        """Under a window: the events (and their ``owner`` indices) that are not too late,
-        and the partition's event time after them (stored in ``writes``). An event
-        ``window_ms`` or more older than the partition's event time before the step is too
-        late: counted (:func:`late_key`), not applied, since what it would change is no
-        longer all held."""
-        assert self.window_ms is not None
-        clock, late_count = b"~watermark:%d" % source_id, late_key(source_id)
-        stored, counted = self.p.journeys.get_many(partition, [clock, late_count])
+        """With a lateness (a window, or ``AMPELIOS_LATENESS_DAYS``): the events (and
+        their ``owner`` indices) that are not too late, and the partition's event time
+        after them (stored in ``writes``). An event ``lateness_ms`` or more older than the
+        partition's event time before the step is too late: counted (:func:`late_key`),
+        not applied, since what it would change is no longer all held as events."""
+        assert self.lateness_ms is not None
+        clock = b"~watermark:%d" % source_id
+        (stored,) = self.p.journeys.get_many(partition, [clock])
         before = int(stored or 0)
-        late = events.timestamp <= before - self.window_ms
+        late = events.timestamp <= before - self.lateness_ms
         if late.any():
-            writes[late_count] = b"%d" % (int(counted or 0) + int(late.sum()))
+            self.add_late(source_id, partition, int(late.sum()), writes)
             events, owner = events.take(~late), owner[~late]
         watermark = max(before, int(events.timestamp.max()) if len(events) else 0)
         writes[clock] = b"%d" % watermark
         return events, owner, watermark
+
+    def add_late(self, source_id: int, partition: int, n: int, writes: Writes) -> None:
+        """Count ``n`` more late events (:func:`late_key`) in ``writes``."""
+        key = late_key(source_id)
+        counted = writes[key] if key in writes else self.p.journeys.get_many(partition, [key])[0]
+        writes[key] = b"%d" % (int(counted or 0) + n)
 
     def index(
         self,

@@ -14,7 +14,6 @@ from ampelios.core.journeys import (
     CHUNKED,
     MERGED,
     JourneyBatch,
-    JourneyState,
     chunk_count,
     chunk_key,
     join_journey,
@@ -63,11 +62,13 @@ def store(
     batch: JourneyBatch,
     indices: np.ndarray,
     first: np.ndarray | None = None,
+    summaries: list[np.ndarray] | None = None,
 ) -> None:
     """Add to ``writes`` what to store for journeys ``indices`` of ``batch`` (whole
-    values ``old`` before it), under ``keys``: each from its row ``first[i]``
-    (:meth:`JourneyBatch.first_kept`; all rows when ``None``)."""
-    values = batch.encode(indices, first)
+    values ``old`` before it), under ``keys``: each from its row ``first[i]``, with
+    ``summaries`` (:meth:`JourneyBatch.first_kept` or :meth:`JourneyBatch.summarize`;
+    all rows and the batch's summaries when ``None``)."""
+    values = batch.encode(indices, first, summaries)
     positions = indices.tolist()
     counts = np.diff(batch.starts)
     kept = batch.starts[1:] - (batch.starts[:-1] if first is None else first)
@@ -83,6 +84,4 @@ def store(
 def drop_chunks(writes: dict[bytes, bytes | None], key: bytes, whole: bytes) -> None:
     """Add to ``writes`` the deletion of the chunks of the journey ``whole`` stored under
     ``key`` (none unless it is long), whose head gives way to something else."""
-    events = len(JourneyState.from_bytes(whole).events)
-    if events > CHUNK_EVENTS:
-        writes.update((chunk_key(key, c), None) for c in range(-(-events // CHUNK_EVENTS)))
+    writes.update((chunk_key(key, c), None) for c, _ in store_journey(None, whole) if c >= 0)

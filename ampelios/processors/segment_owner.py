@@ -402,13 +402,16 @@ class SegmentOwner:
 
     def alerts(self, run: SegmentRun, source_id: int, alerts: dict[str, dict[str, Any]], kept: int) -> None:
         """Stage the alerts that are new or changed (recovered, or judged again under a
-        new model) since the last sent, to send once the step is stored; an alert
-        previously sent that the history no longer shows is sent again as withdrawn.
+        new model or with more events) since the last sent, to send once the step is
+        stored; an alert previously sent that the history no longer shows is sent again
+        as withdrawn.
 
         Once old periods are folded, the history starts at ``kept`` (ms; 0: never
-        folded), and its first WARMUP_PERIODS are no longer judged as they were when they
-        were new: an alert detected before their end is **settled**. It stays as last
-        sent (only a recovery it did not have yet is added), is forgotten (no longer
+        folded), and it is judged from a later day each day: an alert once sent then
+        keeps what it was sent with (when its shift started, when it was detected, its
+        levels and names), and only a recovery it lacked is added. Its first
+        WARMUP_PERIODS are no longer judged as they were when they were new: an alert
+        detected before their end is **settled**: never withdrawn, forgotten (no longer
         stored nor counted in /metrics) once detected before ``kept``, and a shift that
         started in them and was not sent then is not sent now."""
         settled = kept + WARMUP_PERIODS * self.period_ms if kept else 0
@@ -417,10 +420,10 @@ class SegmentOwner:
         topic = self.p.topology.segment_alerts
         for alert_id, alert in list(alerts.items()):
             before = sent.get(alert_id)
-            if before is not None and before["detected_at"] < settled:
+            if kept and before is not None and not before.get("withdrawn"):
                 recovery = {k: alert[k] for k in ("recovered_at", "recovery_detected_at")}
                 alert = alerts[alert_id] = before if before["recovered_at"] is not None else {**before, **recovery}
-            elif alert["started_at"] < settled and (before is None or before.get("withdrawn")):
+            elif alert["started_at"] < settled:
                 del alerts[alert_id]
                 continue
             if before != alert:

@@ -158,7 +158,8 @@ def rejections_key(source_id: int) -> bytes:
 
 def late_key(source_id: int) -> bytes:
     """journeys key (per partition) of a source's events that came too late
-    (``AMPELIOS_ACTIVE_DAYS`` behind the partition's event time), not applied."""
+    (``AMPELIOS_ACTIVE_DAYS`` or ``AMPELIOS_LATENESS_DAYS`` behind the partition's event
+    time, or summarized by a visitor linked to another), not applied."""
     return b"~late:%d" % source_id
 
 

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ampelios.core.events import ADDTOCART, TRANSACTION, VIEW, EventBatch
-from ampelios.core.journeys import merge_journeys, window_shapes
+from ampelios.core.journeys import JourneyState, merge_journeys, summary_shape, window_shapes
 from ampelios.core.periods import ACTIVITY_NAMES, PeriodDelta, PeriodPopulations, Rows, batch_delta
 
 GAP = 20 * 60_000
@@ -70,30 +70,56 @@ def activity_definition(rows, period: int) -> list[int]:
 
 
 def streamed(
-    rows, chunk_sizes, window_ms: int | None, keep_ms: int | None = None, keep_periods: int | None = None
+    rows,
+    chunk_sizes,
+    window_ms: int | None,
+    keep_ms: int | None = None,
+    keep_periods: int | None = None,
+    lateness_ms: int | None = None,
+    stored: dict[int, bytes] | None = None,
 ) -> PeriodPopulations:
     """Rows through merge_journeys in chunks, as the journeys processor does (storing
-    each journey's events of the ``keep_ms`` up to its latest, if given), folding the
-    periods older than the newest ``keep_periods`` after each chunk, as the owner does."""
-    stored: dict[int, bytes] = {}
+    each journey's events of the ``keep_ms`` up to its latest, if given; with
+    ``lateness_ms``, leaving out the rows that late and summarizing the sessions before
+    the last period boundary that far behind the newest event), folding the periods older
+    than the newest ``keep_periods`` after each chunk, as the owner does. The journeys
+    end in ``stored``; the rows applied are those whose ``applied`` flag is set."""
+    stored = {} if stored is None else stored
     periods = PeriodPopulations()
     events = as_batch(rows)
-    start = 0
+    start, watermark = 0, 0
     for size in [*chunk_sizes, len(rows)]:
         chunk = events.take(slice(start, start + size))
         start += size
+        if lateness_ms is not None and len(chunk):
+            chunk = chunk.take(chunk.timestamp > watermark - lateness_ms)
+            watermark = max([watermark, *chunk.timestamp.tolist()])
         if not len(chunk):
             continue
         visitors, owner = np.unique(chunk.visitorid, return_inverse=True)
         old = [stored.get(v) for v in visitors.tolist()]
         batch = merge_journeys(old, chunk, owner, GAP, window_ms)
+        first, summaries = batch.first_kept(keep_ms), None
+        if lateness_ms is not None:
+            first, summaries = batch.summarize((watermark - lateness_ms) // PERIOD * PERIOD, GAP)
         for i, v in enumerate(visitors.tolist()):
-            stored[v] = batch.encode(np.array([i]), batch.first_kept(keep_ms))[0]
+            stored[v] = batch.encode(np.array([i]), first, summaries)[0]
         delta = PeriodDelta.from_json(batch_delta(batch, GAP, window_ms, PERIOD).to_json())
         periods.apply(delta)
         if keep_periods is not None:
             periods.fold(keep_periods)
     return periods
+
+
+def applied(rows, chunk_sizes, lateness_ms: int) -> list:
+    """The rows :func:`streamed` applies with ``lateness_ms``: those not that late."""
+    kept, start, watermark = [], 0, 0
+    for size in [*chunk_sizes, len(rows)]:
+        chunk = [r for r in rows[start : start + size] if r[1] * HOUR + r[2] * 60_000 > watermark - lateness_ms]
+        start += size
+        kept += chunk
+        watermark = max([watermark, *(r[1] * HOUR + r[2] * 60_000 for r in chunk)])
+    return kept
 
 
 @settings(max_examples=150, deadline=None)
@@ -169,6 +195,61 @@ def test_folded_periods_keep_every_later_population_whatever_comes_late(by_visit
         assert dict(periods.population(p).counts) == definition(rows, p, window_ms), p
         assert periods.visitors.get(p, {}) == definition(rows, p, window_ms, visitors=True), p
         assert periods.activity.get(p, np.zeros(5)).tolist() == activity_definition(rows, p), p
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    by_visitor=visitor_events,
+    seed=st.integers(0, 2**16),
+    chunks=st.lists(st.integers(1, 12), max_size=8),
+    copies=st.integers(1, 2),
+    lateness_hours=st.sampled_from([1, 12, 24, 48]),
+    sorted_by_time=st.booleans(),
+)
+def test_summarized_sessions_keep_every_period_and_journey_as_the_events_applied_give_them(
+    by_visitor, seed, chunks, copies, lateness_hours, sorted_by_time
+):
+    """Without a window, journeys that summarize their sessions older than the allowed
+    lateness (events that late are left out) give every period's population, visitors
+    and activity, and every journey's shape and sessions, as the definition does from the
+    events applied; and they summarize."""
+    rows = [(v, *r) for v, events in by_visitor.items() for r in events] * copies
+    random.Random(seed).shuffle(rows)
+    if sorted_by_time:
+        rows.sort(key=lambda r: (r[1], r[2]))
+    lateness = lateness_hours * HOUR
+    stored: dict[int, bytes] = {}
+    periods = streamed(rows, chunks, None, lateness_ms=lateness, stored=stored)
+    kept = applied(rows, chunks, lateness)
+    last = max(r[1] for r in rows) // 24 + 1
+    for p in range(last + 1):
+        assert dict(periods.population(p).counts) == definition(kept, p, None), p
+        assert periods.visitors.get(p, {}) == definition(kept, p, None, visitors=True), p
+        assert periods.activity.get(p, np.zeros(5)).tolist() == activity_definition(kept, p), p
+    for visitor, value in stored.items():
+        journey = JourneyState.from_bytes(value)
+        (shape,) = definition([r for r in kept if r[0] == visitor], last, None).keys()
+        assert tuple(journey.features(GAP)[:4].astype(int).tolist()) == shape
+        assert len(journey.sessions(GAP)) == shape[3]
+        assert len(journey.events) + int(summary_shape(journey.summary)[:3].sum()) == sum(shape[:3])
+
+
+def test_sessions_before_the_lateness_become_summaries():
+    day = 24  # hours
+    rows = [(1, h, 0, VIEW, 1) for h in (0, 1, 30, 60)] + [(1, 5 * day, 0, VIEW, 2)]
+    stored: dict[int, bytes] = {}
+    streamed(rows, [1] * len(rows), None, lateness_ms=2 * day * HOUR, stored=stored)
+    journey = JourneyState.from_bytes(stored[1])
+    # the newest event is on day 5: the cut is the start of day 3, so days 0-2 are summaries
+    assert [(s.start // HOUR, s.end // HOUR, s.views) for s in journey.sessions(GAP)] == [
+        (0, 0, 1),
+        (1, 1, 1),
+        (30, 30, 1),
+        (60, 60, 1),
+        (120, 120, 1),
+    ]
+    assert journey.summary["start"].tolist() == [0, HOUR, 30 * HOUR, 60 * HOUR]
+    assert journey.events["timestamp"].tolist() == [120 * HOUR]
 
 
 def test_sizes_per_period_place_each_period_population_by_its_shapes():
