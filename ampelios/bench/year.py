@@ -6,7 +6,8 @@ After each month the phase waits until everything is reflected, then measures wh
 stack keeps -- the worker's RocksDB (its live keys and values, and its files), the bytes the
 broker keeps for the changelogs, the Postgres database, the worker's resident memory --
 and how long a new worker with an empty state directory takes to serve again (``/health``
-ok and lag 0). It runs twice: with ``AMPELIOS_ACTIVE_DAYS=30`` and without a window.
+ok and lag 0). It runs three times (:data:`RUNS`): with ``AMPELIOS_ACTIVE_DAYS=30``, without
+a window but with ``AMPELIOS_LATENESS_DAYS=7``, and with neither.
 
 A year is compressed into minutes, so the time-based part of Kafka's log settings is
 compressed too: the changelogs close a segment after a second instead of an hour
@@ -202,10 +203,18 @@ def measure(stack: Stack, month: int, sent: int, timeout: float) -> Month:
     return Month(month, sent, stats["events"], stats["visitors"], **figures, recovery_seconds=recovery)
 
 
-def run_year(bench: Bench, active_days: float | None) -> list[Month]:
+# The runs of the phase: row id, what it keeps, its settings.
+RUNS: tuple[tuple[str, str, dict[str, float]], ...] = (
+    ("year-window", "30-day window", {"active_days": 30.0}),
+    ("year-lateness", "no window, 7-day lateness", {"lateness_days": 7.0}),
+    ("year-no-window", "no window", {}),
+)
+
+
+def run_year(bench: Bench, row_id: str, name: str, overrides: dict[str, float]) -> list[Month]:
     options = bench.options
-    workdir = bench.workdir(f"year-{active_days or 'all'}")
-    settings = stack_settings(bench, workdir).with_(local_broker="kafka", active_days=active_days)
+    workdir = bench.workdir(row_id)
+    settings = stack_settings(bench, workdir).with_(local_broker="kafka", **overrides)
     months: list[Month] = []
     with fresh_stack(settings, workdir) as stack:
         asyncio.run(compact_changelogs_at_once(stack.settings.broker_url, stack.settings.app_id))
@@ -217,7 +226,7 @@ def run_year(bench: Bench, active_days: float | None) -> list[Month]:
             asyncio.run(produce(stack.settings.broker_url, bench.topic, settings.partitions, messages))
             sent += len(events)
             months.append(measure(stack, month + 1, sent, options.timeout))
-            click.echo(f"  {'window 30 d' if active_days else 'no window'}, {months[-1].line()}", err=True)
+            click.echo(f"  {name}, {months[-1].line()}", err=True)
     return months
 
 
@@ -229,12 +238,11 @@ def growth(months: list[Month], field: str) -> float | None:
 
 
 def phase_year(bench: Bench) -> list[Row]:
-    """Twelve months (``--months``) of ``--month-events`` events each, with a 30-day window
-    and without; a row each, its monthly figures in the JSON report."""
+    """Twelve months (``--months``) of ``--month-events`` events each, once per
+    :data:`RUNS`; a row each, its monthly figures in the JSON report."""
     rows = []
-    for active_days in (30.0, None):
-        label = f"Ampelios: year, {'30-day window' if active_days else 'no window'}"
-        months = run_year(bench, active_days)
+    for row_id, name, overrides in RUNS:
+        months = run_year(bench, row_id, name, overrides)
         last = months[-1]
         fields = (
             "rocksdb_live_bytes",
@@ -248,6 +256,7 @@ def phase_year(bench: Bench) -> list[Row]:
         named = ", ".join(f"{f} {r:.2f}x" for f, r in ratios.items() if r is not None)
         figures: dict[str, Any] = {"months": [vars(m) for m in months], "last_over_second": ratios}
         notes = f"month {last.month} over month 2: {named}" if len(months) > 1 else last.line()
-        row_id = "year-window" if active_days else "year-no-window"
-        rows.append(Row(row_id, label, last.events_sent, last.events_sent, None, notes, figures=figures))
+        rows.append(
+            Row(row_id, f"Ampelios: year, {name}", last.events_sent, last.events_sent, None, notes, figures=figures)
+        )
     return rows
