@@ -67,6 +67,7 @@ class BenchOptions:
     soak_seconds: float = 3600.0
     months: int = 12
     month_events: int = 37_000
+    year_runs: tuple[str, ...] = ()  # the year phase's runs (none named: all)
     seed: int = 0
     phases: tuple[str, ...] = DEFAULT_PHASES
     timeout: float = 900.0  # a measurement waits this long for its messages to be consumed or reflected

@@ -6,7 +6,7 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import click
@@ -22,6 +22,7 @@ from ampelios.bench.soak import phase_soak
 from ampelios.bench.steady import phase_steady
 from ampelios.bench.takeover import phase_takeover
 from ampelios.bench.webhooks import phase_webhooks
+from ampelios.bench.year import RUNS as YEAR_RUNS
 from ampelios.bench.year import phase_year
 from ampelios.config import Settings, load_settings
 from ampelios.services.stack import (
@@ -87,12 +88,17 @@ def run_bench(settings: Settings, options: BenchOptions) -> int:
     return code or (1 if any(r.error for r in rows) else 0)
 
 
-def _phases(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, ...]:
-    names = {p.strip() for p in value.split(",") if p.strip()}
-    unknown = sorted(names - set(PHASES))
-    if unknown or not names:
-        raise click.BadParameter(f"choose among {', '.join(PHASES)}; got {value!r}")
-    return tuple(p for p in PHASES if p in names)
+def _among(known: Sequence[str]) -> Callable[[click.Context, click.Parameter, str], tuple[str, ...]]:
+    """A callback reading comma-separated names of ``known``, in their order."""
+
+    def read(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, ...]:
+        names = {p.strip() for p in value.split(",") if p.strip()}
+        unknown = sorted(names - set(known))
+        if unknown or not names:
+            raise click.BadParameter(f"choose among {', '.join(known)}; got {value!r}")
+        return tuple(p for p in known if p in names)
+
+    return read
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -135,12 +141,19 @@ def _phases(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str
     type=click.IntRange(100),
     help="Year phase: events per month (one per message).",
 )
+@click.option(
+    "--year-runs",
+    default=",".join(YEAR_RUNS),
+    show_default=True,
+    callback=_among(list(YEAR_RUNS)),
+    help="Year phase: comma-separated runs (what the state keeps).",
+)
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the generated events.")
 @click.option(
     "--phases",
     default=",".join(DEFAULT_PHASES),
     show_default=True,
-    callback=_phases,
+    callback=_among(PHASES),
     help=f"Comma-separated phases to run (always in this order; {' and '.join(PHASES[-2:])} only when named).",
 )
 @click.option(
@@ -181,6 +194,7 @@ def main(
     soak_seconds: float,
     months: int,
     month_events: int,
+    year_runs: tuple[str, ...],
     seed: int,
     phases: tuple[str, ...],
     timeout: float,
@@ -200,6 +214,7 @@ def main(
         soak_seconds=soak_seconds,
         months=months,
         month_events=month_events,
+        year_runs=year_runs,
         seed=seed,
         phases=phases,
         timeout=timeout,

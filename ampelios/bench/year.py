@@ -6,8 +6,9 @@ After each month the phase waits until everything is reflected, then measures wh
 stack keeps -- the worker's RocksDB (its live keys and values, and its files), the bytes the
 broker keeps for the changelogs, the Postgres database, the worker's resident memory --
 and how long a new worker with an empty state directory takes to serve again (``/health``
-ok and lag 0). It runs three times (:data:`RUNS`): with ``AMPELIOS_ACTIVE_DAYS=30``, without
-a window but with ``AMPELIOS_LATENESS_DAYS=7``, and with neither.
+ok and lag 0). It runs three times (:data:`RUNS`, ``--year-runs``): with
+``AMPELIOS_ACTIVE_DAYS=30``, without a window but with ``AMPELIOS_LATENESS_DAYS=7``, and with
+neither.
 
 A year is compressed into minutes, so the time-based part of Kafka's log settings is
 compressed too: the changelogs close a segment after a second instead of an hour
@@ -203,12 +204,12 @@ def measure(stack: Stack, month: int, sent: int, timeout: float) -> Month:
     return Month(month, sent, stats["events"], stats["visitors"], **figures, recovery_seconds=recovery)
 
 
-# The runs of the phase: row id, what it keeps, its settings.
-RUNS: tuple[tuple[str, str, dict[str, float]], ...] = (
-    ("year-window", "30-day window", {"active_days": 30.0}),
-    ("year-lateness", "no window, 7-day lateness", {"lateness_days": 7.0}),
-    ("year-no-window", "no window", {}),
-)
+# The runs of the phase (``--year-runs``): what it keeps, and the settings that keep it.
+RUNS: dict[str, tuple[str, dict[str, float]]] = {
+    "window": ("30-day window", {"active_days": 30.0}),
+    "lateness": ("no window, 7-day lateness", {"lateness_days": 7.0}),
+    "no-window": ("no window", {}),
+}
 
 
 def run_year(bench: Bench, row_id: str, name: str, overrides: dict[str, float]) -> list[Month]:
@@ -238,10 +239,12 @@ def growth(months: list[Month], field: str) -> float | None:
 
 
 def phase_year(bench: Bench) -> list[Row]:
-    """Twelve months (``--months``) of ``--month-events`` events each, once per
-    :data:`RUNS`; a row each, its monthly figures in the JSON report."""
+    """Twelve months (``--months``) of ``--month-events`` events each, once per run of
+    :data:`RUNS` named by ``--year-runs``; a row each, its monthly figures in the JSON
+    report."""
     rows = []
-    for row_id, name, overrides in RUNS:
+    for run in bench.options.year_runs or tuple(RUNS):
+        row_id, (name, overrides) = f"year-{run}", RUNS[run]
         months = run_year(bench, row_id, name, overrides)
         last = months[-1]
         fields = (
