@@ -470,7 +470,10 @@ class Counts(Shape):
     ]
     late: Annotated[
         Count,
-        Meta(description="events AMPELIOS_ACTIVE_DAYS or more older than their partition's newest: not applied"),
+        Meta(
+            description="events AMPELIOS_ACTIVE_DAYS (or AMPELIOS_LATENESS_DAYS) or more older than their partition's "
+            "newest: not applied; and the summarized events of visitors linked to another"
+        ),
     ]
 
 
