@@ -30,7 +30,8 @@ def test_a_tiny_year_measures_what_the_stack_keeps_after_every_month(tmp_path: P
         for figure in ("rocksdb_live_bytes", "rocksdb_file_bytes", "changelog_bytes", "postgres_bytes"):
             assert month[figure] > 0, (figure, month)
         assert month["worker_rss_mib"] > 0 and month["recovery_seconds"] > 0
-        assert 0 < month["changelog_compacted_bytes"] < month["changelog_bytes"]
+        # the active segments (all of a month that rolled none) are never compacted
+        assert 0 <= month["changelog_compacted_bytes"] < month["changelog_bytes"]
         assert sum(month["postgres_bytes_by_table"].values()) < month["postgres_bytes"]
     assert window[0]["events_held"] == lateness[0]["events_held"]
     assert window[-1]["events_held"] < lateness[-1]["events_held"]
