@@ -73,7 +73,11 @@ class Positions:
         return {tp: self.expected(tp.partition) for tp in assigned if tp.topic == self.topic}
 
     def committable(self, assigned: set[TopicPartition]) -> dict[TopicPartition, int]:
-        """:meth:`next_offsets` of the partitions that are ``ready``."""
+        """:meth:`next_offsets` of the partitions that are ``ready``; none once the table
+        is stopping (a worker's commit may come after its stores closed: reading one then
+        would open it again, and the next start resumes from the stored positions)."""
+        if self.table.should_stop:
+            return {}
         return {tp: n for tp, n in self.next_offsets(assigned).items() if self.ready(tp.partition)}
 
     async def admit(self, messages: Sequence[Any]) -> list[Any]:

@@ -19,6 +19,7 @@ from aiokafka.structs import TopicPartition
 
 from ampelios.engine.exactly_once import ExactlyOnce, Step
 from ampelios.engine.outbox import Outbox
+from ampelios.engine.positions import Positions
 
 TOPIC = "events"
 POSITION, OUTBOX = b"~position", b"~outbox"
@@ -29,6 +30,7 @@ class Table:
 
     def __init__(self) -> None:
         self.partitions: dict[int, dict[bytes, bytes]] = {}
+        self.should_stop = False  # a Faust service being stopped
 
     def get_many(self, partition: int, keys: list[bytes]) -> list[bytes | None]:
         return [self.partitions.get(partition, {}).get(k) for k in keys]
@@ -137,3 +139,16 @@ def test_a_revoked_partition_is_neither_applied_nor_committed_until_assigned_aga
         return position, revoked, exactly_once.positions.committable({tp})
 
     assert asyncio.run(scenario()) == (b"0", {}, {TopicPartition(TOPIC, 0): 1})
+
+
+def test_a_stopping_table_s_positions_are_not_committed_nor_read():
+    # A worker's last commit may come after its tables closed their stores: reading a
+    # position then would open a store again, under the lock its closing one still holds.
+    table = Table()
+    table.partitions[1] = {POSITION: b"41"}
+    positions = Positions("unused", TOPIC, table, POSITION)  # type: ignore[arg-type]
+    assigned = {TopicPartition(TOPIC, 1)}
+    assert positions.committable(assigned) == {TopicPartition(TOPIC, 1): 42}
+    table.should_stop = True
+    table.get_many = None  # type: ignore[assignment,method-assign]  # must not be called
+    assert positions.committable(assigned) == {}
