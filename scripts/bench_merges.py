@@ -13,7 +13,7 @@ Each run is timed from its first request to ``/stats`` reflecting it (lag 0 and 
 visitors it should count). Printed: events per second of each run, and merges per second
 of the identifies alone (sent after the views are reflected). Run:
 
-    .venv/bin/python scripts/bench_merges.py [--visitors 20000] [--views 3]
+    .venv/bin/python scripts/bench_merges.py [--visitors 20000] [--views 3] [--active-days D]
 """
 
 from __future__ import annotations
@@ -77,6 +77,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--visitors", type=int, default=20_000)
     parser.add_argument("--views", type=int, default=3)
+    parser.add_argument("--active-days", type=float, default=None, help="AMPELIOS_ACTIVE_DAYS (names then expire)")
     args = parser.parse_args()
     n, k = args.visitors, args.views
     with tempfile.TemporaryDirectory(prefix="ampelios-bench-merges-") as root:
@@ -85,6 +86,7 @@ def main() -> None:
             data_dir=Path(root) / "data",
             web_port=free_port(),
             write_keys={WRITE_KEY: 1},
+            active_days=args.active_days,
         )
         figures: dict[str, Any] = {"visitors": n, "views": k}
         with Stack(settings) as stack:

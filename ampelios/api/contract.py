@@ -385,6 +385,13 @@ class Why(Shape):
 class Visitor(Shape):
     visitorid: Int64
     source_id: int
+    original_id: Annotated[
+        str | None,
+        Meta(
+            description="a collected visitor's original id (user:<userId> or anonymous:<anonymousId>); "
+            "null for a visitor of a file or producer"
+        ),
+    ]
     sessions: list[Session]
     state: Annotated[list[int], Meta(min_length=3, max_length=3)]
     features: Features

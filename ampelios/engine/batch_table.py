@@ -23,7 +23,6 @@ live state, however long its history. Values are bytes; keys start with a byte a
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -31,7 +30,7 @@ from typing import Any
 import faust
 import rocksdict
 
-from ampelios.engine.changelog import add_pairs, apply_record, next_record, pack_pairs
+from ampelios.engine.changelog import add_pairs, apply_record, next_record
 from ampelios.internals import persisted_offset_key, store_db
 
 
@@ -168,27 +167,3 @@ class PublishedTable(faust.GlobalTable):  # type: ignore[misc]
         add_pairs(write, pairs)
         write.put(persisted_offset_key(self.data), b"%d" % offset)
         store_db(self.data, 0).write(write)
-
-
-class PublishedBatches(PublishedTable):
-    """A :class:`PublishedTable` whose :meth:`publish_many` is one changelog record of
-    packed pairs, keyed by a new random id (so compaction never drops one): for many
-    small values at once, such as the visitor names of a collector request, which one
-    record per key would cost every worker a Faust event each (the collector's events per
-    second fell from 6,595-8,023 to 4,137-4,530 with a record per name,
-    ``scripts/bench_merges.py``)."""
-
-    async def publish_many(self, pairs: Sequence[tuple[bytes, bytes | None]]) -> None:
-        """Set each key (``None``: delete it) for every worker: one changelog record of
-        them all, acknowledged, then the changes and its offset in one local write."""
-        if not pairs:
-            return
-        packed = pack_pairs([k for k, _ in pairs], [v for _, v in pairs])
-        sent = await self.changelog_topic.send(
-            key=uuid.uuid4().bytes, value=packed, partition=0, key_serializer="raw", value_serializer="raw"
-        )
-        self._write_local(pairs, (await sent).offset)
-
-    def apply_changelog_batch(self, batch: Iterable[Any]) -> None:
-        """Every worker, as records arrive: the packed pairs (:func:`apply_records`)."""
-        apply_records(self.data, batch)

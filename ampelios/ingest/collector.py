@@ -13,9 +13,10 @@ events (:func:`ampelios.core.collect.collect`) and answers only once the broker 
 - the links of anonymous ids to users its calls made, in the global table every worker
   reads (``identities``), so that the next calls with only that anonymous id are the
   user's on any worker (once the link reached it: as the models do);
-- the original ids of visitors seen for the first time, in the global table
-  ``visitor-names`` (one record per request), which notices hash collisions and names
-  the visitors webhooks send.
+- the original ids of visitors seen for the first time, and again once their stamp is
+  the active window old, in the global table ``visitor-names`` (one record per request,
+  :mod:`ampelios.engine.visitor_names`), which notices hash collisions and names the
+  visitors webhooks send.
 
 The answer says what became of each call: ``{"success": true, "accepted": events,
 "ignored": calls, "rejected": [{"index", "reason"}]}``. A request that is not JSON, too
@@ -37,8 +38,9 @@ from ampelios.core.collect import Collected, collect, visitor_id
 from ampelios.core.events import MERGE, EventBatch, encode_events
 from ampelios.core.partitioning import partitions_for
 from ampelios.engine.outbox import Outbox
+from ampelios.engine.visitor_names import DAY_MS
 from ampelios.ingest.replay import ignored_record, rejection_record
-from ampelios.runtime.pipeline import Pipeline, link_key, name_key
+from ampelios.runtime.pipeline import Pipeline, link_key
 
 KINDS = ("track", "page", "identify")  # the single-call endpoints; /v1/batch says per call
 
@@ -92,12 +94,22 @@ async def accept(p: Pipeline, authorization: str, body: dict[str, Any], kind: st
     # their merges are acknowledged, so that a retry after a crash in between links (and
     # merges) again. A call that meanwhile finds no link still ends as the user's: its
     # events follow the merge on the anonymous visitor's partition.
-    await p.names.publish_many([(name_key(source_id, v), original.encode()) for v, original in got.names])
+    await p.names.publish_names(source_id, p.names.stamps(source_id, got.names, _newest_days(got.events)))
     await _send(p, source_id, got, now)
     await p.identities.publish_many([(link_key(source_id, anonymous), user.encode()) for anonymous, user in got.links])
     if kind is not None and got.rejections:  # a single call: Segment answers 400
         raise CollectorRefused(400, got.rejections[0].reason)
     return got
+
+
+def _newest_days(events: EventBatch) -> dict[int, int]:
+    """visitor -> the event-time day of its newest event in ``events``."""
+    if not len(events):
+        return {}
+    visitors, owner = np.unique(events.visitorid, return_inverse=True)
+    days = np.zeros(len(visitors), dtype=np.int64)
+    np.maximum.at(days, owner, events.timestamp // DAY_MS)
+    return dict(zip(visitors.tolist(), days.tolist()))
 
 
 async def _send(p: Pipeline, source_id: int, got: Collected, now: int) -> None:

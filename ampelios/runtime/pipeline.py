@@ -16,9 +16,10 @@ from aiokafka.structs import TopicPartition
 from ampelios.config import Settings
 from ampelios.core.model import SegmentModel
 from ampelios.core.rejections import RejectionSummary
-from ampelios.engine.batch_table import BatchTable, PublishedBatches, PublishedTable
+from ampelios.engine.batch_table import BatchTable, PublishedTable
 from ampelios.engine.exactly_once import ExactlyOnce, forwarded_key
 from ampelios.engine.intake import Intake
+from ampelios.engine.visitor_names import VisitorNames, name_key
 from ampelios.runtime.metrics import Metrics
 from ampelios.services.broker import committed_offsets, end_offsets
 from ampelios.sinks.history import History
@@ -44,7 +45,7 @@ class Pipeline:
     published: PublishedTable
     identities: PublishedTable  # link_key -> the user id an anonymous id is linked to
     webhooks: PublishedTable  # subscription id -> the subscription made over HTTP (JSON, with its secret)
-    names: PublishedBatches  # name_key -> a collected visitor's original id
+    names: VisitorNames  # name_key -> a collected visitor's original id, while kept
     history: History | None
     sink: PostgresSink | None
     intake: Intake  # the messages of events, taken from Faust's consumer as fetched
@@ -81,8 +82,8 @@ class Pipeline:
     def original_id(self, source_id: int, visitor: int) -> str | None:
         """The original id of a collected visitor (``user:<userId>`` or
         ``anonymous:<anonymousId>``); ``None`` for a visitor that was not collected."""
-        value = self.names.get(name_key(source_id, visitor))
-        return value.decode() if value is not None else None
+        found = self.names.original(name_key(source_id, visitor))
+        return found[0] if found is not None else None
 
     def local_partitions(self) -> list[int]:
         """The events partitions this worker owns (and so the journeys it holds)."""
@@ -171,12 +172,6 @@ def ignored_key(source_id: int) -> bytes:
 def link_key(source_id: int, anonymous_id: str) -> bytes:
     """identities key of the user id an anonymous id of a source is linked to."""
     return b"link:%d:%s" % (source_id, anonymous_id.encode())
-
-
-def name_key(source_id: int, visitor: int) -> bytes:
-    """names key of the original id (``user:<userId>``, ``anonymous:<id>``) of a
-    collected visitor of a source."""
-    return b"name:%d:%d" % (source_id, visitor)
 
 
 def snapshot_request(source_id: int, reason: str) -> bytes:

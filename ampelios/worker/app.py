@@ -29,8 +29,9 @@ identities          1 (global)  ``link:source:anonymousId`` -> the user id a col
 webhooks            1 (global)  subscription id -> a webhook subscription made with
                                 ``POST /webhooks`` (:mod:`ampelios.api.webhooks`)
 visitor-names       1 (global)  ``name:source:visitor`` -> a collected visitor's original
-                                id (``user:<userId>``); a :class:`PublishedBatches`: one
-                                changelog record per collector request
+                                id (``user:<userId>``) and the day it was stamped; a
+                                :class:`VisitorNames`: one changelog record per collector
+                                request, forgotten once the visitor left the window
 ==================  ==========  =======================================================
 """
 
@@ -53,9 +54,10 @@ from ampelios.api.webhooks import Webhooks
 from ampelios.config import Settings
 from ampelios.core.collect import collector_codes
 from ampelios.core.events import event_codes
-from ampelios.engine.batch_table import BatchTable, PublishedBatches, PublishedTable
+from ampelios.engine.batch_table import BatchTable, PublishedTable
 from ampelios.engine.exactly_once import seek_stalled, steer
 from ampelios.engine.intake import Intake
+from ampelios.engine.visitor_names import VisitorNames
 from ampelios.runtime.pipeline import Pipeline
 from ampelios.services.broker import (
     CHANGELOG_CONFIG,
@@ -245,7 +247,7 @@ def create_pipeline(settings: Settings) -> Pipeline:
         published=app.tables.add(PublishedTable(app, name="segment-published", partitions=1, **table)),
         identities=app.tables.add(PublishedTable(app, name="identities", partitions=1, **table)),
         webhooks=app.tables.add(PublishedTable(app, name="webhooks", partitions=1, **table)),
-        names=app.tables.add(PublishedBatches(app, name="visitor-names", partitions=1, **table)),
+        names=app.tables.add(VisitorNames(app, settings.active_days, name="visitor-names", partitions=1, **table)),
         history=history,
         event_codes=event_codes(settings.event_map),
         collector_codes=collector_codes(settings.event_map),

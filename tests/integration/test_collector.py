@@ -4,6 +4,7 @@ and the answers Segment's API gives."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import itertools
@@ -16,12 +17,14 @@ from typing import Any
 
 import psycopg2
 import pytest
+from aiokafka.structs import TopicPartition
 from rudderstack.analytics.client import Client as RudderClient
 from segment.analytics import Client as SegmentClient
 
 from ampelios.config import Settings
 from ampelios.core.collect import MAX_CALL_BYTES, visitor_id
 from ampelios.core.partitioning import partition_for
+from ampelios.services.broker import end_offsets, plain_consumer
 from ampelios.services.processes import free_port
 from ampelios.services.stack import http_json, wait_until_reflected
 from tests.integration.conftest import Workers, replay, wait_for_split
@@ -65,6 +68,24 @@ def preflight(url: str, origin: str, headers: str) -> tuple[int, Any]:
         return exc.code, exc.headers
 
 
+async def records_of(url: str, topic: str) -> list[tuple[bytes, bytes | None]]:
+    """(key, value) of every record of a one-partition topic, in order."""
+    tp = TopicPartition(topic, 0)
+    (end,) = (await end_offsets(url, [tp])).values()
+    consumer = plain_consumer(url)
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        found = []
+        while len(found) < end:  # no offset skipped: nothing compacts in a test this short
+            batches = await consumer.getmany(tp, timeout_ms=10_000)
+            assert batches, f"no records of {topic} came"
+            found += [(r.key, r.value) for r in batches[tp]]
+        return found
+    finally:
+        await consumer.stop()
+
+
 def state_of(base: str, kind: str, value: str) -> list[int]:
     code, visitor = http_json("GET", f"{base}/visitors/{visitor_id(kind, value)}?source_id=7")
     assert code == 200, visitor
@@ -76,7 +97,9 @@ def state_of(base: str, kind: str, value: str) -> list[int]:
     [pytest.param(SegmentClient, marks=pytest.mark.apache, id="segment"), pytest.param(RudderClient, id="rudderstack")],
 )
 def test_a_site_s_tracker_sends_events_that_become_journeys(sdk, settings: Settings, workers: Workers):
-    worker = workers.start(settings.with_(write_keys={WRITE_KEY: 7}))
+    """...and the names of its visitors are kept as long as they may be segmented (a
+    window of 2 days here): the records of names that left get tombstones."""
+    worker = workers.start(settings.with_(write_keys={WRITE_KEY: 7}, active_days=2))
     base = worker.base_url
     errors: list[object] = []
     client = sdk(WRITE_KEY, host=base, on_error=lambda e, batch: errors.append(e), max_retries=0)
@@ -111,6 +134,7 @@ def test_a_site_s_tracker_sends_events_that_become_journeys(sdk, settings: Setti
     for original in ("user:ada", "anonymous:anon-9"):
         by_original = http_json("GET", f"{base}/visitors/{original}?source_id=7")[1]
         assert by_original["visitorid"] == visitor_id("user", "ada") and by_original["state"] == [3, 2, 2]
+        assert by_original["original_id"] == "user:ada"
 
     # A retried batch (the same calls and messageIds) counts once.
     batch = {
@@ -128,6 +152,22 @@ def test_a_site_s_tracker_sends_events_that_become_journeys(sdk, settings: Setti
     for _ in range(2):
         assert http_json("POST", f"{base}/v1/batch", batch, headers=basic(WRITE_KEY))[0] == 200
     assert wait_until_reflected(base, 7)["events"] == 8
+
+    # Three weeks on ada comes back (her name is stamped again), and a day later bo comes:
+    # the names of day 0 alone (cy's) have left, and each record of day 0 has a tombstone.
+    names = f"{settings.app_id}-visitor-names-changelog"
+    written = asyncio.run(records_of(settings.broker_url, names))
+    for day, user in ((22, "ada"), (23, "bo")):
+        view = {"type": "track", "event": "Product Viewed", "userId": user, "properties": {"product_id": "1"}}
+        call = view | {"timestamp": (START + timedelta(days=day)).isoformat()}
+        assert http_json("POST", f"{base}/v1/track", call, headers=basic(WRITE_KEY))[0] == 200
+    wait_until_reflected(base, 7)
+    ada = http_json("GET", f"{base}/visitors/user:ada?source_id=7")[1]
+    assert ada["state"] == [1, 0, 0] and ada["original_id"] == "user:ada"  # day 0 left her window
+    assert http_json("GET", f"{base}/visitors/user:bo?source_id=7")[1]["original_id"] == "user:bo"
+    records = asyncio.run(records_of(settings.broker_url, names))
+    day_zero = {key for key, value in written if value is not None}
+    assert len(day_zero) >= 2 and {key for key, value in records if value is None} == day_zero
 
 
 def test_the_collector_answers_as_segment_does_and_rejects_a_bad_call_alone(settings: Settings, workers: Workers):

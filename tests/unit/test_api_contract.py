@@ -87,6 +87,7 @@ def test_answers_encode_in_field_order_with_unset_fields_left_out():
     visitor = Visitor(
         visitorid=1,
         source_id=1,
+        original_id=None,
         sessions=[],
         state=[0, 0, 0],
         features=[0.0] * 6,

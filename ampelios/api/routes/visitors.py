@@ -81,6 +81,7 @@ async def visitor(api: Api, request: Request, path: VisitorPath, query: SourceQu
     answer = Visitor(
         visitorid=vid,
         source_id=source_id,
+        original_id=p.original_id(source_id, vid),
         sessions=[Session(**s.to_dict()) for s in sessions],
         state=features[:3].astype(np.int64).tolist(),
         features=features.tolist(),
