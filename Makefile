@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test check lint screenshot clean
+.PHONY: demo test check lint campaign screenshot clean
 
 # constraints.txt pins every package of the tree, so that an install is reproducible.
 $(VENV)/.installed: setup.cfg pyproject.toml constraints.txt
@@ -40,6 +40,14 @@ PYTEST_PARALLEL ?= -n 3 --dist loadfile
 test: lint $(TRACKERS)
 	$(BIN)/pytest $(PYTEST_PARALLEL) --durations=15
 	$(BIN)/pytest $(PYTEST_PARALLEL) --durations=15 --broker=apache tests/integration
+
+# The fault campaign (docs/reliability.md): a clean run, then one run per seed struck by that
+# seed's faults, each judged against the clean one. CI runs two seeds at the tiny size;
+# `make campaign SEEDS=1-50 SIZE=full` is the whole campaign.
+SEEDS ?= 1-2
+SIZE  ?= tiny
+campaign: $(VENV)/.installed
+	$(BIN)/python scripts/fault_campaign.py --seeds $(SEEDS) --size $(SIZE)
 
 # docs/img/dashboard.png and dashboard-phone.png (390 px wide), taken by the dashboard's browser test
 # (needs chromium and chromium-driver).

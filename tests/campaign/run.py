@@ -1,0 +1,239 @@
+"""One campaign run: Apache Kafka, Postgres and three workers in a temporary directory,
+fed by a live producer (confluent-kafka, null keys, one event per message) and a CSV
+replay (``ampelios replay``, run again until it completes: a replayed event counts once)
+while the faults of a schedule strike; then what the stack answers once everything is
+reflected, to be judged against a clean run of the same input (:func:`differences`).
+Every process is stopped by its own PID, paused ones resumed first."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+from confluent_kafka import Producer
+
+from ampelios.config import Settings
+from ampelios.core.events import EventBatch, encode_each_event, write_csv
+from ampelios.core.generate import generate_events
+from ampelios.services.broker import bootstrap_servers
+from ampelios.services.database import EmbeddedPostgres
+from ampelios.services.kafka import ApacheKafka
+from ampelios.services.processes import free_port
+from ampelios.services.stack import WorkerProcess
+from ampelios.topology import Topology
+from tests.campaign.schedule import Fault
+from tests.integration.conftest import outcome, settle
+
+WORKERS = 3
+DATA_SEED = 2026  # the input: the same for every run of every seed
+
+
+@dataclass(frozen=True)
+class Size:
+    """How much a run sends: ``events`` generated (half live, half replayed), the live
+    producer spread over ``span`` seconds, ``faults`` drawn in that span."""
+
+    events: int
+    span: float
+    faults: int
+
+
+SIZES = {"tiny": Size(3_000, 20.0, 3), "full": Size(20_000, 90.0, 8)}
+
+
+def workload(size: Size) -> tuple[EventBatch, EventBatch, list[int]]:
+    """(live events in time order, replayed events, sampled visitors): a random half of
+    the rows each, so that most visitors come through both."""
+    events = generate_events(size.events, seed=DATA_SEED)
+    live = np.random.default_rng(DATA_SEED).random(len(events)) < 0.5
+    produced = events.take(np.flatnonzero(live)[np.argsort(events.timestamp[live], kind="stable")])
+    visitors = np.unique(events.visitorid)
+    sample = np.random.default_rng(DATA_SEED).choice(visitors, min(40, len(visitors)), replace=False)
+    return produced, events.take(np.flatnonzero(~live)), sorted(sample.tolist())
+
+
+class Cluster:
+    """Apache Kafka, Postgres and :data:`WORKERS` workers under ``root``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.broker = ApacheKafka(root / "broker.log", root / "kafka")
+        self.postgres = EmbeddedPostgres(root / "postgres", root / "postgres.log")
+        self.workers: list[WorkerProcess] = []
+        self.logs: list[IO[bytes]] = []
+        self.paused: set[int] = set()
+
+    def start(self) -> None:
+        (self.root / "data").mkdir(parents=True, exist_ok=True)
+        base = Settings(
+            broker=self.broker.start().url,
+            database_url=self.postgres.start().url,
+            data_dir=self.root / "data",
+            partitions=4,
+            replay_batch_events=500,
+            snapshot_seconds=0.5,
+            history_days=36_500.0,  # the generated months, all kept
+        )
+        for i in range(WORKERS):
+            log = (self.root / f"worker-{i}.log").open("ab")
+            self.logs.append(log)
+            settings = base.with_(state_dir=self.root / f"worker-{i}", web_port=free_port())
+            self.workers.append(WorkerProcess(settings, output=log).start(timeout=300))
+
+    @property
+    def settings(self) -> Settings:
+        return self.workers[0].settings
+
+    def stop(self) -> None:
+        for i, worker in enumerate(self.workers):
+            if i in self.paused and worker.process is not None:
+                worker.process.send_signal(signal.SIGCONT)
+            worker.stop()
+        self.broker.stop()
+        self.postgres.stop()
+        for log in self.logs:
+            log.close()
+
+    def strike(self, fault: Fault) -> None:
+        """Apply one fault, whole (a paused worker is resumed, a stopped service started)."""
+        worker = self.workers[fault.worker] if fault.worker >= 0 else None
+        if fault.kind == "kill" and worker is not None:
+            worker.kill()
+            worker.start(timeout=300)
+        elif fault.kind == "wipe" and worker is not None:
+            worker.kill()
+            shutil.rmtree(worker.settings.state_dir, ignore_errors=True)
+            worker.start(timeout=300)
+        elif fault.kind == "pause" and worker is not None and worker.process is not None:
+            worker.process.send_signal(signal.SIGSTOP)
+            self.paused.add(fault.worker)
+            time.sleep(fault.seconds)
+            worker.process.send_signal(signal.SIGCONT)
+            self.paused.discard(fault.worker)
+        elif fault.kind == "broker":
+            self.broker.stop()
+            time.sleep(fault.seconds)
+            self.broker.start()
+        elif fault.kind == "postgres":
+            self.postgres.stop()
+            time.sleep(fault.seconds)
+            self.postgres.start()
+        else:
+            raise ValueError(f"no such fault: {fault}")
+
+
+def produce_live(settings: Settings, events: EventBatch, span: float) -> None:
+    """Send ``events`` one per message with null keys (librdkafka picks the partition),
+    spread evenly over ``span`` seconds; librdkafka retries through a broker's restart."""
+    producer = Producer(
+        {"bootstrap.servers": bootstrap_servers(settings.broker_url), "linger.ms": 5, "log_level": 2}
+    )  # its connection errors while the broker restarts are expected: critical ones only
+    failures: list[str] = []
+    topic, started = Topology.of(settings).events, time.monotonic()
+    for n, value in enumerate(encode_each_event(events)):
+        wait = started + span * n / len(events) - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        producer.produce(topic, value, on_delivery=lambda err, msg: err is None or failures.append(str(err)))
+        producer.poll(0)
+    remaining = producer.flush(600)
+    if remaining or failures:
+        raise RuntimeError(f"the live producer lost {remaining} messages: {failures[:3]}")
+
+
+def replay_until_done(settings: Settings, path: Path, attempts: int = 20) -> int:
+    """``ampelios replay`` of ``path`` until it exits 0 (a broker restart can fail one);
+    the attempts it took."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AMPELIOS_")} | settings.to_env()
+    command = [sys.executable, "-m", "ampelios", "replay", str(path), "--source-id", "1"]
+    for attempt in range(1, attempts + 1):
+        if subprocess.run(command, env=env, capture_output=True, timeout=600).returncode == 0:
+            return attempt
+        time.sleep(1.0)
+    raise RuntimeError(f"ampelios replay of {path} failed {attempts} times")
+
+
+@contextlib.contextmanager
+def running(root: Path) -> Iterator[Cluster]:
+    cluster = Cluster(root)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def run(root: Path, size: Size, schedule: list[Fault]) -> dict[str, Any]:
+    """Feed a fresh cluster under ``root`` while ``schedule`` strikes; what it answers."""
+    produced, replayed, sample = workload(size)
+    with running(root) as cluster:
+        path = root / "data" / "replayed.csv"
+        with path.open("wb") as f:
+            write_csv(replayed, f)
+        errors: list[BaseException] = []
+
+        def feed(target: Any, *args: Any) -> threading.Thread:
+            def guarded() -> None:
+                try:
+                    target(*args)
+                except BaseException as exc:
+                    errors.append(exc)
+
+            thread = threading.Thread(target=guarded, daemon=True)
+            thread.start()
+            return thread
+
+        started = time.monotonic()
+        feeds = [
+            feed(produce_live, cluster.settings, produced, size.span),
+            feed(replay_until_done, cluster.settings, path),
+        ]
+        for fault in schedule:
+            time.sleep(max(0.0, started + fault.at - time.monotonic()))
+            cluster.strike(fault)
+        for thread in feeds:
+            thread.join(900)
+        if errors or any(t.is_alive() for t in feeds):
+            raise RuntimeError(f"a feed did not complete: {errors or 'still running'}")
+        bases = [w.base_url for w in cluster.workers]
+        settle(*bases)
+        answers = [outcome(cluster.settings, base, sample) for base in bases]
+        return {"workers": answers, "seconds": round(time.monotonic() - started, 1)}
+
+
+def differences(clean: dict[str, Any], struck: dict[str, Any]) -> list[str]:
+    """What a struck run answered differently from the clean one: a line per worker and
+    part (days, alerts, stats, segments, Postgres visitors, sampled journeys), with its
+    first differing item. Every worker is judged against the clean run's first."""
+    expected = clean["workers"][0]
+    return [
+        f"worker {i} {key}: {_first_difference(expected[key], value)}"
+        for i, answers in enumerate(struck["workers"])
+        for key, value in answers.items()
+        if value != expected[key]
+    ]
+
+
+def _first_difference(expected: Any, got: Any) -> str:
+    if isinstance(expected, list) and isinstance(got, list):
+        if len(expected) != len(got):
+            return f"{len(got)} items, {len(expected)} expected"
+        for i, (e, g) in enumerate(zip(expected, got)):
+            if e != g:
+                return f"item {i}: {str(g)[:300]} instead of {str(e)[:300]}"
+    if isinstance(expected, dict) and isinstance(got, dict):
+        for k in sorted(set(expected) | set(got)):
+            if expected.get(k) != got.get(k):
+                return f"{k}: {str(got.get(k))[:300]} instead of {str(expected.get(k))[:300]}"
+    return f"{str(got)[:300]} instead of {str(expected)[:300]}"
