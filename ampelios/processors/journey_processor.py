@@ -161,6 +161,7 @@ class JourneyProcessor:
         keys = [visitor_key(source_id, v) for v in ids]
         old = read_journeys(p.journeys, partition, keys)
         leaving = None
+        merged = np.empty(0, dtype=np.int64)  # visitors linked to others: their rows are deleted
         stored = {v: value for v, value in zip(ids, old) if value is not None}
         if has_links(events, stored):
             targets = list(link_targets(events, stored))
@@ -180,6 +181,9 @@ class JourneyProcessor:
             for i in np.flatnonzero(leaving).tolist():
                 drop_chunks(writes, keys[i], old[i])
             writes.update({visitor_key(source_id, a): merged_value(u) for a, u in followed.links.items()})
+            # Whether its journey was stored before the link or came with it, a linked
+            # visitor has no row of its own: its events are its person's.
+            merged = np.array(sorted({*followed.gone.tolist(), *followed.links}), dtype=np.int64)
         watermark = int(events.timestamp.max()) if len(events) else 0  # none left: all moved by links
         cutoff = None
         if self.lateness_ms is not None:
@@ -200,8 +204,8 @@ class JourneyProcessor:
             first, summaries = batch.summarize(cut, self.gap_ms)
         store(writes, keys, old, batch, changed if leaving is None else changed[~leaving[changed]], first, summaries)
         left = [batch.old_shapes[changed[batch.was_active[changed]]]]
-        last_event = batch.last_event if leaving is None else np.where(leaving, batch.old_last_event, batch.last_event)
-        updated = [visitors[changed], batch.new_shapes[changed], last_event[changed], batch.active[changed]]
+        rows = changed if leaving is None else changed[~leaving[changed]]
+        updated = [visitors[rows], batch.new_shapes[rows], batch.last_event[rows], batch.active[rows]]
         expiry, forgotten = None, (0, 0)
         if cutoff is not None and window_ms is not None:
             self.index(source_id, ids, batch, changed, leaving, writes)
@@ -241,7 +245,7 @@ class JourneyProcessor:
         if expiry is not None:  # nothing in the window: they leave their segments
             self.segment_moves(source_id, expiry[0], expiry[1], changed[:0], np.arange(len(expiry[0])), outbox)
         visitor_ids, shapes, last_event, active = updated
-        if len(visitor_ids):
+        if len(visitor_ids) or len(merged):
             views, carts, buys, sessions = np.ascontiguousarray(shapes.T)
             update = {
                 "source_id": source_id,
@@ -252,6 +256,7 @@ class JourneyProcessor:
                 "sessions": sessions,
                 "last_event": last_event,
                 "active": active,
+                "merged": merged,
             }
             value = orjson.dumps(update, option=orjson.OPT_SERIALIZE_NUMPY)
             outbox.add(topology.visitor_updates, None, value, partition)

@@ -701,12 +701,13 @@ def merge_visitor_updates(updates: Sequence[dict[str, Any]]) -> list[dict[str, s
     """
     by_source: dict[int, list[dict[str, Any]]] = {}
     for update in updates:
-        if len(update["visitorid"]):
+        if len(update["visitorid"]) or len(update.get("merged", ())):
             by_source.setdefault(int(update["source_id"]), []).append(update)
     return [
         {
             "source_id": source_id,
-            **{c: "{" + ",".join(_array(r[c])[1:-1] for r in records) + "}" for c in VISITOR_COLUMNS},
+            **{c: "{" + ",".join(_array(r[c])[1:-1] for r in records if len(r[c])) + "}" for c in VISITOR_COLUMNS},
+            "merged": "{" + ",".join(_array(r.get("merged", []))[1:-1] for r in records if r.get("merged")) + "}",
         }
         for source_id, records in by_source.items()
     ]
@@ -715,7 +716,8 @@ def merge_visitor_updates(updates: Sequence[dict[str, Any]]) -> list[dict[str, s
 async def _write_visitors(cur: Any, update: dict[str, Any]) -> None:
     """Upsert the visitors of a merged visitor-updates record. A visitor's row is written
     unless Postgres holds a more recent one; of several rows of one visitor, the last with
-    the latest ``last_event`` (what writing them one by one would leave)."""
+    the latest ``last_event`` (what writing them one by one would leave). Then delete the
+    rows of its ``merged`` visitors: linked to others, whose rows hold their events."""
     await cur.execute(
         "INSERT INTO visitors (source_id, visitorid, views, addtocarts, transactions, sessions, "
         "views_per_session, purchase_ratio, last_event_at, active) "
@@ -730,6 +732,10 @@ async def _write_visitors(cur: Any, update: dict[str, Any]) -> None:
         "last_event_at = EXCLUDED.last_event_at, active = EXCLUDED.active, updated_at = now() "
         "WHERE visitors.last_event_at <= EXCLUDED.last_event_at",
         (update["source_id"], *(update[column] for column in VISITOR_COLUMNS)),
+    )
+    await cur.execute(
+        "DELETE FROM visitors WHERE source_id = %s AND visitorid = ANY(%s::bigint[])",
+        (update["source_id"], update["merged"]),
     )
 
 

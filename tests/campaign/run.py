@@ -1,8 +1,10 @@
 """One campaign run: Apache Kafka, Postgres and three workers in a temporary directory,
-fed by a live producer (confluent-kafka, null keys, one event per message) and a CSV
-replay (``ampelios replay``, run again until it completes: a replayed event counts once)
-while the faults of a schedule strike; then what the stack answers once everything is
-reflected, to be judged against a clean run of the same input (:func:`differences`).
+fed by a live producer (confluent-kafka, null keys, one event per message), a CSV replay
+(``ampelios replay``, run again until it completes: a replayed event counts once) and
+Segment's Python client through the collector (people who browse anonymously, log in and
+buy: identifies that merge journeys) while the faults of a schedule strike; then what
+the stack answers once everything is reflected, to be judged against a clean run of the
+same input (:func:`differences`).
 Every process is stopped by its own PID, paused ones resumed first."""
 
 from __future__ import annotations
@@ -17,13 +19,16 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 from confluent_kafka import Producer
+from segment.analytics import Client as SegmentClient
 
 from ampelios.config import Settings
+from ampelios.core.collect import visitor_id
 from ampelios.core.events import EventBatch, encode_each_event, write_csv
 from ampelios.core.generate import generate_events
 from ampelios.services.broker import bootstrap_servers
@@ -39,28 +44,36 @@ WORKERS = 3
 DATA_SEED = 2026  # the input: the same for every run of every seed
 
 
+WRITE_KEY = "campaign"
+COLLECTED_FROM = datetime(2015, 6, 1, tzinfo=UTC)  # in the generated data's months
+
+
 @dataclass(frozen=True)
 class Size:
-    """How much a run sends: ``events`` generated (half live, half replayed), the live
-    producer spread over ``span`` seconds, ``faults`` drawn in that span."""
+    """How much a run sends: ``events`` generated (half live, half replayed) and
+    ``people`` through the collector, spread over ``span`` seconds; ``faults`` drawn in
+    that span."""
 
     events: int
+    people: int
     span: float
     faults: int
 
 
-SIZES = {"tiny": Size(3_000, 20.0, 3), "full": Size(20_000, 90.0, 8)}
+SIZES = {"tiny": Size(3_000, 40, 20.0, 3), "full": Size(20_000, 300, 90.0, 8)}
 
 
 def workload(size: Size) -> tuple[EventBatch, EventBatch, list[int]]:
     """(live events in time order, replayed events, sampled visitors): a random half of
-    the rows each, so that most visitors come through both."""
+    the rows each, so that most visitors come through both; the sample holds 40 of their
+    visitors and the first ten collected people."""
     events = generate_events(size.events, seed=DATA_SEED)
     live = np.random.default_rng(DATA_SEED).random(len(events)) < 0.5
     produced = events.take(np.flatnonzero(live)[np.argsort(events.timestamp[live], kind="stable")])
     visitors = np.unique(events.visitorid)
-    sample = np.random.default_rng(DATA_SEED).choice(visitors, min(40, len(visitors)), replace=False)
-    return produced, events.take(np.flatnonzero(~live)), sorted(sample.tolist())
+    sample = np.random.default_rng(DATA_SEED).choice(visitors, min(40, len(visitors)), replace=False).tolist()
+    people = [visitor_id("user", f"user-{i}") for i in range(min(10, size.people))]
+    return produced, events.take(np.flatnonzero(~live)), sorted(sample + people)
 
 
 class Cluster:
@@ -84,6 +97,7 @@ class Cluster:
             replay_batch_events=500,
             snapshot_seconds=0.5,
             history_days=36_500.0,  # the generated months, all kept
+            write_keys={WRITE_KEY: 1},
         )
         for i in range(WORKERS):
             log = (self.root / f"worker-{i}.log").open("ab")
@@ -152,6 +166,32 @@ def produce_live(settings: Settings, events: EventBatch, span: float) -> None:
         raise RuntimeError(f"the live producer lost {remaining} messages: {failures[:3]}")
 
 
+def collect_people(base: str, people: int, span: float) -> None:
+    """Through Segment's client to the collector of the worker at ``base``, spread over
+    ``span`` seconds: each person views three products anonymously, logs in (an identify
+    that links the anonymous id) and buys as the user. The client retries a failed
+    request (the worker killed or paused meanwhile) with the same message ids."""
+    errors: list[object] = []
+    client = SegmentClient(
+        WRITE_KEY, host=base, on_error=lambda e, batch: errors.append(e), max_retries=30, upload_interval=0.2
+    )
+    started = time.monotonic()
+    for i in range(people):
+        time.sleep(max(0.0, started + span * i / people - time.monotonic()))
+        anonymous, user, at = f"anon-{i}", f"user-{i}", COLLECTED_FROM + timedelta(hours=i)
+        for n in range(3):
+            product = {"product_id": str(100 + n)}
+            client.track(anonymous_id=anonymous, event="Product Viewed", properties=product, timestamp=at)
+            at += timedelta(minutes=1)
+        client.identify(user, anonymous_id=anonymous, timestamp=at)
+        order = {"order_id": f"o-{i}", "products": [{"product_id": "100"}]}
+        client.track(user, "Order Completed", order, timestamp=at + timedelta(minutes=1))
+    client.flush()
+    client.join()
+    if errors:
+        raise RuntimeError(f"the collector refused calls: {errors[:3]}")
+
+
 def replay_until_done(settings: Settings, path: Path, attempts: int = 20) -> int:
     """``ampelios replay`` of ``path`` until it exits 0 (a broker restart can fail one);
     the attempts it took."""
@@ -198,6 +238,7 @@ def run(root: Path, size: Size, schedule: list[Fault]) -> dict[str, Any]:
         feeds = [
             feed(produce_live, cluster.settings, produced, size.span),
             feed(replay_until_done, cluster.settings, path),
+            feed(collect_people, cluster.workers[-1].base_url, size.people, size.span),
         ]
         for fault in schedule:
             time.sleep(max(0.0, started + fault.at - time.monotonic()))

@@ -401,17 +401,30 @@ def visitor_record(source_id: int, rows: list[tuple[int, int, int, int, bool]]) 
 
 
 @settings_(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(batches=st.lists(st.lists(VISITOR_ROW, max_size=6), max_size=8))
-def test_visitor_updates_written_together_leave_the_rows_of_writing_them_one_by_one(database_url: str, batches):
+@given(
+    batches=st.lists(st.lists(VISITOR_ROW, max_size=6), max_size=8),
+    merges=st.lists(st.none() | st.integers(0, 5), max_size=8),
+)
+def test_visitor_updates_written_together_leave_the_rows_of_writing_them_one_by_one(database_url: str, batches, merges):
     """The sink writes a batch of visitor-updates records in one statement per source;
-    a visitor may be in several of them (and twice in one, after a resend)."""
-    records = [visitor_record(s, [r for r in rows if r[0] == s]) for rows in batches for s in (1, 2)]
+    a visitor may be in several of them (and twice in one, after a resend), and a record
+    may delete visitors linked to others (``merged``), who have no rows after that."""
+    records, gone = [], set()
+    for rows, merged in zip(batches, [*merges, *[None] * len(batches)]):
+        for s in (1, 2):
+            record = visitor_record(s, [r for r in rows if r[0] == s and (s, r[1]) not in gone])
+            if merged is not None:
+                record["merged"] = [merged]
+                gone.add((s, merged))
+            records.append(record)
     expected: dict[tuple[int, int], tuple] = {}
     for r in records:  # one by one: a row is replaced unless Postgres holds a more recent one
         for i, visitor in enumerate(r["visitorid"]):
             key, row = (r["source_id"], visitor), (r["views"][i], r["sessions"][i], r["last_event"][i], r["active"][i])
             if key not in expected or expected[key][2] <= row[2]:
                 expected[key] = row
+        for visitor in r.get("merged", []):
+            expected.pop((r["source_id"], visitor), None)
 
     async def write_and_read() -> list[tuple]:
         history = History(database_url)
