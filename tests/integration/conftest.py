@@ -280,10 +280,14 @@ def outcome(settings: Settings, base: str, sample: list[int]) -> dict:
         (s["at"], [(x["id"], x["size"], x["visitors"]) for x in s["segments"]], s["activity"])
         for s in settled_periods(base)["snapshots"]
     ]
-    alerts = [  # not ids: they name the model's lineage, another in another deployment
-        tuple(a[k] for k in ("signal", "segment", "direction", "started_at", "detected_at", "recovered_at"))
-        for a in http_json("GET", f"{base}/alerts?source_id=1")[1]["alerts"]
-    ]
+    alerts = sorted(  # not ids: they name the model's lineage, another in another deployment (and so
+        # does the order of alerts detected on the same day, which follows their ids)
+        (
+            tuple(a[k] for k in ("signal", "segment", "direction", "started_at", "detected_at", "recovered_at"))
+            for a in http_json("GET", f"{base}/alerts?source_id=1")[1]["alerts"]
+        ),
+        key=repr,
+    )
     stats = http_json("GET", f"{base}/stats?source_id=1")[1]
     segments = http_json("GET", f"{base}/view?source_id=1")[1]
     answers = [http_json("GET", f"{base}/visitors/{v}?source_id=1") for v in sample]
