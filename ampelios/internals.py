@@ -145,6 +145,13 @@ def leave_even_the_first_generation(consumer: aiokafka.AIOKafkaConsumer) -> None
         coordinator.generation = 1
 
 
+def group_generation(consumer: aiokafka.AIOKafkaConsumer) -> int:
+    """The generation of the consumer group this consumer was last assigned partitions in
+    (aiokafka keeps it on its coordinator; -1 before the first)."""
+    coordinator = consumer._coordinator
+    return int(coordinator.generation) if coordinator is not None else -1
+
+
 def transport_with(
     fetch_max_wait_ms: int,
     fetch_min_bytes: int,

@@ -238,6 +238,18 @@ MIGRATIONS: Sequence[tuple[int, str]] = (
         CREATE INDEX visitors_by_last_event ON visitors (source_id, last_event_at) WHERE NOT active;
         """,
     ),
+    (
+        5,
+        """
+        CREATE TABLE sink_fences (
+            fence      text   PRIMARY KEY,
+            generation bigint NOT NULL
+        );
+        COMMENT ON TABLE sink_fences IS
+            'Ampelios: the newest consumer-group generation that wrote, per sink group and broker '
+            'life; a write of an older generation (records of partitions since handed over) is refused';
+        """,
+    ),
 )
 
 
@@ -255,6 +267,11 @@ class Retention:
 
 class HistoryUnavailable(RuntimeError):
     """Postgres cannot be reached or refused the statement; the caller may retry."""
+
+
+class Fenced(RuntimeError):
+    """A sink write of a consumer-group generation older than one that wrote since: its
+    records' partitions were handed over, and their new holder writes them."""
 
 
 def _ms(ms: int) -> datetime:
@@ -335,13 +352,25 @@ class History:
         visitor_updates: Sequence[dict[str, Any]],
         transitions: Sequence[dict[str, Any]],
         alerts: Sequence[dict[str, Any]] = (),
+        fence: tuple[str, int] | None = None,
     ) -> None:
-        """Write records of the sink's topics in one transaction (idempotent)."""
+        """Write records of the sink's topics in one transaction (idempotent). With a
+        ``fence`` (name, consumer-group generation the records were read in), raise
+        :class:`Fenced` and write nothing when a newer generation of that name wrote."""
         newest_alerts = {(a["source_id"], a["id"]): a for a in alerts}
 
         newest = {(r["source_id"], r["lineage"]): r for r in snapshots if r.get("basis") == "current"}
 
         async def work(cur: Any) -> None:
+            if fence is not None:  # its row stays locked until the end: writes of a name are serialized
+                await cur.execute(
+                    "INSERT INTO sink_fences (fence, generation) VALUES (%s, %s) ON CONFLICT (fence) DO UPDATE "
+                    "SET generation = EXCLUDED.generation WHERE sink_fences.generation <= EXCLUDED.generation "
+                    "RETURNING generation",
+                    fence,
+                )
+                if await cur.fetchone() is None:
+                    raise Fenced(f"records read in generation {fence[1]} of {fence[0]}, a newer one wrote since")
             for snapshot in snapshots:
                 if snapshot.get("basis") != "current":
                     await _write_snapshot(cur, snapshot)

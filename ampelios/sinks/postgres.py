@@ -5,7 +5,10 @@ It reads ``<app>-snapshots``, ``<app>-visitor-updates``, ``segment-changes`` and
 has the records. While Postgres is down it retries the same records with backoff; the
 stream goes on meanwhile, the records wait in Kafka, and the sink catches up when the
 database is back: no snapshot is dropped. With several workers, the group spreads the
-partitions over them. Every ``prune_seconds`` it deletes what the retention no longer
+partitions over them, and each write is fenced by the group generation its records were
+read in: a sink that lost its partitions while it waited (Postgres away) cannot put its
+older rows over what their new holder wrote since (found by the fault campaign, seed 8: a
+visitor's row ended with 16 views of its 20). Every ``prune_seconds`` it deletes what the retention no longer
 keeps (:meth:`History.prune`).
 """
 
@@ -19,9 +22,9 @@ import orjson
 from aiokafka.errors import CommitFailedError, KafkaError
 from mode import Service
 
-from ampelios.internals import leave_even_the_first_generation
-from ampelios.services.broker import group_consumer
-from ampelios.sinks.history import History, HistoryUnavailable, Retention
+from ampelios.internals import group_generation, leave_even_the_first_generation
+from ampelios.services.broker import broker_epoch, group_consumer
+from ampelios.sinks.history import Fenced, History, HistoryUnavailable, Retention
 from ampelios.topology import Topology
 
 log = logging.getLogger(__name__)
@@ -51,6 +54,7 @@ class PostgresSink(Service):
         self.consumer: aiokafka.AIOKafkaConsumer | None = None
         self.written = 0  # records written since start
         self.unavailable: str | None = None  # why the last write failed, until one succeeds
+        self.fence: str | None = None  # the sink group and the broker's life (History.write)
 
     async def on_start(self) -> None:
         t = self.topology
@@ -71,11 +75,12 @@ class PostgresSink(Service):
             records = await self.consumer.getmany(timeout_ms=500, max_records=2000)
             if not records:
                 continue
+            generation = group_generation(self.consumer)  # no await since getmany: the records' own
             by_topic: dict[str, list[dict[str, Any]]] = {}
             for tp, batch in records.items():
                 by_topic.setdefault(tp.topic, []).extend(orjson.loads(r.value) for r in batch)
-            await self._write_until_done(by_topic)
-            await self._commit()
+            if await self._write_until_done(by_topic, generation):
+                await self._commit()
 
     @Service.task
     async def _prune(self) -> None:
@@ -96,9 +101,9 @@ class PostgresSink(Service):
     async def _commit(self) -> None:
         """Commit what was written. When the group rebalanced meanwhile, the partitions'
         new holder (maybe this worker) reads the records from the last commit and writes
-        them again, which changes nothing (every write is an idempotent upsert that never
-        moves a visitor back in time); any other broker error is retried, so that the
-        task never dies and leaves the sink's lag above 0 for good."""
+        them again, which changes nothing (every write is an idempotent upsert); any other
+        broker error is retried, so that the task never dies and leaves the sink's lag
+        above 0 for good."""
         assert self.consumer is not None
         backoff = 0.2
         while not self.should_stop:
@@ -113,9 +118,17 @@ class PostgresSink(Service):
                 await self.sleep(backoff)
                 backoff = min(MAX_BACKOFF_SECONDS, backoff * 2)
 
-    async def _write_until_done(self, by_topic: dict[str, list[dict[str, Any]]]) -> None:
+    async def _write_until_done(self, by_topic: dict[str, list[dict[str, Any]]], generation: int) -> bool:
+        """Write the records read in ``generation`` of the sink's group, retrying while
+        Postgres is away; whether they were written. A newer generation wrote meanwhile
+        (:class:`Fenced`): their partitions were handed over during the wait, and a write
+        now could put an older row over a newer one, so they are read again from the last
+        commit by whoever holds them now (maybe this sink)."""
         t = self.topology
         backoff = 0.2
+        if self.fence is None:
+            epoch = await broker_epoch(self.broker_url, t.epoch) or b""
+            self.fence = f"{t.sink_group}:{epoch.hex()}"
         while not self.should_stop:
             try:
                 await self.history.write(
@@ -123,7 +136,13 @@ class PostgresSink(Service):
                     by_topic.get(t.visitor_updates, []),
                     by_topic.get(t.segment_changes, []),
                     by_topic.get(t.segment_alerts, []),
+                    fence=(self.fence, generation),
                 )
+            except Fenced as exc:
+                log.info("%s: reading them again", exc)
+                assert self.consumer is not None
+                await self.consumer.seek_to_committed()
+                return False
             except HistoryUnavailable as exc:
                 if self.unavailable is None:
                     log.warning("%s; keeping the records in Kafka and retrying", exc)
@@ -135,4 +154,5 @@ class PostgresSink(Service):
                 log.info("Postgres is back; writing the records that waited")
                 self.unavailable = None
             self.written += sum(map(len, by_topic.values()))
-            return
+            return True
+        return False

@@ -27,7 +27,7 @@ from ampelios.core.generate import WINDOW_END_MS, WINDOW_START_MS, generate_even
 from ampelios.core.labels import BUYERS, kind_of
 from ampelios.services.broker import end_offsets, read_range
 from ampelios.services.stack import http_json, wait_for_job, wait_until_reflected
-from ampelios.sinks.history import ALERT_TIMES, History, Retention
+from ampelios.sinks.history import ALERT_TIMES, Fenced, History, Retention
 from tests.integration.conftest import (
     Workers,
     _admin,
@@ -445,6 +445,31 @@ def test_visitor_updates_written_together_leave_the_rows_of_writing_them_one_by_
         (s, v): (views, sessions, last, active) for s, v, views, sessions, last, active in asyncio.run(write_and_read())
     }
     assert written == expected
+
+
+def test_a_write_of_an_older_generation_is_refused_and_writes_nothing(database_url: str):
+    """Sinks that lost their partitions while they waited write nothing over their new
+    holder's rows: a write read in an older generation of the same fence is refused."""
+    older = visitor_record(1, [(1, 7, 16, 5, True)])
+    newer = visitor_record(1, [(1, 7, 20, 5, True)])
+
+    async def write() -> None:
+        history = History(database_url)
+        try:
+            await history.write([], [newer], [], fence=("sink:life-1", 4))
+            with pytest.raises(Fenced):
+                await history.write([], [older], [], fence=("sink:life-1", 3))
+            await history.write([], [newer], [], fence=("sink:life-1", 4))  # the same generation again
+            await history.write([], [newer], [], fence=("sink:life-2", 1))  # another life of the broker
+        finally:
+            await history.close()
+
+    asyncio.run(write())
+    with psycopg2.connect(database_url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT views FROM visitors WHERE source_id = 1 AND visitorid = 7")
+        assert cur.fetchall() == [(20,)]
+        cur.execute("SELECT fence, generation FROM sink_fences ORDER BY fence")
+        assert cur.fetchall() == [("sink:life-1", 4), ("sink:life-2", 1)]
 
 
 def test_retention_deletes_what_is_older_than_its_days_and_keeps_the_rest(database_url: str):
