@@ -242,12 +242,14 @@ MIGRATIONS: Sequence[tuple[int, str]] = (
         5,
         """
         CREATE TABLE sink_fences (
-            fence      text   PRIMARY KEY,
-            generation bigint NOT NULL
+            fence      text        PRIMARY KEY,
+            generation bigint      NOT NULL,
+            written_at timestamptz NOT NULL DEFAULT now()
         );
         COMMENT ON TABLE sink_fences IS
             'Ampelios: the newest consumer-group generation that wrote, per sink group and broker '
-            'life; a write of an older generation (records of partitions since handed over) is refused';
+            'life; a write of an older generation (records of partitions since handed over) is refused '
+            'for a day after it (a group empty for a week is forgotten by Kafka and numbered anew)';
         """,
     ),
 )
@@ -356,7 +358,8 @@ class History:
     ) -> None:
         """Write records of the sink's topics in one transaction (idempotent). With a
         ``fence`` (name, consumer-group generation the records were read in), raise
-        :class:`Fenced` and write nothing when a newer generation of that name wrote."""
+        :class:`Fenced` and write nothing when a newer generation of that name wrote in
+        the last day (older: a group Kafka forgot, empty for a week, numbers anew)."""
         newest_alerts = {(a["source_id"], a["id"]): a for a in alerts}
 
         newest = {(r["source_id"], r["lineage"]): r for r in snapshots if r.get("basis") == "current"}
@@ -365,8 +368,9 @@ class History:
             if fence is not None:  # its row stays locked until the end: writes of a name are serialized
                 await cur.execute(
                     "INSERT INTO sink_fences (fence, generation) VALUES (%s, %s) ON CONFLICT (fence) DO UPDATE "
-                    "SET generation = EXCLUDED.generation WHERE sink_fences.generation <= EXCLUDED.generation "
-                    "RETURNING generation",
+                    "SET generation = EXCLUDED.generation, written_at = now() "
+                    "WHERE sink_fences.generation <= EXCLUDED.generation "
+                    "OR sink_fences.written_at < now() - interval '1 day' RETURNING generation",
                     fence,
                 )
                 if await cur.fetchone() is None:

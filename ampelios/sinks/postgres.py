@@ -14,12 +14,13 @@ keeps (:meth:`History.prune`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
 import aiokafka
 import orjson
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from mode import Service
 
 from ampelios.internals import group_generation, leave_even_the_first_generation
@@ -141,7 +142,8 @@ class PostgresSink(Service):
             except Fenced as exc:
                 log.info("%s: reading them again", exc)
                 assert self.consumer is not None
-                await self.consumer.seek_to_committed()
+                with contextlib.suppress(IllegalStateError):  # moving now: assigned again from the commits
+                    await self.consumer.seek_to_committed()
                 return False
             except HistoryUnavailable as exc:
                 if self.unavailable is None:

@@ -470,6 +470,21 @@ def test_a_write_of_an_older_generation_is_refused_and_writes_nothing(database_u
         assert cur.fetchall() == [(20,)]
         cur.execute("SELECT fence, generation FROM sink_fences ORDER BY fence")
         assert cur.fetchall() == [("sink:life-1", 4), ("sink:life-2", 1)]
+        # A group Kafka forgot (empty for a week) numbers its generations anew: a fence
+        # not written for a day no longer refuses them.
+        cur.execute("UPDATE sink_fences SET written_at = now() - interval '2 days' WHERE fence = 'sink:life-1'")
+
+    async def anew() -> None:
+        history = History(database_url)
+        try:
+            await history.write([], [newer], [], fence=("sink:life-1", 1))
+        finally:
+            await history.close()
+
+    asyncio.run(anew())
+    with psycopg2.connect(database_url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT generation FROM sink_fences WHERE fence = 'sink:life-1'")
+        assert cur.fetchall() == [(1,)]
 
 
 def test_retention_deletes_what_is_older_than_its_days_and_keeps_the_rest(database_url: str):
