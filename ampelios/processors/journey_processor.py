@@ -202,9 +202,9 @@ class JourneyProcessor:
             if self.period_ms:  # on a period boundary: no period is split between summaries and events
                 cut -= cut % self.period_ms
             first, summaries = batch.summarize(cut, self.gap_ms)
-        store(writes, keys, old, batch, changed if leaving is None else changed[~leaving[changed]], first, summaries)
+        rows = changed if leaving is None else changed[~leaving[changed]]  # linked ones: deleted, not stored
+        store(writes, keys, old, batch, rows, first, summaries)
         left = [batch.old_shapes[changed[batch.was_active[changed]]]]
-        rows = changed if leaving is None else changed[~leaving[changed]]
         updated = [visitors[rows], batch.new_shapes[rows], batch.last_event[rows], batch.active[rows]]
         expiry, forgotten = None, (0, 0)
         if cutoff is not None and window_ms is not None:
