@@ -1,9 +1,11 @@
 """The fault campaign: for each seed, a stack of three workers on Apache Kafka with
-Postgres, fed by a live producer and a CSV replay, struck by the seed's faults (SIGKILL,
-SIGSTOP/SIGCONT, a wiped state directory, a broker or Postgres restart), and judged against
+Postgres, fed by a live producer, the collector and a CSV replay, delivering to two webhook
+receivers, struck by the seed's faults (SIGKILL, SIGSTOP/SIGCONT, a wiped state directory,
+a broker or Postgres restart, a receiver down, the whole stack killed), and judged against
 a clean run of the same input: every worker's days, alerts, stats, segments, Postgres
-visitors and sampled journeys. A divergence prints what differs and the seed that replays
-it. Run:
+visitors and sampled journeys, the Postgres periods and alerts; and each receiver's
+deliveries against the run's segment changes. A divergence prints what differs and the
+seed that replays it. Run:
 
     .venv/bin/python scripts/fault_campaign.py --seeds 1-50 [--size full] [--json out.json]
     .venv/bin/python scripts/fault_campaign.py --seeds 7 --size tiny    # one seed again
@@ -55,10 +57,13 @@ def main() -> int:
             struck = run(Path(root) / f"seed-{seed}", size, schedule)
             diverged = differences(clean, struck)
             runs.append({"seed": seed, "faults": [vars(f) for f in schedule], "seconds": struck["seconds"]})
-            runs[-1]["divergences"] = diverged
+            runs[-1] |= {"receivers": struck["receivers"], "divergences": diverged}
             print(f"seed {seed}: {len(diverged)} divergences, {struck['seconds']} s", flush=True)
             for fault in schedule:
                 print(f"  {fault}")
+            for path, judged in struck["receivers"].items():
+                figures = ", ".join(f"{k} {v}" for k, v in judged.items() if k != "problems")
+                print(f"  receiver {path}: {figures}")
             for line in diverged:
                 print(f"  DIVERGED (seed {seed}, --size {args.size}): {line}")
     kinds = Counter(f["kind"] for r in runs for f in r["faults"])

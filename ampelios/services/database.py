@@ -164,7 +164,12 @@ class EmbeddedPostgres:
         self.data_dir.chmod(0o700)
         return _PG_USER
 
-    def stop(self, grace: float = 10.0) -> None:
+    def stop(self, grace: float = 10.0, sig: int = signal.SIGINT) -> None:
         """Fast shutdown (SIGINT: roll back open transactions, then exit)."""
-        stop_process(self.process, signal.SIGINT, grace)
+        stop_process(self.process, sig, grace)
         self.process = None
+
+    def kill(self) -> None:
+        """Immediate shutdown (SIGQUIT: no checkpoint, the next start recovers from the
+        write-ahead log), as after a crash; SIGKILL would leave its backends running."""
+        self.stop(sig=signal.SIGQUIT)

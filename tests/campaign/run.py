@@ -2,9 +2,13 @@
 fed by a live producer (confluent-kafka, null keys, one event per message), a CSV replay
 (``ampelios replay``, run again until it completes: a replayed event counts once) and
 Segment's Python client through the collector (people who browse anonymously, log in and
-buy: identifies that merge journeys) while the faults of a schedule strike; then what
-the stack answers once everything is reflected, to be judged against a clean run of the
-same input (:func:`differences`).
+buy: identifies that merge journeys) while the faults of a schedule strike, and
+delivering segment changes to two webhook receivers (``steady``, subscribed in
+``AMPELIOS_WEBHOOKS`` to every segment, and ``failing``, subscribed with ``POST
+/webhooks`` to the buyers and cart abandoners, which the ``receiver`` fault takes down);
+then what the stack answers once everything is reflected, to be judged against a clean
+run of the same input (:func:`differences`), and what each receiver got, judged against
+the run's own ``segment-changes`` records (:mod:`tests.campaign.deliveries`).
 Every process is stopped by its own PID, paused ones resumed first."""
 
 from __future__ import annotations
@@ -24,19 +28,27 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
-from confluent_kafka import Producer
+import orjson
+import psycopg2
+from confluent_kafka import Consumer, Producer
+from confluent_kafka import TopicPartition as KafkaPartition
 from segment.analytics import Client as SegmentClient
+from standardwebhooks.webhooks import WebhookVerificationError
 
 from ampelios.config import Settings
 from ampelios.core.collect import visitor_id
 from ampelios.core.events import EventBatch, encode_each_event, write_csv
 from ampelios.core.generate import generate_events
+from ampelios.core.labels import CART_ABANDONERS, FIRST_TIME_BUYERS, REPEAT_BUYERS
+from ampelios.core.webhooks import Subscription, membership_changes, new_secret
 from ampelios.services.broker import bootstrap_servers
 from ampelios.services.database import EmbeddedPostgres
 from ampelios.services.kafka import ApacheKafka
 from ampelios.services.processes import free_port
-from ampelios.services.stack import WorkerProcess
+from ampelios.services.stack import WorkerProcess, http_json
+from ampelios.services.webhook_receiver import WebhookReceiver
 from ampelios.topology import Topology
+from tests.campaign.deliveries import Attempt, judge_deliveries, retried_under_the_same_id
 from tests.campaign.schedule import Fault
 from tests.integration.conftest import outcome, settle
 
@@ -45,6 +57,8 @@ DATA_SEED = 2026  # the input: the same for every run of every seed
 
 
 WRITE_KEY = "campaign"
+STEADY, FAILING = "/steady", "/failing"  # the receivers' paths
+BUYERS = [REPEAT_BUYERS, FIRST_TIME_BUYERS, CART_ABANDONERS]  # the failing receiver's segments
 COLLECTED_FROM = datetime(2015, 6, 1, tzinfo=UTC)  # in the generated data's months
 
 
@@ -77,18 +91,25 @@ def workload(size: Size) -> tuple[EventBatch, EventBatch, list[int]]:
 
 
 class Cluster:
-    """Apache Kafka, Postgres and :data:`WORKERS` workers under ``root``."""
+    """Apache Kafka, Postgres and :data:`WORKERS` workers under ``root``, and the webhook
+    receivers (:attr:`subscriptions`: path -> subscription)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.broker = ApacheKafka(root / "broker.log", root / "kafka")
         self.postgres = EmbeddedPostgres(root / "postgres", root / "postgres.log")
+        self.receiver = WebhookReceiver()
+        self.subscriptions: dict[str, Subscription] = {}
         self.workers: list[WorkerProcess] = []
         self.logs: list[IO[bytes]] = []
         self.paused: set[int] = set()
+        self.receiver_back: list[threading.Timer] = []
+        self.receiver_down_until = 0.0  # time.monotonic()
 
     def start(self) -> None:
         (self.root / "data").mkdir(parents=True, exist_ok=True)
+        steady = {"id": "steady", "url": self.receiver.url(STEADY), "source_id": 1, "secret": new_secret()}
+        (self.root / "webhooks.json").write_bytes(orjson.dumps([steady]))
         base = Settings(
             broker=self.broker.start().url,
             database_url=self.postgres.start().url,
@@ -98,24 +119,38 @@ class Cluster:
             snapshot_seconds=0.5,
             history_days=36_500.0,  # the generated months, all kept
             write_keys={WRITE_KEY: 1},
+            webhooks=self.root / "webhooks.json",
         )
         for i in range(WORKERS):
             log = (self.root / f"worker-{i}.log").open("ab")
             self.logs.append(log)
             settings = base.with_(state_dir=self.root / f"worker-{i}", web_port=free_port())
             self.workers.append(WorkerProcess(settings, output=log).start(timeout=300))
+        failing = {"url": self.receiver.url(FAILING), "source_id": 1}
+        code, made = http_json("POST", f"{self.workers[0].base_url}/webhooks", failing | {"segments": BUYERS})
+        if code != 201:
+            raise RuntimeError(f"POST /webhooks answered {code}: {made}")
+        self.subscriptions = {
+            STEADY: Subscription.from_json(steady),
+            FAILING: Subscription(made["id"], made["url"], made["secret"], 1, tuple(BUYERS)),
+        }
+        for sub in self.subscriptions.values():
+            wait_for_first_commits(self.settings, sub.id)
 
     @property
     def settings(self) -> Settings:
         return self.workers[0].settings
 
     def stop(self) -> None:
+        for timer in self.receiver_back:
+            timer.cancel()
         for i, worker in enumerate(self.workers):
             if i in self.paused and worker.process is not None:
                 worker.process.send_signal(signal.SIGCONT)
             worker.stop()
         self.broker.stop()
         self.postgres.stop()
+        self.receiver.close()
         for log in self.logs:
             log.close()
 
@@ -143,8 +178,27 @@ class Cluster:
             self.postgres.stop()
             time.sleep(fault.seconds)
             self.postgres.start()
+        elif fault.kind == "receiver":  # down until the last outage drawn so far ends
+            self.receiver.status[FAILING] = 503
+            self.receiver_down_until = max(self.receiver_down_until, time.monotonic() + fault.seconds)
+            self.receiver_back.append(threading.Timer(fault.seconds, self._receiver_back))
+            self.receiver_back[-1].start()
+        elif fault.kind == "stack":
+            for worker in self.workers:
+                worker.kill()
+            self.broker.kill()
+            self.postgres.kill()
+            time.sleep(fault.seconds)
+            self.postgres.start()
+            self.broker.start()
+            for worker in self.workers:
+                worker.start(timeout=300)
         else:
             raise ValueError(f"no such fault: {fault}")
+
+    def _receiver_back(self) -> None:
+        if time.monotonic() >= self.receiver_down_until:
+            self.receiver.status.pop(FAILING, None)
 
 
 def produce_live(settings: Settings, events: EventBatch, span: float) -> None:
@@ -204,6 +258,110 @@ def replay_until_done(settings: Settings, path: Path, attempts: int = 20) -> int
     raise RuntimeError(f"ampelios replay of {path} failed {attempts} times")
 
 
+def _kafka_consumer(settings: Settings, group: str) -> Consumer:
+    return Consumer(
+        {
+            "bootstrap.servers": bootstrap_servers(settings.broker_url),
+            "group.id": group,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "log_level": 2,
+        }
+    )
+
+
+def wait_for_first_commits(settings: Settings, subscription_id: str, timeout: float = 120.0) -> None:
+    """Until the subscription's group has committed every partition of
+    ``segment-changes`` (its members sent): a change written after that is delivered as
+    a change, which is what :func:`judge_receivers` expects of every one."""
+    topology = Topology.of(settings)
+    consumer = _kafka_consumer(settings, topology.webhook_group(subscription_id))  # never joins
+    partitions = [KafkaPartition(topology.segment_changes, p) for p in range(settings.partitions)]
+    deadline = time.monotonic() + timeout
+    try:
+        while min(tp.offset for tp in consumer.committed(partitions, timeout=10)) < 0:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"webhook {subscription_id}: partitions not committed within {timeout}s")
+            time.sleep(0.5)
+    finally:
+        consumer.close()
+
+
+def written_changes(settings: Settings) -> list[dict[str, Any]]:
+    """Every ``segment-changes`` record, in each partition's order (a visitor's records
+    are all in one partition)."""
+    topic = Topology.of(settings).segment_changes
+    consumer = _kafka_consumer(settings, "campaign-judge")
+    records: list[dict[str, Any]] = []
+    try:
+        for p in range(settings.partitions):
+            low, high = consumer.get_watermark_offsets(KafkaPartition(topic, p), timeout=30)
+            consumer.assign([KafkaPartition(topic, p, low)])
+            offset = low
+            while offset < high:
+                message = consumer.poll(10)
+                if message is None or message.error():
+                    raise RuntimeError(f"{topic}[{p}] unreadable at {offset}: {message and message.error()}")
+                records.append(orjson.loads(message.value()))
+                offset = message.offset() + 1
+    finally:
+        consumer.close()
+    return records
+
+
+def judge_receivers(cluster: Cluster, timeout: float = 300.0) -> dict[str, Any]:
+    """Each receiver's deliveries judged (:func:`judge_deliveries`) once they hold every
+    change the run's records make, or ``timeout`` seconds after the failing receiver is
+    back; with the ids retried under the same key."""
+    for timer in cluster.receiver_back:
+        timer.join()
+    records = written_changes(cluster.settings)
+    deadline = time.monotonic() + timeout
+    while True:
+        judged: dict[str, Any] = {}
+        for path, sub in cluster.subscriptions.items():
+            received = cluster.receiver.attempts(path)
+            attempts = [Attempt(r.headers["webhook-id"], r.status, orjson.loads(r.body)) for r in received]
+            try:
+                cluster.receiver.bodies(path, sub.secret)  # every accepted one signed right
+                unsigned = []
+            except WebhookVerificationError as exc:
+                unsigned = [f"a delivery's signature does not verify: {exc}"]
+            retried, failed = retried_under_the_same_id(attempts)
+            expected = membership_changes(records, sub)
+            judged[path] = {
+                "changes": len(expected),
+                "attempts": len(attempts),
+                "failed ids retried under the same key": f"{retried} of {failed}",
+                "problems": unsigned + judge_deliveries(expected, attempts),
+            }
+        if not any(j["problems"] for j in judged.values()) or time.monotonic() > deadline:
+            return judged
+        time.sleep(1.0)
+
+
+def stored_history(settings: Settings) -> dict[str, list[tuple[Any, ...]]]:
+    """The Postgres rows SQL users read of segment periods, activity and alerts (those of
+    the current lineage, alerts not withdrawn), without ids, lineages or model versions
+    (they name the deployment); floats to 9 digits."""
+    queries = {
+        "period segments": "SELECT period_start, segment_id, label, size, visitors FROM current_period_segments "
+        "WHERE source_id = 1",
+        "period activity": "SELECT period_start, visitors, buyers, views, addtocarts, transactions "
+        "FROM current_period_activity WHERE source_id = 1",
+        "alerts": "SELECT signal, segment_id, label, direction, before, after, started_at, detected_at, "
+        "recovered_at FROM segment_alerts JOIN current_lineages USING (source_id, lineage) "
+        "WHERE source_id = 1 AND NOT withdrawn",
+    }
+    rows: dict[str, list[tuple[Any, ...]]] = {}
+    with psycopg2.connect(settings.database_url) as conn, conn.cursor() as cur:
+        for name, query in queries.items():
+            cur.execute(query)
+            rounded = (tuple(round(v, 9) if isinstance(v, float) else v for v in row) for row in cur.fetchall())
+            rows[name] = sorted(rounded, key=repr)
+    return rows
+
+
 @contextlib.contextmanager
 def running(root: Path) -> Iterator[Cluster]:
     cluster = Cluster(root)
@@ -250,19 +408,33 @@ def run(root: Path, size: Size, schedule: list[Fault]) -> dict[str, Any]:
         bases = [w.base_url for w in cluster.workers]
         settle(*bases)
         answers = [outcome(cluster.settings, base, sample) for base in bases]
-        return {"workers": answers, "seconds": round(time.monotonic() - started, 1)}
+        return {
+            "workers": answers,
+            "postgres": stored_history(cluster.settings),
+            "receivers": judge_receivers(cluster),
+            "seconds": round(time.monotonic() - started, 1),
+        }
 
 
 def differences(clean: dict[str, Any], struck: dict[str, Any]) -> list[str]:
     """What a struck run answered differently from the clean one: a line per worker and
     part (days, alerts, stats, segments, Postgres visitors, sampled journeys), with its
-    first differing item. Every worker is judged against the clean run's first."""
+    first differing item (every worker is judged against the clean run's first), a line
+    per Postgres table, and what each receiver got wrong."""
     expected = clean["workers"][0]
     return [
-        f"worker {i} {key}: {_first_difference(expected[key], value)}"
-        for i, answers in enumerate(struck["workers"])
-        for key, value in answers.items()
-        if value != expected[key]
+        *(
+            f"worker {i} {key}: {_first_difference(expected[key], value)}"
+            for i, answers in enumerate(struck["workers"])
+            for key, value in answers.items()
+            if value != expected[key]
+        ),
+        *(
+            f"Postgres {table}: {_first_difference(clean['postgres'][table], rows)}"
+            for table, rows in struck["postgres"].items()
+            if rows != clean["postgres"][table]
+        ),
+        *(f"receiver {path}: {problem}" for path, j in struck["receivers"].items() for problem in j["problems"]),
     ]
 
 

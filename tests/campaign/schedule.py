@@ -11,9 +11,15 @@ import random
 from dataclasses import dataclass
 
 WORKER_FAULTS = ("kill", "pause", "wipe")  # strike one worker
-STACK_FAULTS = ("broker", "postgres")  # stop a service, start it again
-FAULT_KINDS = WORKER_FAULTS + STACK_FAULTS
-LASTING = {"pause": (2.0, 20.0), "broker": (1.0, 10.0), "postgres": (1.0, 10.0)}  # seconds, low-high
+SERVICE_FAULTS = ("broker", "postgres", "receiver", "stack")  # stop a service (or all), start it again
+FAULT_KINDS = WORKER_FAULTS + SERVICE_FAULTS
+LASTING = {  # seconds, low-high
+    "pause": (2.0, 20.0),
+    "broker": (1.0, 10.0),
+    "postgres": (1.0, 10.0),
+    "receiver": (10.0, 120.0),
+    "stack": (1.0, 10.0),
+}
 
 
 @dataclass(frozen=True)
@@ -25,7 +31,11 @@ class Fault:
     - ``pause``: SIGSTOP, ``seconds`` later SIGCONT (past the session timeout the worker
       has lost its group and comes back into it);
     - ``wipe``: SIGKILL, its state directory deleted, started again (a new machine);
-    - ``broker``, ``postgres``: the service stopped, started again ``seconds`` later.
+    - ``broker``, ``postgres``: the service stopped, started again ``seconds`` later;
+    - ``receiver``: the failing webhook receiver answers 503 for ``seconds`` (the other
+      faults go on meanwhile);
+    - ``stack``: every worker and the broker SIGKILLed, Postgres in immediate shutdown
+      (a machine that lost power), all started again ``seconds`` later.
     """
 
     at: float

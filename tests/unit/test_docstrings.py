@@ -20,6 +20,8 @@ MODULES = [
     "ampelios.core.population",
     "ampelios.sinks.history",
     "ampelios.engine.outbox",
+    "tests.campaign.deliveries",
+    "tests.campaign.schedule",
 ]
 
 
