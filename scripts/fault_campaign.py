@@ -43,7 +43,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=seeds, default=seeds("1-2"))
     parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
-    parser.add_argument("--json", type=Path, help="write every run's schedule and verdict here")
+    parser.add_argument("--json", type=Path, help="write every run's schedule and verdict here, run by run")
     parser.add_argument("--keep", type=Path, help="run under this directory and keep it (logs, state)")
     args = parser.parse_args()
     size = SIZES[args.size]
@@ -66,14 +66,14 @@ def main() -> int:
                 print(f"  receiver {path}: {figures}")
             for line in diverged:
                 print(f"  DIVERGED (seed {seed}, --size {args.size}): {line}")
+            if args.json:  # after every run: a campaign cut short keeps what it found
+                args.json.write_text(json.dumps({"size": args.size, "runs": runs}, indent=1, default=str))
     kinds = Counter(f["kind"] for r in runs for f in r["faults"])
     print(f"\n| size | runs | {' | '.join(FAULT_KINDS)} | divergent runs | minutes |")
     print(f"|---|---:|{'---:|' * len(FAULT_KINDS)}---:|---:|")
     divergent = sum(1 for r in runs if r["divergences"])
     counts = " | ".join(str(kinds[k]) for k in FAULT_KINDS)
     print(f"| {args.size} | {len(runs)} | {counts} | {divergent} | {(time.monotonic() - started) / 60:.1f} |")
-    if args.json:
-        args.json.write_text(json.dumps({"size": args.size, "runs": runs}, indent=1))
     return 1 if divergent else 0
 
 
