@@ -156,7 +156,9 @@ class Deliveries(Service):
                     if not await self._deliver(body, key, held, None, len(found)):
                         return
                 cursor = following
-        if self.generation == generation and await self._commit({tp: end}):
+        # Asked again after the commit: an assignment made during it may have found no
+        # commit yet and put the partition to sync at a newer end, which is its to resume.
+        if self.generation == generation and await self._commit({tp: end}) and self.generation == generation:
             self.unsynced.pop(tp, None)
             self.consumer.resume(tp)
 
