@@ -13,7 +13,7 @@ import click
 
 from ampelios.config import Settings, load_settings
 from ampelios.core.events import CsvError, write_csv
-from ampelios.core.generate import generate_events
+from ampelios.core.generate import DAY_MS, WINDOW_DAYS, WINDOW_START_MS, Drop, Scenario, generate_events
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -128,18 +128,60 @@ def replay(file: Path, source_id: int, file_order: bool) -> None:
 @click.option(
     "--purchase-drop",
     metavar="START:END",
-    help="Dates (YYYY-MM-DD, UTC) between which visitors buy a tenth as often, e.g. 2015-07-01:2015-08-01.",
+    help="Dates (YYYY-MM-DD, UTC) between which visitors buy less often, e.g. 2015-07-01:2015-08-01.",
 )
-def generate(out: Path, n_events: int, seed: int, purchase_drop: str | None) -> None:
-    """Write look-alike Retailrocket events (schema and marginals of the real data set)."""
-    drop = None
+@click.option(
+    "--drop-factor",
+    default=0.1,
+    show_default=True,
+    type=click.FloatRange(0.0),
+    help="How often they buy then, against before (0.1: a tenth as often).",
+)
+@click.option(
+    "--growth",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(min=0.0, min_open=True),
+    help="Visitors on the last day / on the first.",
+)
+@click.option(
+    "--weekend",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(min=0.0, min_open=True),
+    help="Visitors on a Saturday or Sunday / on a weekday.",
+)
+@click.option("--spike", "spikes", multiple=True, metavar="DATE:FACTOR", help="A day with FACTOR times the visitors.")
+def generate(
+    out: Path,
+    n_events: int,
+    seed: int,
+    purchase_drop: str | None,
+    drop_factor: float,
+    growth: float,
+    weekend: float,
+    spikes: tuple[str, ...],
+) -> None:
+    """Write look-alike Retailrocket events (schema and marginals of the real data set),
+    steady unless told how the site's traffic and buying move."""
+    drops: tuple[Drop, ...] = ()
     if purchase_drop:
         try:
-            start, end = (datetime.fromisoformat(d).replace(tzinfo=UTC) for d in purchase_drop.split(":"))
+            start, end = (_utc_ms(d) for d in purchase_drop.split(":"))
         except ValueError:
             raise click.BadParameter("expected START:END dates, e.g. 2015-07-01:2015-08-01") from None
-        drop = (round(start.timestamp() * 1000), round(end.timestamp() * 1000))
-    events = generate_events(n_events, seed=seed, purchase_drop=drop)
+        drops = (Drop(start, end, drop_factor),)
+    days: list[tuple[int, float]] = []
+    for spike in spikes:
+        try:
+            date, factor = spike.split(":")
+            days.append(((_utc_ms(date) - WINDOW_START_MS) // DAY_MS, float(factor)))
+        except ValueError:
+            raise click.BadParameter(f"--spike {spike}: expected DATE:FACTOR, e.g. 2015-06-10:5") from None
+        if not 0 <= days[-1][0] < WINDOW_DAYS or days[-1][1] <= 0:
+            raise click.BadParameter(f"--spike {spike}: a day of the window and a positive factor")
+    scenario = Scenario(growth=growth, weekend=weekend, spikes=tuple(days), drops=drops)
+    events = generate_events(n_events, seed=seed, scenario=scenario)
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("wb") as f:
         write_csv(events, f)
@@ -216,6 +258,11 @@ def bench(ctx: click.Context) -> None:
     from ampelios.bench.run import main as bench_main
 
     bench_main.main(ctx.args, prog_name=ctx.command_path)
+
+
+def _utc_ms(date: str) -> int:
+    """A date (YYYY-MM-DD, UTC) in Unix ms; ValueError when it is none."""
+    return round(datetime.fromisoformat(date).replace(tzinfo=UTC).timestamp() * 1000)
 
 
 def _print_urls(settings: Settings, base: str) -> None:

@@ -22,7 +22,7 @@ from ampelios.api.routes import OPERATIONS
 from ampelios.api.routes.collector import LIBRARY
 from ampelios.config import Settings
 from ampelios.core.events import write_csv
-from ampelios.core.generate import generate_events
+from ampelios.core.generate import Drop, Scenario, generate_events
 from ampelios.services.processes import free_port
 from ampelios.services.stack import Stack, http_json, wait_for_job, wait_until_reflected
 from ampelios.services.webhook_receiver import WebhookReceiver
@@ -93,7 +93,7 @@ def main() -> int:
         data = Path(root) / "data"
         data.mkdir()
         with (data / "events.csv").open("wb") as f:
-            write_csv(generate_events(300_000, seed=5, purchase_drop=(JULY, AUGUST)), f)
+            write_csv(generate_events(300_000, seed=5, scenario=Scenario(drops=(Drop(JULY, AUGUST),))), f)
         (data / "site-export.csv").write_text(SITE_EXPORT)
         (data / "unreadable.csv").write_text(UNREADABLE)
         settings = Settings(

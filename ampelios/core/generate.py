@@ -14,9 +14,21 @@ transaction) row is distinct, and each visitor's timestamps are distinct. The sa
 >>> events = generate_events(10_000, seed=1)
 >>> len(events)
 10000
+
+A :class:`Scenario` gives the site a life instead: traffic that grows, a weekly rhythm,
+one-day spikes, and drops in buying of any factor and length. Traffic moves the days
+visitors *arrive* on (a journey's later sessions follow hours to days after), so a day's
+visitors follow it closely but not exactly:
+
+>>> grows = Scenario(growth=10.0, weekend=0.5)
+>>> days = (generate_events(50_000, seed=1, scenario=grows).timestamp - WINDOW_START_MS) // DAY_MS
+>>> bool(np.sum(days >= 119) > 5 * np.sum(days < 20))  # the last 20 days against the first
+True
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -29,8 +41,53 @@ SHARE_ADDTOCART = 0.025
 SHARE_TRANSACTION = 0.008
 N_ITEMS = 235_061
 MAX_EVENTS_PER_VISITOR = 8_000
-PURCHASE_DROP_FACTOR = 0.1
 _MINUTE_MS = 60_000
+DAY_MS = 86_400_000
+WINDOW_DAYS = (WINDOW_END_MS - WINDOW_START_MS) // DAY_MS  # 139
+
+
+@dataclass(frozen=True)
+class Drop:
+    """Visitors who put something in their cart buy ``factor`` times as often from
+    ``start`` to ``end`` (Unix ms, end excluded): cart-to-purchase conversion and the
+    purchase rate fall by ``factor``, add-to-carts stay (a payment incident)."""
+
+    start: int
+    end: int
+    factor: float = 0.1
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """How a generated site's traffic and buying move over the window.
+
+    - ``growth``: visitors arriving on the last day / on the first (exponential between;
+      1: steady);
+    - ``weekend``: visitors arriving on a Saturday or a Sunday / on a weekday (1: no rhythm);
+    - ``spikes``: (day, factor) pairs: on day ``day`` of the window (0 is 2015-05-03),
+      ``factor`` times the visitors arrive (a campaign's one-day burst);
+    - ``drops``: :class:`Drop` s.
+
+    The events are ``n_events`` in all whatever the traffic: growth moves them later."""
+
+    growth: float = 1.0
+    weekend: float = 1.0
+    spikes: tuple[tuple[int, float], ...] = ()
+    drops: tuple[Drop, ...] = ()
+
+    @property
+    def flat(self) -> bool:
+        return self.growth == 1.0 and self.weekend == 1.0 and not self.spikes
+
+    def arrivals(self) -> np.ndarray:
+        """Each day's share of the arrivals (sums to 1)."""
+        day = np.arange(WINDOW_DAYS)
+        weight = self.growth ** (day / max(WINDOW_DAYS - 1, 1))
+        weekday = (WINDOW_START_MS // DAY_MS + day + 3) % 7  # 1970-01-01 was a Thursday (3)
+        weight = np.where(weekday >= 5, weight * self.weekend, weight)
+        for at, factor in self.spikes:
+            weight[at] *= factor
+        return weight / weight.sum()
 
 
 def _events_per_visitor(rng: np.random.Generator, n_events: int) -> np.ndarray:
@@ -55,16 +112,12 @@ def _events_per_visitor(rng: np.random.Generator, n_events: int) -> np.ndarray:
     return counts
 
 
-def generate_events(
-    n_events: int, seed: int = 0, source_id: int = 1, purchase_drop: tuple[int, int] | None = None
-) -> EventBatch:
-    """``n_events`` look-alike events of one source, rows in shuffled order.
-
-    ``purchase_drop`` = (start, end) in Unix ms: a period in which visitors buy a tenth as
-    often (add-to-carts stay): a generated shift in behaviour for the history to show.
-    """
+def generate_events(n_events: int, seed: int = 0, source_id: int = 1, scenario: Scenario | None = None) -> EventBatch:
+    """``n_events`` look-alike events of one source, rows in shuffled order; steady
+    traffic and buying unless a ``scenario`` says how they move."""
     if n_events < 1:
         raise ValueError("n_events must be at least 1")
+    scenario = scenario or Scenario()
     rng = np.random.default_rng(seed)
     counts = _events_per_visitor(rng, n_events)
     n_visitors = len(counts)
@@ -83,7 +136,11 @@ def generate_events(
     ).astype(np.int64)
     gap[rank == 0] = 0
     offset = np.cumsum(gap) - np.repeat(np.cumsum(gap)[first], counts)
-    start = rng.integers(WINDOW_START_MS, WINDOW_END_MS - MAX_EVENTS_PER_VISITOR, n_visitors)
+    if scenario.flat:
+        start = rng.integers(WINDOW_START_MS, WINDOW_END_MS - MAX_EVENTS_PER_VISITOR, n_visitors)
+    else:
+        arrival_day = rng.choice(WINDOW_DAYS, size=n_visitors, p=scenario.arrivals())
+        start = WINDOW_START_MS + arrival_day * DAY_MS + rng.integers(0, DAY_MS - MAX_EVENTS_PER_VISITOR, n_visitors)
     span = np.maximum(offset[first + counts - 1], 1)
     # A journey that would run past the window's end starts earlier instead (one longer
     # than the window is squeezed into it), so that no day gets journeys compressed into
@@ -108,9 +165,8 @@ def generate_events(
     after_cart = np.zeros(n, dtype=bool)
     after_cart[1:] = is_cart[:-1] & (visitor[1:] == visitor[:-1]) & ~is_cart[1:]
     p_buy = min(1.0, SHARE_TRANSACTION * n / max(1, after_cart.sum()))
-    if purchase_drop is not None:
-        dropped = (timestamp >= purchase_drop[0]) & (timestamp < purchase_drop[1])
-        p_buy = np.where(dropped, p_buy * PURCHASE_DROP_FACTOR, p_buy)
+    for drop in scenario.drops:
+        p_buy = np.where((timestamp >= drop.start) & (timestamp < drop.end), p_buy * drop.factor, p_buy)
     is_buy = after_cart & (rng.random(n) < p_buy)
     event = np.full(n, VIEW, dtype=np.uint8)
     event[is_cart] = ADDTOCART

@@ -17,7 +17,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from ampelios.config import Settings
-from ampelios.core.generate import generate_events
+from ampelios.core.generate import Drop, Scenario, generate_events
 from ampelios.services.stack import WorkerProcess, http_json
 from tests.integration.conftest import replay, write_events
 
@@ -93,7 +93,7 @@ def text(element) -> str:
 def test_the_dashboard_shows_the_segments_and_runs_a_replay(
     settings: Settings, worker: WorkerProcess, browser: webdriver.Chrome, tmp_path: Path, request
 ):
-    events = generate_events(300_000, seed=5, purchase_drop=(JULY, AUGUST))
+    events = generate_events(300_000, seed=5, scenario=Scenario(drops=(Drop(JULY, AUGUST),)))
     write_events(settings.data_dir / "events.csv", events)
     write_events(settings.data_dir / "more.csv", generate_events(5_000, seed=6))
     base = worker.base_url

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from ampelios.config import Settings
 from ampelios.core.drift import HISTORY_PERIODS
 from ampelios.core.events import ADDTOCART, TRANSACTION, VIEW, EventBatch
-from ampelios.core.generate import WINDOW_END_MS, WINDOW_START_MS, generate_events
+from ampelios.core.generate import WINDOW_END_MS, WINDOW_START_MS, Drop, Scenario, generate_events
 from ampelios.core.labels import BUYERS, kind_of
 from ampelios.services.broker import end_offsets, read_range
 from ampelios.services.stack import http_json, wait_for_job, wait_until_reflected
@@ -84,7 +84,7 @@ def test_every_day_has_its_population_whatever_the_packing_and_a_drop_shows(sett
     same history: one snapshot per day of the last HISTORY_PERIODS (AMPELIOS_HISTORY_DAYS
     is shorter; the older days are folded into the first of them), every day's
     population under the current model, and every day's activity as counted directly."""
-    events = generate_events(30_000, seed=3, purchase_drop=(JULY, AUGUST))
+    events = generate_events(30_000, seed=3, scenario=Scenario(drops=(Drop(JULY, AUGUST),)))
     write_events(settings.data_dir / "months.csv", events)
     worker = workers.start(settings.with_(snapshot_seconds=1.0, history_days=30.0))
     base = worker.base_url
@@ -136,7 +136,8 @@ def test_a_purchase_drop_raises_alerts_that_recover_once_and_never_again(setting
     where it happened); the alerts go to segment-alerts,
     to Postgres and to /alerts once, and replaying the same file sends none again."""
     drop = (JULY, JULY + 21 * DAY_MS)
-    write_events(settings.data_dir / "drop.csv", generate_events(300_000, seed=3, purchase_drop=drop))
+    events = generate_events(300_000, seed=3, scenario=Scenario(drops=(Drop(*drop),)))
+    write_events(settings.data_dir / "drop.csv", events)
     worker = workers.start(settings.with_(history_days=30.0))  # the days before 20 June are folded
     base = worker.base_url
     replay(base, "drop.csv")
@@ -184,7 +185,7 @@ def test_active_days_make_segments_reflect_recent_behaviour(settings: Settings, 
     the buyers' share of the visitors active in the last 14 days; the others leave the
     state (their Postgres row stays, inactive). Postgres keeps 30 days of event time of
     the visitors no longer active, and of transitions."""
-    events = generate_events(60_000, seed=3, purchase_drop=(JULY, AUGUST))
+    events = generate_events(60_000, seed=3, scenario=Scenario(drops=(Drop(JULY, AUGUST),)))
     worker = workers.start(settings.with_(active_days=14.0, history_days=30.0))
     base = worker.base_url
     shares, names = [], []

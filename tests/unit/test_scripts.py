@@ -25,12 +25,14 @@ def test_bench_quality_prints_its_table_and_writes_json(tmp_path: Path):
     assert sum(report["sizes"]) == report["visitors"]
 
 
-def test_bench_drift_prints_delays_and_false_alarms_and_writes_json(tmp_path: Path):
+def test_bench_drift_prints_delays_and_false_alarms_of_its_grid_and_writes_json(tmp_path: Path):
     out = tmp_path / "drift.json"
-    command = [sys.executable, str(ROOT / "scripts" / "bench_drift.py"), "--events", "30000", "--seeds", "1"]
+    command = [sys.executable, str(ROOT / "scripts" / "bench_drift.py"), "--purchases", "2", "--seeds", "1"]
     result = subprocess.run([*command, "--json", str(out)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert "drop flagged" in result.stdout and "steady files with any alert" in result.stdout
+    assert "flagged (median, slowest)" in result.stdout and "per source-year" in result.stdout
     reports = json.loads(out.read_text())
-    assert [r["active_days"] for r in reports] == [None, 14.0]
-    assert all(r["events"] == 30_000 and r["steady_files"] == 1 for r in reports)
+    assert {r["background"] for r in reports} == {"steady", "growth x10", "weekends 1/2", "one day x5", "shop"}
+    assert all(r["purchases"] == 2.0 and r["seed"] == 1 for r in reports)
+    drops = [r for r in reports if r["drop"]]
+    assert len(drops) == 8 and all(r["delay"] is None or 0 < r["delay"] <= r["drop"][1] for r in drops)
