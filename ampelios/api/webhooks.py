@@ -216,7 +216,7 @@ class Deliveries(Service):
                 async with self.session.post(sub.url, data=data, headers=signed_headers(sub, message_id, data)) as r:
                     await r.read()
                     entry["status"], entry["error"] = r.status, None if r.status < 300 else f"answered {r.status}"
-            except (aiohttp.ClientError, TimeoutError) as exc:
+            except Exception as exc:  # whatever failed the attempt (the connection, the loop), it is tried again
                 entry["status"], entry["error"] = None, f"{exc!r:.200}"
             if entry["status"] is not None and 200 <= entry["status"] < 300:
                 entry["delivered"] = _now()
@@ -312,7 +312,7 @@ class Webhooks(Service):
     async def _start_and_stop(self) -> None:
         wanted = self.subscriptions()
         for sub_id, deliveries in list(self.running.items()):
-            if wanted.get(sub_id) != deliveries.sub:
+            if wanted.get(sub_id) != deliveries.sub or deliveries.crashed:  # a crashed one would keep its partitions
                 await deliveries.stop()
                 del self.running[sub_id]
         for sub_id, sub in wanted.items():

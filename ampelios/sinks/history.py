@@ -41,6 +41,7 @@ import orjson
 import psycopg2
 
 from ampelios.core.periods import ACTIVITY_NAMES
+from ampelios.internals import forget_failed_postgres_connections
 
 log = logging.getLogger(__name__)
 
@@ -296,6 +297,7 @@ class History:
     server went away; every failure to reach it is :class:`HistoryUnavailable`."""
 
     def __init__(self, url: str) -> None:
+        forget_failed_postgres_connections()
         self.url = url
         self._pool: aiopg.Pool | None = None
         self._connecting = asyncio.Lock()
