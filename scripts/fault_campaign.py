@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -45,17 +46,28 @@ def main() -> int:
     parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
     parser.add_argument("--json", type=Path, help="write every run's schedule and verdict here, run by run")
     parser.add_argument("--keep", type=Path, help="run under this directory and keep it (logs, state)")
+    parser.add_argument("--logs", type=Path, default=Path("campaign-logs"), help="the logs of divergent runs go here")
     args = parser.parse_args()
     size = SIZES[args.size]
     started = time.monotonic()
     with contextlib.nullcontext(str(args.keep)) if args.keep else tempfile.TemporaryDirectory() as root:
         clean = run(Path(root) / "clean", size, [])
         print(f"clean run: {clean['seconds']} s", flush=True)
+        for path, judged in clean["receivers"].items():  # the clean run's receivers are judged too
+            for problem in judged["problems"]:
+                print(f"  CLEAN RUN WRONG: receiver {path}: {problem}")
         runs = []
         for seed in args.seeds:
             schedule = draw_schedule(seed, size.faults, size.span, WORKERS)
-            struck = run(Path(root) / f"seed-{seed}", size, schedule)
-            diverged = differences(clean, struck)
+            try:
+                struck = run(Path(root) / f"seed-{seed}", size, schedule)
+                diverged = differences(clean, struck)
+            except Exception as exc:  # a run that cannot be judged (a worker gone, say) diverged
+                struck, diverged = {"seconds": None, "receivers": {}}, [f"the run failed: {exc!r:.500}"]
+            if diverged:  # its logs kept for whoever replays the seed
+                for log in (Path(root) / f"seed-{seed}").glob("*.log"):
+                    (args.logs / f"seed-{seed}").mkdir(parents=True, exist_ok=True)
+                    shutil.copy(log, args.logs / f"seed-{seed}" / log.name)
             runs.append({"seed": seed, "faults": [vars(f) for f in schedule], "seconds": struck["seconds"]})
             runs[-1] |= {"receivers": struck["receivers"], "divergences": diverged}
             print(f"seed {seed}: {len(diverged)} divergences, {struck['seconds']} s", flush=True)
@@ -71,7 +83,7 @@ def main() -> int:
     kinds = Counter(f["kind"] for r in runs for f in r["faults"])
     print(f"\n| size | runs | {' | '.join(FAULT_KINDS)} | divergent runs | minutes |")
     print(f"|---|---:|{'---:|' * len(FAULT_KINDS)}---:|---:|")
-    divergent = sum(1 for r in runs if r["divergences"])
+    divergent = sum(1 for r in runs if r["divergences"]) + any(j["problems"] for j in clean["receivers"].values())
     counts = " | ".join(str(kinds[k]) for k in FAULT_KINDS)
     print(f"| {args.size} | {len(runs)} | {counts} | {divergent} | {(time.monotonic() - started) / 60:.1f} |")
     return 1 if divergent else 0

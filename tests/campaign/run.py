@@ -414,6 +414,10 @@ def run(root: Path, size: Size, schedule: list[Fault]) -> dict[str, Any]:
             thread.join(900)
         if errors or any(t.is_alive() for t in feeds):
             raise RuntimeError(f"a feed did not complete: {errors or 'still running'}")
+        workers = enumerate(cluster.workers)
+        gone = {i: w.process.returncode for i, w in workers if w.process is not None and w.process.poll() is not None}
+        if gone:
+            raise RuntimeError(f"workers exited on their own (worker: exit code): {gone}")
         bases = [w.base_url for w in cluster.workers]
         settle(*bases)
         answers = [outcome(cluster.settings, base, sample) for base in bases]
